@@ -1,0 +1,90 @@
+"""Start a sandbox in a child process and steer it: used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READY_TIMEOUT_S = 15.0
+
+
+class SandboxProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], endpoints_file: Path, workdir: Path) -> None:
+        self.proc = proc
+        self.endpoints_file = endpoints_file
+        self.workdir = workdir
+        self.endpoints: dict[str, Any] = json.loads(endpoints_file.read_text())
+        self.admin = httpx.Client(base_url=self.endpoints["admin"], timeout=10)
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        port_base: int = 0,
+        state_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> SandboxProcess:
+        workdir = Path(tempfile.mkdtemp(prefix="rotator-sbx-"))
+        endpoints_file = workdir / "endpoints.json"
+        args = [sys.executable, "-m", "rotator", "sandbox", "--port-base", str(port_base)]
+        args += ["--endpoints-file", str(endpoints_file)]
+        if state_dir is not None:
+            args += ["--state-dir", str(state_dir)]
+        args += extra_args or []
+        log = open(log_path or workdir / "sandbox.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not endpoints_file.exists():
+            if proc.poll() is not None:
+                output = (log_path or workdir / "sandbox.log").read_text(errors="replace")
+                raise RuntimeError(f"sandbox exited with {proc.returncode}: {output[-2000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("sandbox did not become ready in time")
+            time.sleep(0.02)
+        return cls(proc, endpoints_file, workdir)
+
+    # -- faults and accounting -----------------------------------------------------------------
+    def set_faults(self, service: str, *rules: dict[str, Any]) -> None:
+        self.admin.put(f"/faults/{service}", json={"rules": list(rules)}).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.admin.delete("/faults").raise_for_status()
+
+    def requests(self, service: str, since: int = 0) -> list[dict[str, Any]]:
+        response = self.admin.get(f"/requests/{service}", params={"since": since})
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def last_seq(self, service: str) -> int:
+        log = self.requests(service)
+        return int(log[-1]["seq"]) if log else 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> int:
+        self.admin.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,329 @@
+"""``rotator sandbox``: every emulator in one process, each on its own 127.0.0.1 port.
+
+Ports are ``--port-base`` + offset (admin 0, iam 1, kubernetes 2, registry 3, codeengine 4,
+dockerhub_api 5, dockerhub_registry 6); ``--port-base 0`` picks free ports. When all are
+listening, the endpoints file is written atomically: its presence means ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from rotator.sandbox.base import Context, Emulator
+from rotator.sandbox.faults import FaultRule, ServiceControl
+from rotator.sandbox.tokens import TokenSigner
+from rotator.sandbox.world import Seed
+
+DEFAULT_PORT_BASE = 18600
+
+# name, port offset, "module:Class" (a module not yet present is skipped).
+SERVICES: list[tuple[str, int, str]] = [
+    ("iam", 1, "rotator.sandbox.iam:IamEmulator"),
+    ("kubernetes", 2, "rotator.sandbox.kube:KubeEmulator"),
+    ("registry", 3, "rotator.sandbox.registry:RegistryEmulator"),
+    ("codeengine", 4, "rotator.sandbox.codeengine:CodeEngineEmulator"),
+    ("dockerhub_api", 5, "rotator.sandbox.dockerhub:DockerHubApiEmulator"),
+    ("dockerhub_registry", 6, "rotator.sandbox.dockerhub:DockerHubRegistryEmulator"),
+]
+
+
+class SandboxError(Exception):
+    """A start-up problem with a message for the person who ran the command."""
+
+
+def _load_class(spec: str) -> type | None:
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    cls: type = getattr(module, class_name)
+    return cls
+
+
+def bind(port: int, service: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SandboxError(
+                f"port {port} for the {service} emulator is already in use (is another sandbox running?); "
+                "stop it, or pass --port-base N to move every port, or --port-base 0 for free ports"
+            ) from None
+        raise SandboxError(f"cannot listen on 127.0.0.1:{port} for {service}: {exc.strerror}") from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+class Sandbox:
+    def __init__(self, *, port_base: int, state_dir: Path | None, overrides: dict[str, int] | None = None) -> None:
+        self.state_dir = state_dir
+        self.files_dir = state_dir or Path(tempfile.mkdtemp(prefix="rotator-sandbox-"))
+        self._own_files_dir = state_dir is None
+        overrides = overrides or {}
+        services = [("admin", 0, "")] + [s for s in SERVICES if _load_class(s[2]) is not None]
+        self.sockets: dict[str, socket.socket] = {}
+        try:
+            for name, offset, _ in services:
+                port = overrides.get(name, port_base + offset if port_base else 0)
+                self.sockets[name] = bind(port, name)
+        except SandboxError:
+            for sock in self.sockets.values():
+                sock.close()
+            raise
+        self.urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in self.sockets.items()}
+        self.seed = Seed.load_or_create(state_dir)
+        self.signer = TokenSigner.load_or_generate(self.files_dir)
+        ctx = Context(seed=self.seed, signer=self.signer, urls=self.urls, files_dir=self.files_dir)
+        self.emulators: dict[str, Emulator] = {}
+        for name, _, spec in services[1:]:
+            cls = _load_class(spec)
+            assert cls is not None
+            self.emulators[name] = cls(ctx)
+            ctx.peers[name] = self.emulators[name]
+        self.controls = {name: ServiceControl(emu) for name, emu in self.emulators.items()}
+        self._restore()
+        self.runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _restore(self) -> None:
+        if self.state_dir is None:
+            return
+        for name, emu in self.emulators.items():
+            path = self.state_dir / f"{name}.json"
+            if path.exists():
+                emu.load(json.loads(path.read_text()))
+
+    def save(self) -> None:
+        if self.state_dir is None:
+            return
+        for name, emu in self.emulators.items():
+            path = self.state_dir / f"{name}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(emu.dump()))
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+
+    # -- description ---------------------------------------------------------------------------
+    def endpoints(self) -> dict[str, Any]:
+        seed = self.seed
+        info: dict[str, Any] = dict(self.urls)
+        registry_host = self.urls.get("registry", "").removeprefix("http://")
+        info.update(
+            account_id=seed.account_id,
+            service_id=seed.service_id,
+            service_iam_id=Seed.iam_id(seed.service_id),
+            admin_service_id=seed.admin_service_id,
+            admin_apikey=seed.admin_apikey,
+            outsider_apikey=seed.outsider_apikey,
+            foreign_apikeys=seed.foreign_apikeys,
+            kubernetes_token=seed.kubernetes_token,
+            kubernetes_readonly_token=seed.kubernetes_readonly_token,
+            namespaces=list(seed.namespaces),
+            labelled_namespaces=list(seed.labelled_namespaces),
+            namespace_label="=".join(seed.namespace_label),
+            registry_host=registry_host,
+            images=[f"{registry_host}/{repo}" for repo in seed.repositories],
+            registry_token_cert=str(self.files_dir / "signer-cert.pem"),
+            registry_token_issuer="rotator-sandbox",
+            files_dir=str(self.files_dir),
+        )
+        for emu in self.emulators.values():
+            describe = getattr(emu, "describe", None)
+            if describe is not None:
+                info.update(describe())
+        return info
+
+    def write_kubeconfig(self) -> Path:
+        path = self.files_dir / "kubeconfig"
+        server = self.urls.get("kubernetes", "")
+        path.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: sandbox\n  cluster:\n    server: {server}\n"
+            f"users:\n- name: admin\n  user:\n    token: {self.seed.kubernetes_token}\n"
+            "contexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: admin\n"
+            "current-context: sandbox\n"
+        )
+        path.chmod(0o600)
+        return path
+
+    # -- serving -------------------------------------------------------------------------------
+    def _admin_app(self) -> web.Application:
+        app = web.Application()
+        routes = web.RouteTableDef()
+
+        @routes.get("/healthz")
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok", "services": sorted(self.emulators)})
+
+        @routes.get("/endpoints")
+        async def endpoints(_: web.Request) -> web.Response:
+            return web.json_response(self.endpoints())
+
+        @routes.get("/faults")
+        async def faults(_: web.Request) -> web.Response:
+            return web.json_response({n: c.to_json() for n, c in self.controls.items()})
+
+        async def _rules(request: web.Request) -> tuple[ServiceControl, list[FaultRule]]:
+            control = self.controls.get(request.match_info["service"])
+            if control is None:
+                raise web.HTTPNotFound(text=json.dumps({"error": "unknown service"}))
+            try:
+                body = await request.json()
+                raw = body["rules"] if isinstance(body, dict) and "rules" in body else [body]
+                return control, [FaultRule.from_json(r) for r in raw]
+            except (ValueError, TypeError, KeyError) as exc:
+                raise web.HTTPBadRequest(
+                    text=json.dumps({"error": f"bad fault rule: {exc}"}), content_type="application/json"
+                ) from None
+
+        @routes.put("/faults/{service}")
+        async def set_faults(request: web.Request) -> web.Response:
+            control, rules = await _rules(request)
+            control.rules = rules
+            return web.json_response(control.to_json())
+
+        @routes.post("/faults/{service}")
+        async def add_fault(request: web.Request) -> web.Response:
+            control, rules = await _rules(request)
+            control.rules.extend(rules)
+            return web.json_response(control.to_json())
+
+        @routes.delete("/faults")
+        async def clear_faults(_: web.Request) -> web.Response:
+            for control in self.controls.values():
+                control.rules = []
+            return web.Response(status=204)
+
+        @routes.get("/requests/{service}")
+        async def requests_log(request: web.Request) -> web.Response:
+            control = self.controls.get(request.match_info["service"])
+            if control is None:
+                raise web.HTTPNotFound(text=json.dumps({"error": "unknown service"}))
+            since = int(request.query.get("since", "0") or 0)
+            return web.json_response([asdict(r) for r in control.log if r.seq > since])
+
+        @routes.post("/save")
+        async def save(_: web.Request) -> web.Response:
+            self.save()
+            return web.Response(status=204)
+
+        app.add_routes(routes)
+        for emu in self.emulators.values():
+            admin_routes = getattr(emu, "admin_routes", None)
+            if admin_routes is not None:
+                app.add_routes(admin_routes())
+        return app
+
+    async def start(self) -> None:
+        apps: dict[str, web.Application] = {"admin": self._admin_app()}
+        for name, emu in self.emulators.items():
+            app = web.Application(middlewares=[self.controls[name].middleware], client_max_size=8 * 1024**2)
+            emu.setup(app)
+            apps[name] = app
+        for name, app in apps.items():
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            await runner.setup()
+            await web.SockSite(runner, self.sockets[name]).start()
+            self._runners.append(runner)
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self.save()
+        if self._own_files_dir:
+            import shutil
+
+            shutil.rmtree(self.files_dir, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    overrides = {name: port for name, port in (args.port or [])}
+    if args.state_dir:
+        Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+    sandbox = Sandbox(
+        port_base=args.port_base,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        overrides=overrides,
+    )
+    await sandbox.start()
+    info = sandbox.endpoints()
+    info["kubeconfig"] = str(sandbox.write_kubeconfig())
+    if args.endpoints_file:
+        _write_atomic(Path(args.endpoints_file), json.dumps(info, indent=2))
+    print(
+        "rotator sandbox ready: "
+        + ", ".join(f"{n}={u}" for n, u in sandbox.urls.items())
+        + (f"; endpoints in {args.endpoints_file}" if args.endpoints_file else ""),
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sandbox.stop()
+        if args.endpoints_file:
+            with contextlib.suppress(FileNotFoundError):
+                Path(args.endpoints_file).unlink()
+    print("rotator sandbox stopped", flush=True)
+    return 0
+
+
+def _port_override(text: str) -> tuple[str, int]:
+    name, _, port = text.partition("=")
+    known = ["admin"] + [s[0] for s in SERVICES]
+    if name not in known or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SERVICE=PORT with SERVICE one of {', '.join(known)}")
+    return name, int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=DEFAULT_PORT_BASE,
+        help=f"first port (admin); services follow at +1.. (default {DEFAULT_PORT_BASE}; 0 = free ports)",
+    )
+    parser.add_argument("--port", action="append", type=_port_override, metavar="SERVICE=PORT", help="move one service")
+    parser.add_argument("--endpoints-file", help="write the endpoints and seeded identities here (JSON) when ready")
+    parser.add_argument("--state-dir", help="keep state here across restarts (default: in memory)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(serve(args))
+    except SandboxError as exc:
+        print(f"rotator sandbox: {exc}", file=sys.stderr)
+        return 2
