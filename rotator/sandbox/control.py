@@ -37,7 +37,7 @@ class SandboxProcess:
         workdir = Path(tempfile.mkdtemp(prefix="rotator-sbx-"))
         endpoints_file = workdir / "endpoints.json"
         args = [sys.executable, "-m", "rotator", "sandbox", "--port-base", str(port_base)]
-        args += ["--endpoints-file", str(endpoints_file)]
+        args += ["--endpoints-file", str(endpoints_file), "--files-dir", str(workdir / "files")]
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
         args += extra_args or []

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,9 @@ from rotator.sandbox.tokens import TokenSigner
 from rotator.sandbox.world import Seed
 
 DEFAULT_PORT_BASE = 18600
+# Where the sandbox writes files clients read: kubeconfig, admin-apikey, kubernetes-token, the
+# token signer's certificate. config/sandbox.yaml points here.
+DEFAULT_FILES_DIR = ".sandbox"
 
 # name, port offset, "module:Class" (a module not yet present is skipped).
 SERVICES: list[tuple[str, int, str]] = [
@@ -77,10 +79,17 @@ def bind(port: int, service: str) -> socket.socket:
 
 
 class Sandbox:
-    def __init__(self, *, port_base: int, state_dir: Path | None, overrides: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port_base: int,
+        state_dir: Path | None,
+        files_dir: Path,
+        overrides: dict[str, int] | None = None,
+    ) -> None:
         self.state_dir = state_dir
-        self.files_dir = state_dir or Path(tempfile.mkdtemp(prefix="rotator-sandbox-"))
-        self._own_files_dir = state_dir is None
+        self.files_dir = files_dir
+        files_dir.mkdir(parents=True, exist_ok=True)
         overrides = overrides or {}
         services = [("admin", 0, "")] + [s for s in SERVICES if _load_class(s[2]) is not None]
         self.sockets: dict[str, socket.socket] = {}
@@ -95,6 +104,8 @@ class Sandbox:
         self.urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in self.sockets.items()}
         self.seed = Seed.load_or_create(state_dir)
         self.signer = TokenSigner.load_or_generate(self.files_dir)
+        self._write_secret_file("admin-apikey", self.seed.admin_apikey)
+        self._write_secret_file("kubernetes-token", self.seed.kubernetes_token)
         ctx = Context(seed=self.seed, signer=self.signer, urls=self.urls, files_dir=self.files_dir)
         self.emulators: dict[str, Emulator] = {}
         for name, _, spec in services[1:]:
@@ -106,6 +117,11 @@ class Sandbox:
         self._restore()
         self.runner: web.AppRunner | None = None
         self._runners: list[web.AppRunner] = []
+
+    def _write_secret_file(self, name: str, value: str) -> None:
+        path = self.files_dir / name
+        path.write_text(value)
+        path.chmod(0o600)
 
     # -- persistence ---------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -137,6 +153,7 @@ class Sandbox:
             service_iam_id=Seed.iam_id(seed.service_id),
             admin_service_id=seed.admin_service_id,
             admin_apikey=seed.admin_apikey,
+            admin_apikey_file=str(self.files_dir / "admin-apikey"),
             outsider_apikey=seed.outsider_apikey,
             foreign_apikeys=seed.foreign_apikeys,
             kubernetes_token=seed.kubernetes_token,
@@ -253,10 +270,6 @@ class Sandbox:
         for runner in self._runners:
             await runner.cleanup()
         self.save()
-        if self._own_files_dir:
-            import shutil
-
-            shutil.rmtree(self.files_dir, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -273,6 +286,7 @@ async def serve(args: argparse.Namespace) -> int:
     sandbox = Sandbox(
         port_base=args.port_base,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        files_dir=Path(args.files_dir or args.state_dir or DEFAULT_FILES_DIR),
         overrides=overrides,
     )
     await sandbox.start()
@@ -319,6 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", action="append", type=_port_override, metavar="SERVICE=PORT", help="move one service")
     parser.add_argument("--endpoints-file", help="write the endpoints and seeded identities here (JSON) when ready")
     parser.add_argument("--state-dir", help="keep state here across restarts (default: in memory)")
+    parser.add_argument(
+        "--files-dir",
+        help=f"write kubeconfig, admin-apikey and other client files here (default: the state dir, else "
+        f"{DEFAULT_FILES_DIR}/)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

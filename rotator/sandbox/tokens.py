@@ -77,9 +77,12 @@ class TokenSigner:
 
     def verify(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """Decoded claims of a token this signer issued; raises ``jwt.PyJWTError`` otherwise."""
-        options = {"verify_aud": audience is not None}
         claims: dict[str, Any] = jwt.decode(
-            token, self.key.public_key(), algorithms=["RS256"], audience=audience, options=options
+            token,
+            self.key.public_key(),
+            algorithms=["RS256"],
+            audience=audience,
+            options={"verify_aud": audience is not None},
         )
         return claims
 

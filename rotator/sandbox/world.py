@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,19 @@ def _apikey() -> str:
     return secrets.token_urlsafe(33)[:44]
 
 
-def _service_id() -> str:
-    return f"ServiceId-{uuid.uuid4()}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class Seed:
-    account_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Identifiers are fixed so that config/sandbox.yaml works against any default sandbox;
+    # credential values are random per sandbox.
+    account_id: str = "5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f"
     # The service ID whose API keys rotator rotates (it has pull rights in the registry).
-    service_id: str = field(default_factory=_service_id)
+    service_id: str = "ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90"
     service_name: str = "registry-puller"
     # rotator's own identity: may manage the target service ID's keys.
-    admin_service_id: str = field(default_factory=_service_id)
+    admin_service_id: str = "ServiceId-0a1d2e3f-4b5c-4d6e-8f70-81a2b3c4d5e6"
     admin_apikey: str = field(default_factory=_apikey)
     # An identity with no rights on the target service ID (for 403 tests).
-    outsider_service_id: str = field(default_factory=_service_id)
+    outsider_service_id: str = "ServiceId-9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a"
     outsider_apikey: str = field(default_factory=_apikey)
     # Keys on the target service ID that rotator did not create and must never touch.
     foreign_apikeys: dict[str, str] = field(

@@ -1,0 +1,73 @@
+"""The small interfaces the reconciler drives. Adapters in ``rotator/adapters`` implement them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Protocol
+
+from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, VerifyResult
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class CredentialProvider(Protocol):
+    """Mints and revokes the rotated credential (IBM IAM API keys, Docker Hub tokens).
+
+    Ownership: a key is rotator's when its name starts with ``OWNED_PREFIX`` + credential name
+    and its description carries the rotator tag. Every mutating call on a key that is not owned
+    raises ``NotOwnedError`` before any request is sent.
+    """
+
+    kind: str  # "ibm-iam" | "dockerhub"
+    username: str  # the registry username that goes with the key ("iamapikey", a Docker ID)
+
+    def mint(self, *, credential: str, rotation_id: str) -> MintedKey: ...
+
+    def list_owned(self, *, credential: str) -> list[KeyInfo]: ...
+
+    def get(self, key_id: str) -> KeyInfo | None: ...
+
+    def identify(self, value: SecretStr) -> KeyInfo | None:
+        """Which key a value belongs to (None when the provider does not know it)."""
+        ...
+
+    def disable(self, key_id: str) -> None: ...
+
+    def enable(self, key_id: str) -> None: ...
+
+    def delete(self, key_id: str) -> None: ...
+
+    def check_access(self) -> None:
+        """Raise if the admin credential cannot list/manage the keys (for ``rotator check``)."""
+        ...
+
+
+class RegistryVerifier(Protocol):
+    """Proves that a username/password pulls the given images (HEAD of each manifest)."""
+
+    def verify(self, *, server: str, auth: RegistryAuth, images: Sequence[str]) -> VerifyResult: ...
+
+
+class SecretSink(Protocol):
+    """Where pull secrets live (Kubernetes, Code Engine)."""
+
+    name: str
+
+    def resolve_targets(self) -> list[TargetRef]: ...
+
+    def read_entry(self, target: TargetRef, server: str) -> RegistryAuth | None:
+        """Our registry entry in the target as stored, None when the secret or entry is absent."""
+        ...
+
+    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
+        """Create or merge our entry, keeping other entries; "created", "updated" or "unchanged"."""
+        ...
+
+    def remove_entry(self, target: TargetRef, server: str) -> None:
+        """Undo a create (delete a secret rotator created) or drop our entry."""
+        ...

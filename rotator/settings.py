@@ -1,0 +1,576 @@
+"""Typed, validated configuration (YAML file + ``${ENV}`` interpolation).
+
+Every problem is reported with the file, the field path, the bad value and a valid example, all
+at once. Secrets are never inline: the admin API key is read from a file or an environment
+variable named in the config, and ``redacted()`` is what gets logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rotator.durations import parse_duration
+from rotator.errors import ConfigError
+from rotator.model import SecretStr
+
+T = TypeVar("T")
+
+# Kubernetes object names (DNS-1123 subdomain), as the seed states them.
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+K8S_LABEL_VALUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+PROVIDERS = ("ibm-iam",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretSource:
+    """Where a secret comes from: a file path or an environment variable, never the config itself."""
+
+    file: Path | None = None
+    env: str | None = None
+    field_path: str = ""
+
+    def load(self) -> SecretStr:
+        if self.file is not None:
+            try:
+                value = self.file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.field_path}: cannot read {self.file}: {exc.strerror}; create the file holding the key "
+                    "(mode 0600) or point the field at the right path"
+                ) from None
+            where = f"file {self.file}"
+        else:
+            assert self.env is not None
+            value = os.environ.get(self.env, "").strip()
+            where = f"environment variable {self.env}"
+        if not value:
+            raise ConfigError(f"{self.field_path}: {where} is empty; put the API key there")
+        return SecretStr(value)
+
+    def describe(self) -> str:
+        return f"file:{self.file}" if self.file is not None else f"env:{self.env}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IamProviderSettings:
+    kind: str = "ibm-iam"
+    endpoint: str = "https://iam.cloud.ibm.com"
+    account_id: str
+    service_id: str
+    apikey: SecretSource
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistrySettings:
+    server: str
+    username: str
+    images: tuple[str, ...]
+    # Base URL to reach the registry's v2 API when it differs from https://<server> (sandbox, mirrors).
+    endpoint: str | None = None
+    verify_budget: dt.timedelta = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSettings:
+    interval: dt.timedelta | None = None
+    cron: str | None = None
+    jitter: dt.timedelta = dt.timedelta(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamespaceSelection:
+    names: tuple[str, ...] = ()
+    selector: str | None = None
+    all: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesTarget:
+    secret_name: str
+    namespaces: NamespaceSelection
+    service_accounts: tuple[str, ...] = ()
+    # Replace a .dockerconfigjson that is not valid JSON instead of refusing to touch it.
+    overwrite_invalid: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class CredentialSettings:
+    name: str
+    provider: IamProviderSettings
+    registry: RegistrySettings
+    schedule: ScheduleSettings
+    max_age: dt.timedelta
+    grace_period: dt.timedelta
+    delete_after: dt.timedelta
+    kubernetes: KubernetesTarget | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesSettings:
+    kubeconfig: Path | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    concurrency: int = 16
+    # Where rotator itself lives: its state ConfigMap, its Lease.
+    namespace: str = "rotator-system"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateSettings:
+    kind: str = "file"  # "file" | "configmap"
+    path: Path = Path("rotator-state")
+    name: str = "rotator-state"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    source: Path
+    credentials: tuple[CredentialSettings, ...]
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+
+    def credential(self, name: str) -> CredentialSettings:
+        for cred in self.credentials:
+            if cred.name == name:
+                return cred
+        known = ", ".join(c.name for c in self.credentials)
+        raise ConfigError(f"{self.source}: no credential named {name!r}; configured: {known}")
+
+    def redacted(self) -> dict[str, Any]:
+        """The loaded config for logging: secret sources are shown by location, never by value."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, SecretSource):
+                return value.describe()
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items() if k != "field_path"}
+            if isinstance(value, list | tuple):
+                return [clean(v) for v in value]
+            if isinstance(value, dt.timedelta):
+                return f"{int(value.total_seconds())}s"
+            if isinstance(value, Path):
+                return str(value)
+            return value
+
+        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state")}
+        out = {
+            k: clean(asdict(v) if hasattr(v, "__dataclass_fields__") else [asdict(c) for c in v])
+            for k, v in data.items()
+        }
+        # asdict turned SecretSource into dicts: restore the short description.
+        for cred, raw in zip(self.credentials, out["credentials"], strict=True):
+            raw["provider"]["apikey"] = cred.provider.apikey.describe()
+        out["source"] = str(self.source)
+        return out
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class _Errors:
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str, example: str | None = None) -> None:
+        text = f"{self.source}: {path}: {message}"
+        if example is not None:
+            text += f"; for example: {example}"
+        self.items.append(text)
+
+
+class _Node:
+    """A mapping in the YAML document, with its field path for error messages."""
+
+    def __init__(self, data: Any, path: str, errors: _Errors) -> None:
+        self.path = path
+        self.errors = errors
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            errors.add(path or "(top level)", f"expected a mapping, got {_show(data)}")
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def known(self, *keys: str) -> None:
+        for key in self.data:
+            if key not in keys:
+                self.errors.add(self.at(str(key)), f"unknown field; known fields here: {', '.join(keys)}")
+
+    def value(self, key: str, convert: Callable[[Any], T], *, example: str, default: Any = ...) -> T | None:
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                self.errors.add(self.at(key), "is required", example)
+                return None
+            return default  # type: ignore[no-any-return]
+        try:
+            return convert(self.data[key])
+        except (ValueError, TypeError) as exc:
+            self.errors.add(self.at(key), f"{_show(self.data[key])} {exc}", example)
+            return None
+
+    def child(self, key: str, *, required: bool = True) -> _Node | None:
+        if key not in self.data:
+            if required:
+                self.errors.add(self.at(key), "is required")
+            return None
+        return _Node(self.data[key], self.at(key), self.errors)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("is not a non-empty string")
+    return value.strip()
+
+
+def _k8s_name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 253 or not K8S_NAME.match(text):
+        raise ValueError(
+            "is not a valid Kubernetes name (lowercase letters, digits, '-' and '.', starting and ending "
+            "with a letter or digit, at most 253 characters)"
+        )
+    return text
+
+
+def _namespace_name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 63 or not K8S_LABEL_VALUE_NAME.match(text):
+        raise ValueError("is not a valid namespace name (lowercase letters, digits and '-', at most 63)")
+    return text
+
+
+def _duration(value: Any) -> dt.timedelta:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("is not a duration")
+    if isinstance(value, int):
+        raise ValueError("has no unit; write e.g. 90s, 15m, 24h or 30d")
+    return parse_duration(value)
+
+
+def _positive_duration(value: Any) -> dt.timedelta:
+    delta = _duration(value)
+    if delta.total_seconds() <= 0:
+        raise ValueError("must be longer than zero")
+    return delta
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("is not true or false")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"is not a whole number from {low} to {high}")
+        return value
+
+    return convert
+
+
+def _list_of(convert: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
+    def convert_list(value: Any) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise ValueError("is not a list")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(convert(item))
+            except ValueError as exc:
+                raise ValueError(f"(item {i}: {_show(item)}) {exc}") from None
+        return tuple(out)
+
+    return convert_list
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError("is not an http(s) URL")
+    return text.rstrip("/")
+
+
+def _cron(value: Any) -> str:
+    text = _string(value)
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"is not a 5-field cron expression ({exc})") from None
+    return text
+
+
+def _image(value: Any) -> str:
+    text = _string(value)
+    if "/" not in text or any(c.isspace() for c in text):
+        raise ValueError("is not an image reference of the form registry/namespace/repository:tag")
+    return text
+
+
+def _interpolate(value: Any, errors: _Errors, path: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            errors.add(path, f"environment variable {name} is not set", f"export {name}=... or ${{{name}:-default}}")
+            return ""
+
+        return _INTERPOLATION.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, errors, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, errors, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
+    node.known("file", "env")
+    has_file, has_env = "file" in node.data, "env" in node.data
+    if has_file == has_env:
+        node.errors.add(
+            node.path,
+            "give exactly one of file (a path to a file holding the key) or env (an environment variable "
+            "name); keys are never written inline",
+            "apikey: {file: /var/run/secrets/rotator/apikey}",
+        )
+        return None
+    if has_file:
+        path = node.value("file", _string, example="/var/run/secrets/rotator/apikey")
+        if path is None:
+            return None
+        resolved = Path(path) if Path(path).is_absolute() else base_dir / path
+        return SecretSource(file=resolved, field_path=node.path)
+    env = node.value("env", _string, example="ROTATOR_ADMIN_APIKEY")
+    if env is None:
+        return None
+    if not ENV_NAME.match(env):
+        node.errors.add(node.at("env"), f"{env!r} is not an environment variable name", "ROTATOR_ADMIN_APIKEY")
+        return None
+    return SecretSource(env=env, field_path=node.path)
+
+
+def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
+    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
+    kind = node.value("kind", _string, example="ibm-iam")
+    if kind is not None and kind not in PROVIDERS:
+        node.errors.add(node.at("kind"), f"{kind!r} is not a known provider ({', '.join(PROVIDERS)})", "ibm-iam")
+        return None
+    endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
+    account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
+    service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
+    if service_id is not None and not service_id.startswith("ServiceId-"):
+        node.errors.add(
+            node.at("service_id"),
+            f"{service_id!r} is not a service ID (ServiceId-<uuid>)",
+            "ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90",
+        )
+    apikey_node = node.child("apikey")
+    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
+    if None in (endpoint, account_id, service_id, apikey):
+        return None
+    assert endpoint and account_id and service_id and apikey
+    return IamProviderSettings(endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey)
+
+
+def _registry(node: _Node) -> RegistrySettings | None:
+    node.known("server", "username", "images", "endpoint", "verify_budget")
+    server = node.value("server", _string, example="us.icr.io")
+    username = node.value("username", _string, example="iamapikey", default="iamapikey")
+    images = node.value("images", _list_of(_image), example="[us.icr.io/team/app:latest]")
+    if images is not None and not images:
+        node.errors.add(
+            node.at("images"),
+            "is empty; name at least one image the key must pull",
+            "[us.icr.io/team/app:latest]",
+        )
+    endpoint = node.value("endpoint", _url, example="https://us.icr.io", default=None)
+    budget = node.value("verify_budget", _positive_duration, example="60s", default=dt.timedelta(seconds=60))
+    if None in (server, username, images, budget):
+        return None
+    assert server and username and images is not None and budget
+    return RegistrySettings(server=server, username=username, images=images, endpoint=endpoint, verify_budget=budget)
+
+
+def _schedule(node: _Node | None) -> ScheduleSettings:
+    if node is None:
+        return ScheduleSettings(interval=dt.timedelta(days=1))
+    node.known("interval", "cron", "jitter")
+    interval = node.value("interval", _positive_duration, example="24h", default=None)
+    cron = node.value("cron", _cron, example="0 3 * * *", default=None)
+    jitter = node.value("jitter", _duration, example="5m", default=dt.timedelta(0))
+    if interval is not None and cron is not None:
+        node.errors.add(node.path, "give interval or cron, not both", "interval: 24h")
+    if interval is None and cron is None and "interval" not in node.data and "cron" not in node.data:
+        node.errors.add(node.path, "needs interval or cron", "interval: 24h")
+    return ScheduleSettings(interval=interval, cron=cron, jitter=jitter or dt.timedelta(0))
+
+
+def _namespaces(node: _Node) -> NamespaceSelection | None:
+    node.known("names", "selector", "all", "exclude")
+    names = node.value("names", _list_of(_namespace_name), example="[team-a, team-b]", default=())
+    selector = node.value("selector", _string, example="rotator.example.com/pull-secrets=enabled", default=None)
+    every = node.value("all", _bool, example="true", default=False)
+    exclude = node.value("exclude", _list_of(_namespace_name), example="[kube-system]", default=())
+    chosen = sum(bool(x) for x in (names, selector, every))
+    if chosen != 1:
+        node.errors.add(
+            node.path,
+            "choose namespaces by exactly one of names, selector or all",
+            "{selector: team=platform} or {names: [team-a]} or {all: true, exclude: [kube-system]}",
+        )
+        return None
+    return NamespaceSelection(names=names or (), selector=selector, all=bool(every), exclude=exclude or ())
+
+
+def _kubernetes_target(node: _Node) -> KubernetesTarget | None:
+    node.known("secret_name", "namespaces", "service_accounts", "overwrite_invalid")
+    secret_name = node.value("secret_name", _k8s_name, example="icr-pull-secret")
+    ns_node = node.child("namespaces")
+    namespaces = _namespaces(ns_node) if ns_node else None
+    service_accounts = node.value("service_accounts", _list_of(_k8s_name), example="[default]", default=())
+    overwrite = node.value("overwrite_invalid", _bool, example="false", default=False)
+    if secret_name is None or namespaces is None:
+        return None
+    return KubernetesTarget(
+        secret_name=secret_name,
+        namespaces=namespaces,
+        service_accounts=service_accounts or (),
+        overwrite_invalid=bool(overwrite),
+    )
+
+
+def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
+    node.known("name", "provider", "registry", "schedule", "max_age", "grace_period", "delete_after", "targets")
+    name = node.value("name", _k8s_name, example="icr-pull")
+    provider_node, registry_node = node.child("provider"), node.child("registry")
+    provider = _provider(provider_node, base_dir) if provider_node else None
+    registry = _registry(registry_node) if registry_node else None
+    schedule = _schedule(node.child("schedule", required=False))
+    max_age = node.value("max_age", _positive_duration, example="30d", default=dt.timedelta(days=90))
+    grace = node.value("grace_period", _duration, example="1h", default=dt.timedelta(hours=1))
+    delete_after = node.value("delete_after", _duration, example="24h", default=dt.timedelta(days=1))
+    targets = node.child("targets")
+    kubernetes = None
+    if targets is not None:
+        targets.known("kubernetes")
+        k8s_node = targets.child("kubernetes", required=False)
+        kubernetes = _kubernetes_target(k8s_node) if k8s_node else None
+        if k8s_node is None:
+            targets.errors.add(targets.path, "names no target", "kubernetes: {secret_name: icr-pull, ...}")
+    if schedule.interval and max_age and schedule.interval > max_age:
+        node.errors.add(
+            node.at("schedule.interval"),
+            "is longer than max_age, so keys would outlive it",
+            "interval: 7d with max_age: 30d",
+        )
+    if None in (name, provider, registry, max_age, grace, delete_after):
+        return None
+    assert name and provider and registry and max_age is not None and grace is not None
+    assert delete_after is not None
+    return CredentialSettings(
+        name=name,
+        provider=provider,
+        registry=registry,
+        schedule=schedule,
+        max_age=max_age,
+        grace_period=grace,
+        delete_after=delete_after,
+        kubernetes=kubernetes,
+    )
+
+
+def _kubernetes(node: _Node | None, base_dir: Path) -> KubernetesSettings:
+    if node is None:
+        return KubernetesSettings(in_cluster="KUBERNETES_SERVICE_HOST" in os.environ)
+    node.known("kubeconfig", "context", "in_cluster", "concurrency", "namespace")
+    kubeconfig = node.value("kubeconfig", _string, example="~/.kube/config", default=None)
+    path = None
+    if kubeconfig is not None:
+        path = Path(kubeconfig).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+    return KubernetesSettings(
+        kubeconfig=path,
+        context=node.value("context", _string, example="prod", default=None),
+        in_cluster=bool(node.value("in_cluster", _bool, example="true", default=False)),
+        concurrency=node.value("concurrency", _int_range(1, 256), example="16", default=16) or 16,
+        namespace=node.value("namespace", _namespace_name, example="rotator-system", default="rotator-system")
+        or "rotator-system",
+    )
+
+
+def _state(node: _Node | None, base_dir: Path) -> StateSettings:
+    if node is None:
+        return StateSettings(path=base_dir / "rotator-state")
+    node.known("kind", "path", "name")
+    kind = node.value("kind", _string, example="configmap", default="file")
+    if kind not in ("file", "configmap"):
+        node.errors.add(node.at("kind"), f"{kind!r} is not file or configmap", "configmap")
+    raw_path = node.value("path", _string, example="/var/lib/rotator", default="rotator-state") or "rotator-state"
+    path = Path(raw_path) if Path(raw_path).is_absolute() else base_dir / raw_path
+    name = node.value("name", _k8s_name, example="rotator-state", default="rotator-state") or "rotator-state"
+    return StateSettings(kind=kind or "file", path=path, name=name)
+
+
+def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
+    """Read and validate ``path``; relative paths inside resolve from ``base_dir`` (default: cwd)."""
+    source = Path(path)
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse(raw, source=source, base_dir=base_dir or Path.cwd())
+
+
+def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
+    errors = _Errors(source)
+    raw = _interpolate(raw, errors, "")
+    top = _Node(raw, "", errors)
+    top.known("credentials", "kubernetes", "state")
+    creds_raw = top.data.get("credentials")
+    credentials: list[CredentialSettings] = []
+    if not isinstance(creds_raw, list) or not creds_raw:
+        errors.add("credentials", "is required: a list of at least one credential", "- name: icr-pull ...")
+    else:
+        seen: set[str] = set()
+        for i, item in enumerate(creds_raw):
+            cred = _credential(_Node(item, f"credentials[{i}]", errors), base_dir)
+            if cred is None:
+                continue
+            if cred.name in seen:
+                errors.add(f"credentials[{i}].name", f"{cred.name!r} is used twice; names must be unique")
+            seen.add(cred.name)
+            credentials.append(cred)
+    kubernetes = _kubernetes(top.child("kubernetes", required=False), base_dir)
+    state = _state(top.child("state", required=False), base_dir)
+    if errors.items:
+        raise ConfigError("\n".join(errors.items))
+    return Settings(source=source, credentials=tuple(credentials), kubernetes=kubernetes, state=state)
