@@ -1,28 +1,91 @@
-"""Command line: argv -> settings -> app. Owns exit codes (0 ok, 1 failed, 2 usage/config)."""
+"""Command line: argv -> settings -> app. Owns exit codes (0 ok, 1 failed, 2 usage or config)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from rotator import __version__, logs
+from rotator.errors import ConfigError, LockedError, RotatorError, StateError
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="the YAML config file (see config/example.yaml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rotator", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+    from rotator import commands
     from rotator.sandbox import server as sandbox_server
 
-    sandbox = sub.add_parser("sandbox", help="serve local emulators of IAM, Kubernetes and registries")
-    sandbox_server.add_arguments(sandbox)
-    sandbox.set_defaults(func=sandbox_server.main)
+    parser = argparse.ArgumentParser(
+        prog="rotator",
+        description="Rotates registry pull credentials: mint, distribute, verify the pull, then revoke.",
+    )
+    parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("ROTATOR_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default=os.environ.get("ROTATOR_LOG_FORMAT"),
+        help="default: console on a terminal, JSON otherwise",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("rotate", commands.rotate, "rotate one credential now (exit 0 when the new key is verified and in place)")
+    p.add_argument("name", help="the credential's name in the config")
+    _with_config(p)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait out an inconclusive verification (rate limits) before giving up",
+    )
+    p = add("plan", commands.plan, "show what a rotation would do, without doing anything")
+    p.add_argument("name", nargs="?")
+    _with_config(p)
+    p.add_argument("--json", action="store_true")
+    p = add("status", commands.status, "show each credential's key, age, next rotation and pending revocations")
+    p.add_argument("name", nargs="?")
+    _with_config(p)
+    p.add_argument("--json", action="store_true")
+    p = add("check", commands.check, "check config, IAM access, targets and registry, without side effects")
+    p.add_argument("name", nargs="?")
+    _with_config(p)
+    p = add("run", commands.run, "run the daemon")
+    _with_config(p)
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between passes when nothing is due")
+    p = add("sandbox", sandbox_server.main, "serve local emulators of IAM, Kubernetes and registries")
+    sandbox_server.add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    json_output = None if args.log_format is None else args.log_format == "json"
+    logs.configure(level=args.log_level, json_output=json_output)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"rotator: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except (LockedError, StateError) as exc:
+        print(f"rotator: {exc}", file=sys.stderr)
+        return 1
+    except RotatorError as exc:
+        print(f"rotator {args.command}: {type(exc).__name__}: {logs.scrub(str(exc))}", file=sys.stderr)
+        return 1
     return code
 
 

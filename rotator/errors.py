@@ -9,7 +9,9 @@
         ├── LimitReachedError       a provider quota (IAM key limit, Code Engine secret limit)
         ├── UnauthorizedError       our own credential is rejected (401) or lacks rights (403)
         ├── NotFoundError           the object is gone (404)
-        └── TargetRefusedError      a target we must not write (wrong type, malformed content)
+        ├── TargetRefusedError      a target we must not write (wrong type, malformed content)
+        ├── LockedError             another process is working on the same credential
+        └── StateError              the state store is unreadable or corrupt (never overwritten)
 
 Messages never contain a key, token or password.
 """
@@ -56,4 +58,12 @@ class NotFoundError(PermanentError):
 
 
 class TargetRefusedError(PermanentError):
+    pass
+
+
+class LockedError(PermanentError):
+    pass
+
+
+class StateError(PermanentError):
     pass

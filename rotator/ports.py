@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
+from rotator.journal import CredentialJournal, Vault
 from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, VerifyResult
 
 
@@ -70,4 +72,24 @@ class SecretSink(Protocol):
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
         """Undo a create (delete a secret rotator created) or drop our entry."""
+        ...
+
+
+class StateStore(Protocol):
+    """Durable journal (no secrets) and vault (key values) per credential."""
+
+    def load(self, credential: str) -> CredentialJournal: ...
+
+    def save(self, credential: str, journal: CredentialJournal) -> None: ...
+
+    def load_vault(self, credential: str) -> Vault: ...
+
+    def save_vault(self, credential: str, vault: Vault) -> None: ...
+
+    def lock(self, credential: str) -> AbstractContextManager[None]:
+        """Held for a whole reconcile pass; raises ``LockedError`` when another process holds it."""
+        ...
+
+    def check(self) -> None:
+        """Raise if the store cannot be read and written."""
         ...

@@ -1,0 +1,426 @@
+"""Kubernetes pull secrets through the official client.
+
+Secrets are updated in place (same UID): read, merge our registry entry into
+``.dockerconfigjson`` (other registries' entries survive), replace with the read
+``resourceVersion``; a 409 means someone else wrote in between, so re-read and merge again.
+Secrets of another type, or whose ``.dockerconfigjson`` is not JSON, are refused unless the
+config allows overwriting. Service accounts get the secret appended to ``imagePullSecrets``
+(an atomic list: read-modify-write with resourceVersion, never a merge patch).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rotator import dockerconfig
+from rotator.errors import (
+    NotFoundError,
+    PermanentError,
+    RateLimited,
+    TargetRefusedError,
+    TransientError,
+    UnauthorizedError,
+)
+from rotator.model import RegistryAuth, TargetRef
+from rotator.retrying import RetryPolicy
+from rotator.settings import KubernetesSettings, KubernetesTarget
+
+DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
+MANAGED_LABEL = "app.kubernetes.io/managed-by"
+CREDENTIAL_ANNOTATION = "rotator.example.com/credential"
+CONFLICT_RETRIES = 10
+
+# on_write(sink, result) for metrics: result is created/updated/unchanged/conflict/error/refused/skipped
+WriteHook = Callable[[str, str], None]
+
+
+def api_client(settings: KubernetesSettings) -> Any:
+    """An ApiClient of its own (never the global configuration), sized for the fan-out pool."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if settings.in_cluster:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
+            context=settings.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    configuration.connection_pool_maxsize = max(settings.concurrency, 4)
+    return client.ApiClient(configuration)
+
+
+def api_client_for(server: str, token: str, *, pool: int = 16) -> Any:
+    """An ApiClient for a server URL and bearer token (sandbox, tests, benchmarks)."""
+    from kubernetes import client
+
+    configuration = client.Configuration(host=server, api_key={"authorization": f"Bearer {token}"})
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
+
+
+def kubeconfig_path(path: str | Path) -> KubernetesSettings:
+    return KubernetesSettings(kubeconfig=Path(path))
+
+
+def map_api_error(exc: Exception, what: str) -> Exception:
+    """One place that turns an ApiException into rotator's error tree (message without bodies)."""
+    status = getattr(exc, "status", None)
+    reason = ""
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            reason = str(json.loads(body).get("message", ""))[:300]
+        except (ValueError, AttributeError):
+            reason = ""
+    text = f"{what}: Kubernetes answered {status}" + (f" ({reason})" if reason else "")
+    if status == 429:
+        headers = getattr(exc, "headers", None) or {}
+        retry_after = headers.get("Retry-After") if hasattr(headers, "get") else None
+        return RateLimited(text, retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+    if status is None or status == 0 or status >= 500 or status == 409:
+        return TransientError(text)
+    if status in (401, 403):
+        return UnauthorizedError(text + "; check rotator's RBAC for this namespace")
+    if status == 404:
+        return NotFoundError(text)
+    return PermanentError(text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetState:
+    """A target as read: whether the secret exists, our entry, and why we would refuse it."""
+
+    exists: bool
+    entry: RegistryAuth | None = None
+    refused: str = ""
+    managed: bool = False
+
+
+class KubernetesSink:
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        api: Any,
+        target: KubernetesTarget,
+        *,
+        credential: str,
+        retry: RetryPolicy | None = None,
+        on_write: WriteHook | None = None,
+    ) -> None:
+        from kubernetes import client
+
+        self.core: Any = client.CoreV1Api(api)
+        self.target = target
+        self.credential = credential
+        self.retry = retry or RetryPolicy()
+        self.on_write = on_write
+
+    # -- targets -------------------------------------------------------------------------------
+    def resolve_targets(self) -> list[TargetRef]:
+        selection = self.target.namespaces
+        if selection.names:
+            namespaces = list(selection.names)
+        else:
+            namespaces = self._list_namespaces(selection.selector)
+        excluded = set(selection.exclude)
+        return [
+            TargetRef(
+                sink=self.name,
+                namespace=ns,
+                name=self.target.secret_name,
+                service_accounts=self.target.service_accounts,
+            )
+            for ns in sorted(namespaces)
+            if ns not in excluded
+        ]
+
+    def _list_namespaces(self, selector: str | None) -> list[str]:
+        names: list[str] = []
+        token: str | None = None
+        for _ in range(10_000):  # pages of 500: bounded at 5M namespaces
+            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False}
+            if selector:
+                kwargs["label_selector"] = selector
+            if token:
+                kwargs["_continue"] = token
+            page = self._call(lambda: self.core.list_namespace(**kwargs), "list namespaces")  # noqa: B023
+            doc = json.loads(page.data)
+            names += [item["metadata"]["name"] for item in doc.get("items", [])]
+            token = (doc.get("metadata") or {}).get("continue")
+            if not token:
+                break
+        return names
+
+    def matches(self, namespace: str, labels: dict[str, str]) -> bool:
+        """Whether a namespace (seen in a watch event) is one of this sink's targets."""
+        selection = self.target.namespaces
+        if namespace in selection.exclude:
+            return False
+        if selection.names:
+            return namespace in selection.names
+        if selection.all:
+            return True
+        return selector_matches(selection.selector or "", labels)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        def once() -> Any:
+            try:
+                return fn()
+            except ApiException as exc:
+                raise map_api_error(exc, what) from None
+            except OSError as exc:  # connection refused/reset: urllib3 wraps them in OSError subclasses
+                raise TransientError(f"{what}: {type(exc).__name__}") from None
+
+        return self.retry.call(once, operation=f"kubernetes.{what.split(' ')[0]}")
+
+    def _read_secret(self, target: TargetRef) -> dict[str, Any] | None:
+        what = f"read secret {target.namespace}/{target.name}"
+        try:
+            response = self._call(
+                lambda: self.core.read_namespaced_secret(target.name, target.namespace, _preload_content=False), what
+            )
+        except NotFoundError:
+            return None
+        obj: dict[str, Any] = json.loads(response.data)
+        return obj
+
+    def _inspect(self, obj: dict[str, Any] | None, server: str) -> TargetState:
+        if obj is None:
+            return TargetState(exists=False)
+        managed = (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_LABEL) == "rotator"
+        if obj.get("type") != DOCKERCONFIGJSON:
+            return TargetState(
+                exists=True,
+                managed=managed,
+                refused=f"secret has type {obj.get('type')!r}, not {DOCKERCONFIGJSON}; rename the target "
+                "or delete that secret",
+            )
+        raw = (obj.get("data") or {}).get(".dockerconfigjson")
+        try:
+            doc = dockerconfig.parse(base64.b64decode(raw or ""))
+        except (dockerconfig.DockerConfigError, ValueError) as exc:
+            if self.target.overwrite_invalid:
+                return TargetState(exists=True, managed=managed)  # will be replaced on write
+            return TargetState(
+                exists=True,
+                managed=managed,
+                refused=f".dockerconfigjson {exc}; fix it, or set overwrite_invalid: true to replace it",
+            )
+        return TargetState(exists=True, managed=managed, entry=dockerconfig.entry(doc, server))
+
+    def read_state(self, target: TargetRef, server: str) -> TargetState:
+        return self._inspect(self._read_secret(target), server)
+
+    def read_entry(self, target: TargetRef, server: str) -> RegistryAuth | None:
+        return self.read_state(target, server).entry
+
+    # -- writing -------------------------------------------------------------------------------
+    def _report(self, result: str) -> str:
+        if self.on_write is not None:
+            self.on_write(self.name, result)
+        return result
+
+    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
+        """Create or merge; "created", "updated", "unchanged", or "skipped" (namespace gone)."""
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(CONFLICT_RETRIES):
+            obj = self._read_secret(target)
+            try:
+                if obj is None:
+                    result = self._create(target, auth)
+                else:
+                    result = self._update(target, obj, auth)
+            except ApiException as exc:
+                if exc.status == 409:
+                    self._report("conflict")
+                    continue
+                error = map_api_error(exc, f"write secret {target.namespace}/{target.name}")
+                self._report("error")
+                raise error from None
+            if result != "skipped":
+                self._ensure_service_accounts(target)
+            return self._report(result)
+        self._report("error")
+        raise TransientError(
+            f"write secret {target.namespace}/{target.name}: still conflicting after {CONFLICT_RETRIES} attempts"
+        )
+
+    def _create(self, target: TargetRef, auth: RegistryAuth) -> str:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": DOCKERCONFIGJSON,
+            "metadata": {
+                "name": target.name,
+                "namespace": target.namespace,
+                "labels": {MANAGED_LABEL: "rotator"},
+                "annotations": {CREDENTIAL_ANNOTATION: self.credential},
+            },
+            "data": {".dockerconfigjson": base64.b64encode(dockerconfig.merge(None, auth)).decode()},
+        }
+        try:
+            self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:  # the namespace itself is gone
+                return "skipped"
+            raise
+        return "created"
+
+    def _update(self, target: TargetRef, obj: dict[str, Any], auth: RegistryAuth) -> str:
+        state = self._inspect(obj, auth.server)
+        existing: bytes | None = base64.b64decode((obj.get("data") or {}).get(".dockerconfigjson") or "")
+        if state.refused:
+            if obj.get("type") != DOCKERCONFIGJSON or not self.target.overwrite_invalid:
+                self._report("refused")
+                raise TargetRefusedError(f"secret {target.namespace}/{target.name}: {state.refused}")
+            existing = None  # overwrite_invalid: replace the malformed document
+        if state.entry == auth:
+            return "unchanged"
+        obj.setdefault("data", {})
+        obj["data"] = dict(obj["data"] or {})
+        obj["data"][".dockerconfigjson"] = base64.b64encode(dockerconfig.merge(existing, auth)).decode()
+        obj.pop("stringData", None)
+        self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+        return "updated"
+
+    def remove_entry(self, target: TargetRef, server: str) -> None:
+        """Undo our write: delete a secret only rotator's entry lives in, else drop our entry."""
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(CONFLICT_RETRIES):
+            obj = self._read_secret(target)
+            if obj is None:
+                return
+            state = self._inspect(obj, server)
+            if state.refused or state.entry is None:
+                return
+            raw = base64.b64decode((obj.get("data") or {}).get(".dockerconfigjson") or "")
+            remaining = dockerconfig.without(raw, server)
+            try:
+                if state.managed and not dockerconfig.parse(remaining).get("auths"):
+                    rv = obj["metadata"]["resourceVersion"]
+                    self.core.delete_namespaced_secret(
+                        target.name, target.namespace, body={"preconditions": {"resourceVersion": rv}}
+                    )
+                else:
+                    obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
+                    self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+                return
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                if exc.status == 404:
+                    return
+                raise map_api_error(exc, f"restore secret {target.namespace}/{target.name}") from None
+        raise TransientError(f"restore secret {target.namespace}/{target.name}: still conflicting")
+
+    def _ensure_service_accounts(self, target: TargetRef) -> None:
+        for account in target.service_accounts:
+            self._ensure_service_account(target, account)
+
+    def _ensure_service_account(self, target: TargetRef, account: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        what = f"patch serviceaccount {target.namespace}/{account}"
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                response = self._call(
+                    lambda: self.core.read_namespaced_service_account(
+                        account, target.namespace, _preload_content=False
+                    ),
+                    what,
+                )
+            except NotFoundError:
+                return  # the account does not exist (yet): an event will bring us back
+            obj = json.loads(response.data)
+            pulls = list(obj.get("imagePullSecrets") or [])
+            if any(ref.get("name") == target.name for ref in pulls):
+                return
+            obj["imagePullSecrets"] = [*pulls, {"name": target.name}]
+            try:
+                self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
+                return
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                if exc.status == 404:
+                    return
+                raise map_api_error(exc, what) from None
+        raise TransientError(f"{what}: still conflicting after {CONFLICT_RETRIES} attempts")
+
+    def check_writable(self, targets: list[TargetRef]) -> list[str]:
+        """Server-side dry-run writes (nothing persists); the targets that would be refused."""
+        from kubernetes.client.exceptions import ApiException
+
+        denied = []
+        for target in targets:
+            obj = self._read_secret(target)
+            try:
+                if obj is None:
+                    body = {
+                        "metadata": {"name": target.name},
+                        "type": DOCKERCONFIGJSON,
+                        "data": {".dockerconfigjson": base64.b64encode(b'{"auths":{}}').decode()},
+                    }
+                    self.core.create_namespaced_secret(target.namespace, body, dry_run="All", _preload_content=False)
+                else:
+                    self.core.replace_namespaced_secret(
+                        target.name, target.namespace, obj, dry_run="All", _preload_content=False
+                    )
+            except ApiException as exc:
+                denied.append(f"{target.namespace}/{target.name}: {map_api_error(exc, 'dry-run write')}")
+        return denied
+
+    def service_account_missing(self, target: TargetRef) -> list[str]:
+        """Listed service accounts that do not reference the secret (for plan and status)."""
+        missing = []
+        for account in target.service_accounts:
+            try:
+                response = self._call(
+                    lambda: self.core.read_namespaced_service_account(
+                        account,  # noqa: B023 - called before the loop moves on
+                        target.namespace,
+                        _preload_content=False,
+                    ),
+                    f"read serviceaccount {target.namespace}/{account}",
+                )
+            except NotFoundError:
+                continue
+            pulls = json.loads(response.data).get("imagePullSecrets") or []
+            if not any(ref.get("name") == target.name for ref in pulls):
+                missing.append(account)
+        return missing
+
+
+def selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    """Equality-based label selectors (``a=b,c!=d,e``), the subset rotator's config accepts for events."""
+    for raw in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in raw:
+            key, value = raw.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in raw:
+            key, value = raw.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif raw.startswith("!"):
+            if raw[1:] in labels:
+                return False
+        elif raw not in labels:
+            return False
+    return True

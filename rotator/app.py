@@ -1,0 +1,122 @@
+"""Composition root: builds clients, adapters and reconcilers from settings. No decisions here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from rotator.adapters.iam import IamProvider
+from rotator.adapters.kubernetes import KubernetesSink, api_client
+from rotator.adapters.registry import RegistryVerifier
+from rotator.adapters.state import ConfigMapStateStore, FileStateStore
+from rotator.imageref import registry_for_server
+from rotator.policy import Policy
+from rotator.ports import StateStore
+from rotator.reconcile import Clock, EventHook, Reconciler
+from rotator.settings import CredentialSettings, Settings
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock | None = None
+    on_event: EventHook | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=httpx.Timeout(15.0, connect=5.0)))
+    _kube: Any = None
+    _store: StateStore | None = None
+    _reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    _providers: dict[str, IamProvider] = field(default_factory=dict)
+    _verifier: RegistryVerifier | None = None
+    hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
+
+    @property
+    def kube(self) -> Any:
+        if self._kube is None:
+            self._kube = api_client(self.settings.kubernetes)
+        return self._kube
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            state = self.settings.state
+            if state.kind == "configmap":
+                from kubernetes import client
+
+                core = client.CoreV1Api(self.kube)
+                self._store = ConfigMapStateStore(core, self.settings.kubernetes.namespace, state.name)
+            else:
+                self._store = FileStateStore(state.path)
+        return self._store
+
+    def provider(self, cred: CredentialSettings) -> IamProvider:
+        if cred.name not in self._providers:
+            p = cred.provider
+            self._providers[cred.name] = IamProvider(
+                base_url=p.endpoint,
+                account_id=p.account_id,
+                service_id=p.service_id,
+                admin_apikey=p.apikey.load(),
+                client=self.http,
+                on_request=self.hooks.get("provider_request"),
+            )
+        return self._providers[cred.name]
+
+    @property
+    def verifier(self) -> RegistryVerifier:
+        if self._verifier is None:
+            overrides = {
+                registry_for_server(c.registry.server): c.registry.endpoint
+                for c in self.settings.credentials
+                if c.registry.endpoint
+            }
+            budget = max(c.registry.verify_budget.total_seconds() for c in self.settings.credentials)
+            self._verifier = RegistryVerifier(
+                endpoint_overrides=overrides, budget_s=budget, on_request=self.hooks.get("registry_request")
+            )
+        return self._verifier
+
+    def sinks(self, cred: CredentialSettings) -> list[KubernetesSink]:
+        sinks = []
+        if cred.kubernetes is not None:
+            sinks.append(
+                KubernetesSink(self.kube, cred.kubernetes, credential=cred.name, on_write=self.hooks.get("write"))
+            )
+        return sinks
+
+    def policy(self, cred: CredentialSettings) -> Policy:
+        return Policy(
+            interval=cred.schedule.interval,
+            cron=cred.schedule.cron,
+            max_age=cred.max_age,
+            grace_period=cred.grace_period,
+            delete_after=cred.delete_after,
+        )
+
+    def reconciler(self, name: str) -> Reconciler:
+        if name not in self._reconcilers:
+            cred = self.settings.credential(name)
+            self._reconcilers[name] = Reconciler(
+                credential=cred.name,
+                server=cred.registry.server,
+                username=cred.registry.username,
+                images=cred.registry.images,
+                provider=self.provider(cred),
+                sinks=list(self.sinks(cred)),
+                verifier=self.verifier,
+                store=self.store,
+                policy=self.policy(cred),
+                clock=self.clock,
+                concurrency=self.settings.kubernetes.concurrency,
+                on_event=self.on_event,
+            )
+        return self._reconcilers[name]
+
+    def close(self) -> None:
+        for reconciler in self._reconcilers.values():
+            reconciler.close()
+        self.http.close()
+        if self._kube is not None:
+            self._kube.close()

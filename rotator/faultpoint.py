@@ -1,0 +1,35 @@
+"""Named step boundaries where a test can kill the process (``ROTATOR_CRASH_AT=<name>``).
+
+The crash-safety test runs ``rotator rotate`` once per boundary below, SIGKILLs it there, and
+runs it again: the journal must carry the rotation to a safe end from every one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+BOUNDARIES = (
+    "start:after",
+    "mint:before",
+    "mint:after-provider",
+    "mint:after-vault",
+    "mint:after",
+    "verify_new:after",
+    "distribute:before",
+    "distribute:after-snapshot",
+    "distribute:partial",
+    "distribute:after",
+    "verify_stored:after",
+    "promote:after-vault",
+    "promote:after",
+    "rollback:after-restore",
+    "rollback:after-delete",
+    "disable:after",
+    "delete:after",
+)
+
+
+def boundary(name: str) -> None:
+    if os.environ.get("ROTATOR_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

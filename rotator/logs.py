@@ -1,0 +1,85 @@
+"""Structured logs: stable dotted event names, JSON when not on a terminal, and redaction.
+
+Redaction is layered: ``SecretStr`` values render as ``***``; fields whose name says secret
+(password, token, apikey...) are masked; and every value rotator has handled (minted or loaded
+keys, tokens) is registered here and scrubbed from any string that would otherwise carry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from rotator.model import SecretStr
+
+MASK = "***"
+_SECRET_FIELD = re.compile(r"(pass(word)?|secret|token|api_?key|authorization|credential_value)$", re.I)
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def register_secret(value: str | SecretStr) -> None:
+    """Scrub ``value`` from every log line from now on."""
+    raw = value.reveal() if isinstance(value, SecretStr) else value
+    if raw and len(raw) >= 8:
+        with _known_lock:
+            _known.add(raw)
+
+
+def scrub(text: str) -> str:
+    with _known_lock:
+        known = list(_known)
+    for raw in known:
+        if raw in text:
+            text = text.replace(raw, MASK)
+    return text
+
+
+def _clean(key: str, value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, str):
+        if _SECRET_FIELD.search(key) and value:
+            return MASK
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _clean(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(key, v) for v in value]
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        event_dict[key] = _clean(key, event_dict[key])
+    return event_dict
+
+
+def configure(*, level: str = "info", json_output: bool | None = None, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    if json_output is None:
+        json_output = not stream.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "rotator", **bound: Any) -> Any:
+    return structlog.get_logger(name).bind(**bound)

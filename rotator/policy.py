@@ -1,0 +1,174 @@
+"""The rotation state machine: ``plan(observation, policy) -> Action``. Pure: no I/O, no clock.
+
+Safety invariants (guarded by a property test):
+- a key is disabled only after it was replaced, its grace period has passed, and every target
+  is known to hold the current key;
+- only keys the journal retired are disabled or deleted; orphans are swept only when no target
+  holds them and they are older than the safety window;
+- a rotation that failed verification rolls back, one that was inconclusive waits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from rotator.journal import CredentialJournal
+
+PHASE_ACTIONS = {
+    "minting": "mint",
+    "minted": "verify_new",
+    "verified": "distribute",
+    "distributing": "distribute",
+    "distributed": "verify_stored",
+    "stored_verified": "promote",
+    "rolling_back": "rollback",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    interval: dt.timedelta | None
+    max_age: dt.timedelta
+    grace_period: dt.timedelta
+    delete_after: dt.timedelta
+    cron: str | None = None  # 5-field crontab, UTC
+    renew_before: dt.timedelta = dt.timedelta(days=1)
+    orphan_window: dt.timedelta = dt.timedelta(minutes=10)
+    backoff_base: dt.timedelta = dt.timedelta(minutes=1)
+    backoff_cap: dt.timedelta = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """Someone asked for a rotation (CLI, HTTP, an event, a failed health check)."""
+
+    reason: str
+    emergency: bool = False
+    leaked_key_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation:
+    journal: CredentialJournal
+    now: dt.datetime
+    request: Request | None = None
+    # Targets whose entry is not the current key; None when not observed.
+    out_of_sync: tuple[str, ...] | None = None
+    # Targets rotator may not write that still hold a key other than the current one.
+    stale_refused: tuple[str, ...] = ()
+    # Owned keys at the provider that no journal entry and no target accounts for.
+    orphans: tuple[str, ...] = ()
+    vault_has_pending: bool = True
+    vault_has_current: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    kind: str  # idle wait start mint verify_new distribute verify_stored promote rollback heal disable delete sweep
+    reason: str = ""
+    key_id: str | None = None
+    targets: tuple[str, ...] = ()
+    until: dt.datetime | None = None
+    emergency: bool = False
+    leaked_key_id: str | None = None
+
+
+def due(journal: CredentialJournal, policy: Policy) -> tuple[dt.datetime | None, str]:
+    """When the next planned rotation is due and why (None: right away, no current key)."""
+    current = journal.current
+    if current is None:
+        return None, "no current key"
+    candidates: list[tuple[dt.datetime, str]] = [(current.created_at + policy.max_age, "max_age reached")]
+    if policy.interval is not None:
+        candidates.append((current.created_at + policy.interval, "scheduled"))
+    if policy.cron is not None:
+        candidates.append((cron_next(policy.cron, current.created_at), "scheduled (cron)"))
+    if current.expires_at is not None:
+        candidates.append((current.expires_at - policy.renew_before, "key expires soon"))
+    return min(candidates, key=lambda c: c[0])
+
+
+def cron_next(expression: str, after: dt.datetime) -> dt.datetime:
+    """The first fire time of ``expression`` (UTC) after ``after``: arithmetic only, no clock."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fire: dt.datetime | None = CronTrigger.from_crontab(expression, timezone="UTC").get_next_fire_time(None, after)
+    assert fire is not None
+    return fire
+
+
+def backoff(failures_in_a_row: int, policy: Policy) -> dt.timedelta:
+    exponent = max(0, min(failures_in_a_row - 1, 16))
+    delay: dt.timedelta = min(policy.backoff_base * (2**exponent), policy.backoff_cap)
+    return delay
+
+
+def plan(obs: Observation, policy: Policy) -> Action:
+    journal, now = obs.journal, obs.now
+    rotation = journal.rotation
+
+    # 1. A rotation in flight always goes first: finish it or roll it back.
+    if rotation is not None:
+        if rotation.phase in ("minted", "verified", "distributing") and not obs.vault_has_pending:
+            return Action(kind="rollback", reason="the new key's value was lost before it was distributed")
+        if rotation.retry_at is not None and now < rotation.retry_at and rotation.phase != "rolling_back":
+            return Action(kind="wait", until=rotation.retry_at, reason=rotation.waiting or "waiting to retry")
+        kind = PHASE_ACTIONS.get(rotation.phase)
+        if kind is None:
+            return Action(kind="rollback", reason=f"unknown phase {rotation.phase!r} in the journal")
+        return Action(kind=kind, reason=rotation.reason)
+
+    # 2. Targets that drifted from the current key are put back before anything is revoked.
+    if obs.out_of_sync and journal.current is not None and obs.vault_has_current:
+        return Action(kind="heal", targets=obs.out_of_sync, reason="targets do not hold the current key")
+
+    # 3. Revocations that are due, only when every target is known to hold the current key.
+    in_sync = obs.out_of_sync is not None and not obs.out_of_sync and not obs.stale_refused
+    for retired in journal.retired:
+        if current_id(journal) == retired.key_id:
+            continue  # never revoke the key in use
+        if retired.disabled_at is None and now >= retired.disable_at and in_sync:
+            return Action(kind="disable", key_id=retired.key_id, reason=f"grace period over ({retired.reason})")
+        if retired.disabled_at is not None and retired.delete_at is not None and now >= retired.delete_at:
+            return Action(kind="delete", key_id=retired.key_id, reason="disabled long enough")
+
+    # 4. Keys of ours that nothing accounts for.
+    known = journal.known_key_ids()
+    for key_id in obs.orphans:
+        if key_id not in known:
+            return Action(kind="sweep", key_id=key_id, reason="owned key not accounted for by the journal")
+
+    # 5. Requested or planned rotations.
+    request = obs.request
+    backing_off = journal.backoff_until is not None and now < journal.backoff_until
+    if request is not None and (request.emergency or not backing_off):
+        return Action(
+            kind="start", reason=request.reason, emergency=request.emergency, leaked_key_id=request.leaked_key_id
+        )
+    due_at, why = due(journal, policy)
+    if (due_at is None or due_at <= now) and not backing_off:
+        return Action(kind="start", reason=why)
+
+    # 6. Nothing to do until the earliest deadline.
+    deadlines = [d for d in (due_at, journal.backoff_until) if d is not None]
+    for retired in journal.retired:
+        deadlines.append(retired.delete_at if retired.disabled_at else retired.disable_at)  # type: ignore[arg-type]
+    return Action(kind="idle", until=min(deadlines) if deadlines else None)
+
+
+def current_id(journal: CredentialJournal) -> str | None:
+    return journal.current.id if journal.current else None
+
+
+def orphans(
+    owned: list[tuple[str, dt.datetime]],
+    journal: CredentialJournal,
+    held_by_targets: set[str],
+    now: dt.datetime,
+    window: dt.timedelta,
+) -> tuple[str, ...]:
+    """Owned keys (id, created_at) that may be swept: unknown to the journal, held by no target, and
+    older than ``window`` (a concurrent rotation elsewhere may have just minted a young one)."""
+    known = journal.known_key_ids() | held_by_targets
+    return tuple(key_id for key_id, created in owned if key_id not in known and now - created >= window)

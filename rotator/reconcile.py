@@ -1,0 +1,606 @@
+"""The only place that joins the policy to the adapters: observe -> plan -> act -> record -> repeat.
+
+Each step is journaled before and after it runs (see ``journal.py``), so a process killed at
+any point resumes from the journal: a rotation is finished or rolled back, a key is never
+orphaned, and a key is never revoked while a target still holds it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import datetime as dt
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from rotator import logs
+from rotator.errors import (
+    NotFoundError,
+    NotOwnedError,
+    PermanentError,
+    RotatorError,
+    TransientError,
+)
+from rotator.faultpoint import boundary
+from rotator.journal import CredentialJournal, KeyRef, Result, Retired, Rotation, Vault
+from rotator.model import RegistryAuth, SecretStr, TargetRef, VerifyResult
+from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
+from rotator.ports import CredentialProvider, RegistryVerifier, StateStore
+
+# A rotation waits this long after an inconclusive verification before checking again.
+INCONCLUSIVE_RETRY = dt.timedelta(seconds=30)
+# Before anything is distributed, give up (and delete the new key) after this many inconclusive checks.
+MAX_INCONCLUSIVE_BEFORE_DISTRIBUTION = 5
+MAX_REDISTRIBUTIONS = 3
+
+
+class Sink(Protocol):
+    name: str
+
+    def resolve_targets(self) -> list[TargetRef]: ...
+
+    def read_state(self, target: TargetRef, server: str) -> Any: ...
+
+    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str: ...
+
+    def remove_entry(self, target: TargetRef, server: str) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetView:
+    target: TargetRef
+    exists: bool
+    entry: RegistryAuth | None
+    refused: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    result: str  # succeeded | failed | inconclusive | idle | waiting
+    rotation_id: str | None = None
+    detail: str = ""
+    next_at: dt.datetime | None = None
+
+
+# on_event(name, fields) lets metrics and Kubernetes Events follow what happens.
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        credential: str,
+        server: str,
+        username: str,
+        images: tuple[str, ...],
+        provider: CredentialProvider,
+        sinks: list[Sink],
+        verifier: RegistryVerifier,
+        store: StateStore,
+        policy: Policy,
+        clock: Clock | None = None,
+        concurrency: int = 16,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.credential = credential
+        self.server = server
+        self.username = username
+        self.images = images
+        self.provider = provider
+        self.sinks = {sink.name: sink for sink in sinks}
+        self.verifier = verifier
+        self.store = store
+        self.policy = policy
+        self.clock = clock or SystemClock()
+        self.concurrency = concurrency
+        self.on_event = on_event
+        self.log = logs.get("rotator.reconcile", credential=credential)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fanout")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, request: Request | None = None, *, wait_budget: float = 0.0, max_steps: int = 200) -> Outcome:
+        """Work until idle (or until a wait longer than ``wait_budget`` seconds); one pass at a time."""
+        with self._lock, self.store.lock(self.credential):
+            started = self.clock.now()
+            finished: Outcome | None = None
+            for _ in range(max_steps):
+                journal = self.store.load(self.credential)
+                vault = self.store.load_vault(self.credential)
+                for value in (vault.current, vault.pending):
+                    if value:
+                        logs.register_secret(value)
+                obs = self._observe(journal, vault, request)
+                action = plan(obs, self.policy)
+                if action.kind == "idle":
+                    return finished or Outcome(result="idle", next_at=action.until)
+                if action.kind == "wait":
+                    assert action.until is not None
+                    waited = (self.clock.now() - started).total_seconds()
+                    delay = (action.until - self.clock.now()).total_seconds()
+                    if waited + delay > wait_budget:
+                        rotation_id = journal.rotation.id if journal.rotation else None
+                        return Outcome(
+                            result="inconclusive", rotation_id=rotation_id, detail=action.reason, next_at=action.until
+                        )
+                    self.log.info("rotation.waiting", seconds=round(delay, 1), reason=action.reason)
+                    self.clock.sleep(delay)
+                    continue
+                if action.kind == "start":
+                    request = None  # consumed
+                outcome = self._act(action, journal, vault)
+                if outcome is not None:
+                    finished = outcome
+            return finished or Outcome(result="waiting", detail=f"stopped after {max_steps} steps")
+
+    # -- observation -----------------------------------------------------------------------------
+    def targets(self) -> list[TargetRef]:
+        out: list[TargetRef] = []
+        for sink in self.sinks.values():
+            out += sink.resolve_targets()
+        return out
+
+    def read_targets(self, targets: Iterable[TargetRef]) -> list[TargetView]:
+        def read(target: TargetRef) -> TargetView:
+            state = self.sinks[target.sink].read_state(target, self.server)
+            return TargetView(target=target, exists=state.exists, entry=state.entry, refused=state.refused)
+
+        return list(self._pool.map(read, targets))
+
+    def _observe(self, journal: CredentialJournal, vault: Vault, request: Request | None) -> Observation:
+        now = self.clock.now()
+        obs = Observation(
+            journal=journal,
+            now=now,
+            request=request,
+            vault_has_pending=bool(vault.pending),
+            vault_has_current=bool(vault.current),
+        )
+        if journal.rotation is not None:
+            return obs
+        views = self.read_targets(self.targets())
+        current = vault.current
+        out_of_sync = tuple(
+            v.target.key for v in views if not v.refused and (v.entry is None or v.entry.password.reveal() != current)
+        )
+        stale_refused = tuple(
+            v.target.key for v in views if v.refused and v.entry is not None and v.entry.password.reveal() != current
+        )
+        owned = self.provider.list_owned(credential=self.credential)
+        unknown = [k for k in owned if k.id not in journal.known_key_ids()]
+        held: set[str] = set()
+        if unknown:
+            for value in {v.entry.password.reveal() for v in views if v.entry is not None} - {current}:
+                info = self.provider.identify(SecretStr(value))
+                if info is not None:
+                    held.add(info.id)
+        return replace(
+            obs,
+            out_of_sync=out_of_sync if current else None,
+            stale_refused=stale_refused,
+            orphans=orphans([(k.id, k.created_at) for k in unknown], journal, held, now, self.policy.orphan_window),
+        )
+
+    # -- acting ----------------------------------------------------------------------------------
+    def _emit(self, name: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(name, {"credential": self.credential, **fields})
+
+    def _save(self, journal: CredentialJournal) -> None:
+        self.store.save(self.credential, journal)
+
+    def _act(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        handler: Callable[[Action, CredentialJournal, Vault], Outcome | None] = getattr(self, f"_do_{action.kind}")
+        rotation_id = journal.rotation.id if journal.rotation else None
+        log = self.log.bind(rotation_id=rotation_id) if rotation_id else self.log
+        log.debug("step.started", step=action.kind)
+        try:
+            return handler(action, journal, vault)
+        except TransientError as exc:
+            # The step will be tried again: record why and when.
+            log.warning("step.failed", step=action.kind, error=str(exc), transient=True)
+            if journal.rotation is not None:
+                retry_at = self.clock.now() + INCONCLUSIVE_RETRY
+                waiting = replace(journal.rotation, waiting=f"{action.kind}: {exc}", retry_at=retry_at)
+                self._save(replace(journal, rotation=waiting))
+                return None
+            raise
+        except PermanentError as exc:
+            # Before anything is distributed a permanent failure (key limit, no rights) ends the rotation:
+            # roll back, which deletes whatever was minted. Later phases are retried after a backoff.
+            rotation = journal.rotation
+            if rotation is None or rotation.phase not in ("minting", "minted", "verified"):
+                raise
+            log.error("step.failed", step=action.kind, error=str(exc), transient=False)
+            failure = f"{action.kind}: {exc}"
+            self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
+            return None
+
+    def _auth(self, value: str) -> RegistryAuth:
+        return RegistryAuth(server=self.server, username=self.username, password=SecretStr(value))
+
+    def _do_start(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        now = self.clock.now()
+        rotation = Rotation(
+            id=f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
+            reason=action.reason,
+            started_at=now,
+            phase="minting",
+            emergency=action.emergency,
+            leaked_key_id=action.leaked_key_id,
+        )
+        self._save(replace(journal, rotation=rotation))
+        self.log.info("rotation.started", rotation_id=rotation.id, reason=action.reason, emergency=action.emergency)
+        self._emit("rotation.started", rotation_id=rotation.id)
+        boundary("start:after")
+        return None
+
+    def _do_mint(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None
+        boundary("mint:before")
+        # A previous run may have minted for this rotation and died before recording it: a key whose
+        # value we still hold is adopted, one whose value is lost is deleted.
+        for key in self.provider.list_owned(credential=self.credential):
+            if key.rotation_id != rotation.id:
+                continue
+            if vault.pending and (found := self.provider.identify(SecretStr(vault.pending))) and found.id == key.id:
+                new_key = KeyRef(id=key.id, created_at=key.created_at, expires_at=key.expires_at)
+                self._save(replace(journal, rotation=replace(rotation, phase="minted", new_key=new_key)))
+                return None
+            self.provider.delete(key.id)
+            self.log.info("key.deleted", key_id=key.id, reason="minted by an interrupted run, value lost")
+        minted = self.provider.mint(credential=self.credential, rotation_id=rotation.id)
+        logs.register_secret(minted.value)
+        boundary("mint:after-provider")
+        self.store.save_vault(self.credential, Vault(current=vault.current, pending=minted.value.reveal()))
+        boundary("mint:after-vault")
+        new_key = KeyRef(id=minted.info.id, created_at=minted.info.created_at, expires_at=minted.info.expires_at)
+        self._save(replace(journal, rotation=replace(rotation, phase="minted", new_key=new_key)))
+        self.log.info("key.minted", rotation_id=rotation.id, key_id=new_key.id)
+        self._emit("key.minted", rotation_id=rotation.id)
+        boundary("mint:after")
+        return None
+
+    def _verify(self, auths: list[RegistryAuth]) -> VerifyResult:
+        """All distinct stored credentials must pull; the worst outcome wins."""
+        worst: VerifyResult | None = None
+        order = {"ok": 0, "inconclusive": 1, "rejected": 2}
+        for auth in auths:
+            result = self.verifier.verify(server=self.server, auth=auth, images=self.images)
+            self._emit("verification", result=result.outcome)
+            if worst is None or order[result.outcome] > order[worst.outcome]:
+                worst = result
+        assert worst is not None
+        return worst
+
+    def _verification_outcome(
+        self, result: VerifyResult, journal: CredentialJournal, *, next_phase: str, step: str, distributed: bool
+    ) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None
+        log = self.log.bind(rotation_id=rotation.id)
+        if result.ok:
+            log.info("verification.passed", step=step, requests=result.requests)
+            self._save(replace(journal, rotation=replace(rotation, phase=next_phase, waiting="", retry_at=None)))
+            return None
+        if result.outcome == "rejected":
+            log.warning("verification.rejected", step=step, detail=result.detail)
+            failure = f"{step}: registry rejected the new key: {result.detail}"
+            self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
+            return None
+        attempts = rotation.attempts + 1
+        log.warning("verification.inconclusive", step=step, detail=result.detail, attempt=attempts)
+        if not distributed and attempts >= MAX_INCONCLUSIVE_BEFORE_DISTRIBUTION:
+            failure = f"{step}: verification stayed inconclusive ({result.detail}); nothing was distributed"
+            self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
+            return None
+        retry_at = self.clock.now() + INCONCLUSIVE_RETRY
+        waiting = f"{step} inconclusive: {result.detail}"
+        self._save(replace(journal, rotation=replace(rotation, attempts=attempts, waiting=waiting, retry_at=retry_at)))
+        return None
+
+    def _do_verify_new(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        assert vault.pending
+        result = self._verify([self._auth(vault.pending)])
+        outcome = self._verification_outcome(
+            result, journal, next_phase="verified", step="verify_new", distributed=False
+        )
+        boundary("verify_new:after")
+        return outcome
+
+    def _do_distribute(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None and vault.pending
+        boundary("distribute:before")
+        if rotation.phase != "distributing":
+            rotation = replace(rotation, phase="distributing")
+            journal = replace(journal, rotation=rotation)
+            self._save(journal)
+        targets = self.targets()
+        if vault.snapshot is None:
+            views = self.read_targets(targets)
+            vault = Vault(current=vault.current, pending=vault.pending, snapshot=_snapshot(views))
+            self.store.save_vault(self.credential, vault)
+        boundary("distribute:after-snapshot")
+        assert vault.snapshot is not None and vault.pending
+        refused = set(vault.snapshot.get("refused", {}))
+        writable = [t for t in targets if t.key not in refused]
+        auth = self._auth(vault.pending)
+        results = self._fan_out(writable, lambda t: self.sinks[t.sink].write_entry(t, auth))
+        transient = [k for k, r in results.items() if isinstance(r, TransientError)]
+        failed = {k: r for k, r in results.items() if isinstance(r, RotatorError) and k not in transient}
+        for key, error in failed.items():
+            self.log.error("secret.refused", rotation_id=rotation.id, target=key, error=str(error))
+        counts: dict[str, int] = {}
+        for r in results.values():
+            label = r if isinstance(r, str) else type(r).__name__
+            counts[label] = counts.get(label, 0) + 1
+        self.log.info("secrets.written", rotation_id=rotation.id, targets=len(writable), results=counts)
+        if transient:
+            raise TransientError(f"{len(transient)} of {len(writable)} targets could not be written yet")
+        if failed:
+            snapshot = dict(vault.snapshot)
+            snapshot["refused"] = {**snapshot.get("refused", {}), **{k: str(e) for k, e in failed.items()}}
+            self.store.save_vault(self.credential, replace(vault, snapshot=snapshot))
+        self._save(replace(journal, rotation=replace(rotation, phase="distributed", waiting="", retry_at=None)))
+        boundary("distribute:after")
+        return None
+
+    def _fan_out(self, targets: list[TargetRef], fn: Callable[[TargetRef], str]) -> dict[str, str | Exception]:
+        results: dict[str, str | Exception] = {}
+        half = max(1, len(targets) // 2)
+
+        def one(target: TargetRef) -> tuple[str, str | Exception]:
+            try:
+                return target.key, fn(target)
+            except RotatorError as exc:
+                return target.key, exc
+
+        for i, (key, result) in enumerate(self._pool.map(one, targets), start=1):
+            results[key] = result
+            if i == half:
+                boundary("distribute:partial")
+        return results
+
+    def _do_verify_stored(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None
+        refused = set((vault.snapshot or {}).get("refused", {}))
+        views = [v for v in self.read_targets(self.targets()) if v.target.key not in refused and not v.refused]
+        expected = vault.pending or vault.current
+        behind = [v.target.key for v in views if v.entry is None or v.entry.password.reveal() != expected]
+        if behind:
+            attempts = rotation.attempts + 1
+            self.log.warning("secrets.behind", rotation_id=rotation.id, targets=len(behind), attempt=attempts)
+            if attempts > MAX_REDISTRIBUTIONS:
+                failure = f"{len(behind)} targets kept losing the new key (someone else writes them)"
+                self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
+            else:
+                self._save(replace(journal, rotation=replace(rotation, phase="verified", attempts=attempts)))
+            return None
+        # Check exactly what is stored: every distinct entry, as the kubelet would read it.
+        stored = {(v.entry.username, v.entry.password.reveal()): v.entry for v in views if v.entry is not None}
+        auths = list(stored.values()) or ([self._auth(expected)] if expected else [])
+        result = self._verify(auths)
+        outcome = self._verification_outcome(
+            result, journal, next_phase="stored_verified", step="verify_stored", distributed=True
+        )
+        boundary("verify_stored:after")
+        return outcome
+
+    def _do_promote(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None and rotation.new_key is not None
+        now = self.clock.now()
+        if vault.pending:
+            self.store.save_vault(self.credential, Vault(current=vault.pending))
+        boundary("promote:after-vault")
+        retired = list(journal.retired)
+        old = journal.current
+        if old is not None and old.id != rotation.new_key.id:
+            leaked = rotation.leaked_key_id == old.id
+            disable_at = now if leaked else now + self.policy.grace_period
+            retired.append(
+                Retired(key_id=old.id, retired_at=now, disable_at=disable_at, reason="leaked" if leaked else "rotated")
+            )
+        refused = sorted((vault.snapshot or {}).get("refused", {}))
+        detail = f"{len(refused)} targets refused: {', '.join(refused[:5])}" if refused else ""
+        result = Result(
+            rotation_id=rotation.id, result="succeeded", reason=rotation.reason, finished_at=now, detail=detail
+        )
+        promoted = replace(
+            journal,
+            current=rotation.new_key,
+            rotation=None,
+            retired=tuple(retired),
+            last_success_at=now,
+            backoff_until=None,
+            failures_in_a_row=0,
+        ).with_result(result)
+        self._save(promoted)
+        duration = (now - rotation.started_at).total_seconds()
+        self.log.info(
+            "rotation.succeeded",
+            rotation_id=rotation.id,
+            key_id=rotation.new_key.id,
+            replaced=old.id if old else None,
+            seconds=round(duration, 3),
+            reason=rotation.reason,
+            refused=len(refused),
+        )
+        self._emit("rotation.finished", rotation_id=rotation.id, result="succeeded", seconds=duration)
+        boundary("promote:after")
+        return Outcome(result="succeeded", rotation_id=rotation.id, detail=detail)
+
+    def _do_rollback(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        rotation = journal.rotation
+        assert rotation is not None
+        now = self.clock.now()
+        failure = rotation.failure or action.reason
+        if vault.snapshot is not None:
+            self._restore(vault.snapshot, rotation.id)
+        boundary("rollback:after-restore")
+        if rotation.new_key is not None:
+            self._delete_key(rotation.new_key.id, reason="rolled back")
+        else:  # died while minting: delete whatever this rotation minted
+            for key in self.provider.list_owned(credential=self.credential):
+                if key.rotation_id == rotation.id:
+                    self._delete_key(key.id, reason="rolled back")
+        boundary("rollback:after-delete")
+        self.store.save_vault(self.credential, Vault(current=vault.current))
+        failures = journal.failures_in_a_row + 1
+        result = Result(
+            rotation_id=rotation.id, result="failed", reason=rotation.reason, finished_at=now, detail=failure
+        )
+        self._save(
+            replace(
+                journal,
+                rotation=None,
+                failures_in_a_row=failures,
+                backoff_until=now + backoff(failures, self.policy),
+            ).with_result(result)
+        )
+        self.log.error("rotation.failed", rotation_id=rotation.id, reason=rotation.reason, detail=failure)
+        self._emit(
+            "rotation.finished",
+            rotation_id=rotation.id,
+            result="failed",
+            seconds=(now - rotation.started_at).total_seconds(),
+        )
+        return Outcome(result="failed", rotation_id=rotation.id, detail=failure)
+
+    def _restore(self, snapshot: dict[str, Any], rotation_id: str) -> None:
+        previous: dict[str, Any] = snapshot.get("targets", {})
+        values: list[dict[str, Any]] = snapshot.get("values", [])
+        targets = {t.key: t for t in self.targets()}
+        # A target gone since (namespace deleted) has nothing to restore.
+        pending = [targets[k] for k in previous if k in targets]
+
+        def restore(target: TargetRef) -> str:
+            index = previous[target.key]
+            sink = self.sinks[target.sink]
+            if index is None:
+                sink.remove_entry(target, self.server)
+                return "removed"
+            raw = values[index]
+            auth = RegistryAuth(
+                server=self.server,
+                username=raw["username"],
+                password=SecretStr(raw["password"]),
+                email=raw.get("email"),
+            )
+            return sink.write_entry(target, auth)
+
+        results = self._fan_out(pending, restore)
+        errors = {k: r for k, r in results.items() if isinstance(r, Exception)}
+        transient = {k: e for k, e in errors.items() if isinstance(e, TransientError)}
+        if transient:
+            raise TransientError(f"restore: {len(transient)} targets could not be written back yet")
+        for key, error in errors.items():
+            self.log.error("secret.restore_failed", rotation_id=rotation_id, target=key, error=str(error))
+        self.log.info("secrets.restored", rotation_id=rotation_id, targets=len(results) - len(errors))
+
+    def _delete_key(self, key_id: str, *, reason: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self.provider.delete(key_id)
+        self.log.info("key.deleted", key_id=key_id, reason=reason)
+
+    def _do_heal(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        assert vault.current
+        auth = self._auth(vault.current)
+        wanted = set(action.targets)
+        targets = [t for t in self.targets() if t.key in wanted]
+        results = self._fan_out(targets, lambda t: self.sinks[t.sink].write_entry(t, auth))
+        healed = [k for k, r in results.items() if isinstance(r, str)]
+        errors = {k: r for k, r in results.items() if isinstance(r, Exception)}
+        self.log.info("secrets.healed", targets=len(healed), failed=len(errors))
+        for key in healed:
+            self._emit("secret.healed", target=key)
+        if errors:
+            first = next(iter(errors.values()))
+            if isinstance(first, TransientError):
+                raise first
+            raise PermanentError(f"{len(errors)} targets could not be healed: {first}")
+        return None
+
+    def _update_retired(self, journal: CredentialJournal, key_id: str, retired: Retired | None) -> None:
+        kept = tuple(r for r in journal.retired if r.key_id != key_id)
+        self._save(replace(journal, retired=kept + ((retired,) if retired else ())))
+
+    def _do_disable(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        assert action.key_id
+        entry = next(r for r in journal.retired if r.key_id == action.key_id)
+        now = self.clock.now()
+        try:
+            self.provider.disable(action.key_id)
+        except (NotFoundError, NotOwnedError) as exc:
+            self.log.warning("key.forgotten", key_id=action.key_id, reason=str(exc))
+            self._update_retired(journal, action.key_id, None)
+            return None
+        self._update_retired(
+            journal, action.key_id, replace(entry, disabled_at=now, delete_at=now + self.policy.delete_after)
+        )
+        self.log.info("key.disabled", key_id=action.key_id, reason=action.reason)
+        self._emit("key.revoked", step="disable")
+        boundary("disable:after")
+        return None
+
+    def _do_delete(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        assert action.key_id
+        try:
+            self._delete_key(action.key_id, reason=action.reason)
+        except NotOwnedError as exc:
+            self.log.warning("key.forgotten", key_id=action.key_id, reason=str(exc))
+        self._update_retired(journal, action.key_id, None)
+        self._emit("key.revoked", step="delete")
+        boundary("delete:after")
+        return None
+
+    def _do_sweep(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        assert action.key_id
+        self._delete_key(action.key_id, reason="orphan: owned, unknown to the journal, held by no target")
+        return None
+
+
+def _snapshot(views: list[TargetView]) -> dict[str, Any]:
+    """Each target's entry before the rotation writes it (values de-duplicated), and refusals."""
+    values: list[dict[str, Any]] = []
+    index: dict[tuple[str, str, str | None], int] = {}
+    targets: dict[str, int | None] = {}
+    refused: dict[str, str] = {}
+    for view in views:
+        if view.refused:
+            refused[view.target.key] = view.refused
+            continue
+        if view.entry is None:
+            targets[view.target.key] = None
+            continue
+        ident = (view.entry.username, view.entry.password.reveal(), view.entry.email)
+        if ident not in index:
+            index[ident] = len(values)
+            values.append({"username": ident[0], "password": ident[1], "email": ident[2]})
+        targets[view.target.key] = index[ident]
+    return {"targets": targets, "values": values, "refused": refused}

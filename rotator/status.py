@@ -1,0 +1,95 @@
+"""What ``rotator status`` and ``GET /v1/credentials`` show. Pure: journal + policy + now in, dict out.
+
+Key ids, ages and deadlines only: never a key value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rotator.durations import format_duration
+from rotator.journal import CredentialJournal
+from rotator.policy import Policy, due
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds") if value else None
+
+
+def credential_status(name: str, journal: CredentialJournal, policy: Policy, now: dt.datetime) -> dict[str, Any]:
+    current = journal.current
+    due_at, why = due(journal, policy)
+    if journal.backoff_until and (due_at is None or journal.backoff_until > due_at):
+        due_at, why = journal.backoff_until, f"{why}; backing off after {journal.failures_in_a_row} failure(s)"
+    rotation = journal.rotation
+    last = journal.last_result
+    return {
+        "name": name,
+        "current_key_id": current.id if current else None,
+        "current_key_created_at": _iso(current.created_at) if current else None,
+        "current_key_age_seconds": int((now - current.created_at).total_seconds()) if current else None,
+        "current_key_expires_at": _iso(current.expires_at) if current else None,
+        "max_age_seconds": int(policy.max_age.total_seconds()),
+        "next_rotation_at": _iso(due_at) if due_at else _iso(now),
+        "next_rotation_reason": why,
+        "rotation_in_progress": (
+            {
+                "id": rotation.id,
+                "phase": rotation.phase,
+                "reason": rotation.reason,
+                "started_at": _iso(rotation.started_at),
+                "waiting": rotation.waiting or None,
+                "retry_at": _iso(rotation.retry_at),
+            }
+            if rotation
+            else None
+        ),
+        "revocations_pending": [
+            {
+                "key_id": r.key_id,
+                "step": "delete" if r.disabled_at else "disable",
+                "deadline": _iso(r.delete_at if r.disabled_at else r.disable_at),
+                "reason": r.reason,
+            }
+            for r in journal.retired
+        ],
+        "last_success_at": _iso(journal.last_success_at),
+        "last_result": (
+            {
+                "rotation_id": last.rotation_id,
+                "result": last.result,
+                "reason": last.reason,
+                "finished_at": _iso(last.finished_at),
+                "detail": last.detail or None,
+            }
+            if last
+            else None
+        ),
+    }
+
+
+def render_text(statuses: list[dict[str, Any]], now: dt.datetime) -> str:
+    lines = []
+    for s in statuses:
+        lines.append(f"credential {s['name']}")
+        if s["current_key_id"]:
+            age = dt.timedelta(seconds=s["current_key_age_seconds"])
+            lines.append(f"  current key   {s['current_key_id']} (age {format_duration(age)})")
+        else:
+            lines.append("  current key   none yet")
+        next_at = dt.datetime.fromisoformat(s["next_rotation_at"])
+        when = "now" if next_at <= now else f"in {format_duration(next_at - now)}"
+        lines.append(f"  next rotation {when} ({s['next_rotation_reason']})")
+        if s["rotation_in_progress"]:
+            r = s["rotation_in_progress"]
+            lines.append(
+                f"  in progress   {r['id']} phase {r['phase']}" + (f" — {r['waiting']}" if r["waiting"] else "")
+            )
+        for rev in s["revocations_pending"]:
+            lines.append(f"  pending       {rev['step']} {rev['key_id']} at {rev['deadline']} ({rev['reason']})")
+        if s["last_result"]:
+            last = s["last_result"]
+            detail = f": {last['detail']}" if last["detail"] else ""
+            lines.append(f"  last result   {last['result']} at {last['finished_at']} ({last['reason']}){detail}")
+    return "\n".join(lines)
