@@ -151,9 +151,9 @@ def plan(obs: Observation, policy: Policy) -> Action:
         return Action(kind="start", reason=why)
 
     # 6. Nothing to do until the earliest deadline.
-    deadlines = [d for d in (due_at, journal.backoff_until) if d is not None]
-    for retired in journal.retired:
-        deadlines.append(retired.delete_at if retired.disabled_at else retired.disable_at)  # type: ignore[arg-type]
+    candidates = [due_at, journal.backoff_until]
+    candidates += [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
+    deadlines = [d for d in candidates if d is not None]
     return Action(kind="idle", until=min(deadlines) if deadlines else None)
 
 

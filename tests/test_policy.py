@@ -1,0 +1,193 @@
+"""The pure state machine: schedule arithmetic on a fake clock, and its safety invariants."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rotator.journal import PHASES, CredentialJournal, KeyRef, Retired, Rotation
+from rotator.policy import Observation, Policy, Request, due, plan
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+POLICY = Policy(
+    interval=dt.timedelta(days=7),
+    max_age=dt.timedelta(days=30),
+    grace_period=dt.timedelta(hours=1),
+    delete_after=dt.timedelta(days=1),
+)
+
+
+def journal_with_current(created: dt.datetime = T0, **kw: object) -> CredentialJournal:
+    return CredentialJournal(current=KeyRef(id="k-cur", created_at=created), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("policy", "key", "expected", "reason"),
+    [
+        pytest.param(POLICY, KeyRef(id="k", created_at=T0), T0 + dt.timedelta(days=7), "scheduled", id="interval"),
+        pytest.param(
+            Policy(
+                interval=None, max_age=dt.timedelta(days=30), grace_period=dt.timedelta(0), delete_after=dt.timedelta(0)
+            ),
+            KeyRef(id="k", created_at=T0),
+            T0 + dt.timedelta(days=30),
+            "max_age reached",
+            id="max-age-only",
+        ),
+        pytest.param(
+            POLICY,
+            KeyRef(id="k", created_at=T0, expires_at=T0 + dt.timedelta(days=3)),
+            T0 + dt.timedelta(days=2),
+            "key expires soon",
+            id="expiry-minus-renew-before",
+        ),
+        pytest.param(
+            Policy(
+                interval=None,
+                cron="0 3 * * *",
+                max_age=dt.timedelta(days=30),
+                grace_period=dt.timedelta(0),
+                delete_after=dt.timedelta(0),
+            ),
+            KeyRef(id="k", created_at=T0 + dt.timedelta(hours=5)),
+            T0 + dt.timedelta(days=1, hours=3),
+            "scheduled (cron)",
+            id="cron-next-day",
+        ),
+    ],
+)
+def test_due_is_the_earliest_deadline(policy: Policy, key: KeyRef, expected: dt.datetime, reason: str) -> None:
+    """The next rotation is due at the earliest of schedule, max age and expiry margin."""
+    assert due(CredentialJournal(current=key), policy) == (expected, reason)
+
+
+def test_no_current_key_starts_a_rotation() -> None:
+    """A credential without a key is rotated right away (bootstrap)."""
+    action = plan(Observation(journal=CredentialJournal(), now=T0), POLICY)
+    assert action.kind == "start"
+
+
+def test_idle_until_due_then_start() -> None:
+    """Before the interval nothing happens; at the interval a rotation starts."""
+    obs = Observation(journal=journal_with_current(), now=T0 + dt.timedelta(days=6), out_of_sync=())
+    assert plan(obs, POLICY).kind == "idle"
+    assert plan(obs, POLICY).until == T0 + dt.timedelta(days=7)
+    obs = Observation(journal=journal_with_current(), now=T0 + dt.timedelta(days=7), out_of_sync=())
+    assert plan(obs, POLICY).kind == "start"
+
+
+def test_backoff_holds_planned_but_not_emergency_rotations() -> None:
+    """After a failure, planned rotations wait; an emergency does not."""
+    j = journal_with_current(backoff_until=T0 + dt.timedelta(days=8), failures_in_a_row=1)
+    now = T0 + dt.timedelta(days=7)
+    assert (
+        plan(Observation(journal=j, now=now, out_of_sync=(), request=Request(reason="manual")), POLICY).kind == "idle"
+    )
+    emergency = Request(reason="leaked", emergency=True)
+    assert plan(Observation(journal=j, now=now, out_of_sync=(), request=emergency), POLICY).kind == "start"
+
+
+def test_disable_waits_for_grace_and_sync() -> None:
+    """A retired key is disabled only after its grace period and only when every target holds the current key."""
+    retired = Retired(key_id="k-old", retired_at=T0, disable_at=T0 + dt.timedelta(hours=1))
+    j = journal_with_current(retired=(retired,))
+    early = Observation(journal=j, now=T0 + dt.timedelta(minutes=59), out_of_sync=())
+    assert plan(early, POLICY).kind == "idle"
+    unsynced = Observation(journal=j, now=T0 + dt.timedelta(hours=2), out_of_sync=("kubernetes:a/s",))
+    assert plan(unsynced, POLICY).kind == "heal"
+    unknown = Observation(journal=j, now=T0 + dt.timedelta(hours=2), out_of_sync=None)
+    assert plan(unknown, POLICY).kind != "disable"
+    ready = Observation(journal=j, now=T0 + dt.timedelta(hours=2), out_of_sync=())
+    assert plan(ready, POLICY).kind == "disable"
+
+
+def test_rotation_in_flight_resumes_by_phase() -> None:
+    """Each journaled phase maps to the step that finishes it."""
+    expected = {
+        "minting": "mint",
+        "minted": "verify_new",
+        "verified": "distribute",
+        "distributing": "distribute",
+        "distributed": "verify_stored",
+        "stored_verified": "promote",
+        "rolling_back": "rollback",
+    }
+    for phase, kind in expected.items():
+        rot = Rotation(id="r", reason="x", started_at=T0, phase=phase, new_key=KeyRef(id="k-new", created_at=T0))
+        assert plan(Observation(journal=journal_with_current(rotation=rot), now=T0), POLICY).kind == kind
+
+
+def test_lost_pending_value_rolls_back_before_distribution() -> None:
+    """If the new key's value is gone before it was written anywhere, the rotation rolls back."""
+    rot = Rotation(id="r", reason="x", started_at=T0, phase="verified", new_key=KeyRef(id="k-new", created_at=T0))
+    obs = Observation(journal=journal_with_current(rotation=rot), now=T0, vault_has_pending=False)
+    assert plan(obs, POLICY).kind == "rollback"
+
+
+times = st.integers(min_value=0, max_value=60 * 24 * 90).map(lambda m: T0 + dt.timedelta(minutes=m))
+key_ids = st.sampled_from(["k1", "k2", "k3", "k4"])
+
+
+@st.composite
+def journals(draw: st.DrawFn) -> CredentialJournal:
+    current = draw(st.none() | st.builds(KeyRef, id=key_ids, created_at=times))
+    retired = draw(
+        st.lists(
+            st.builds(
+                Retired,
+                key_id=key_ids,
+                retired_at=times,
+                disable_at=times,
+                disabled_at=st.none() | times,
+                delete_at=st.none() | times,
+            ),
+            max_size=3,
+        )
+    )
+    rotation = draw(
+        st.none()
+        | st.builds(
+            Rotation,
+            id=st.just("r"),
+            reason=st.just("x"),
+            started_at=times,
+            phase=st.sampled_from(PHASES),
+            new_key=st.none() | st.builds(KeyRef, id=key_ids, created_at=times),
+        )
+    )
+    return CredentialJournal(current=current, retired=tuple(retired), rotation=rotation)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    journal=journals(),
+    now=times,
+    out_of_sync=st.none() | st.lists(st.just("kubernetes:a/s"), max_size=1).map(tuple),
+    stale=st.lists(st.just("kubernetes:b/s"), max_size=1).map(tuple),
+    orphan_ids=st.lists(key_ids, max_size=2).map(tuple),
+)
+def test_safety_invariants(
+    journal: CredentialJournal,
+    now: dt.datetime,
+    out_of_sync: tuple[str, ...] | None,
+    stale: tuple[str, ...],
+    orphan_ids: tuple[str, ...],
+) -> None:
+    """Whatever the state: never revoke the current key or a key in use, never revoke during a rotation."""
+    obs = Observation(journal=journal, now=now, out_of_sync=out_of_sync, stale_refused=stale, orphans=orphan_ids)
+    action = plan(obs, POLICY)
+    if action.kind in ("disable", "delete", "sweep"):
+        assert journal.rotation is None
+        assert action.key_id != (journal.current.id if journal.current else None)
+    if action.kind == "disable":
+        assert out_of_sync == () and stale == ()
+        retired = [r for r in journal.retired if r.key_id == action.key_id]
+        assert retired and retired[0].disable_at <= now
+    if action.kind == "delete":
+        retired = [r for r in journal.retired if r.key_id == action.key_id]
+        assert retired and retired[0].disabled_at is not None
+    if action.kind == "sweep":
+        assert action.key_id not in journal.known_key_ids()

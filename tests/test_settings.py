@@ -1,0 +1,204 @@
+"""Configuration: valid files load; each bad one names the file, the field, the value and a fix."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rotator import settings
+from rotator.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD: dict[str, Any] = {
+    "credentials": [
+        {
+            "name": "icr-pull",
+            "provider": {
+                "kind": "ibm-iam",
+                "account_id": "abc",
+                "service_id": "ServiceId-1234",
+                "apikey": {"env": "ROTATOR_TEST_APIKEY"},
+            },
+            "registry": {"server": "us.icr.io", "images": ["us.icr.io/team/app:latest"]},
+            "schedule": {"interval": "7d"},
+            "max_age": "30d",
+            "grace_period": "1h",
+            "targets": {"kubernetes": {"secret_name": "icr-pull", "namespaces": {"names": ["team-a"]}}},
+        }
+    ]
+}
+
+
+def load(tmp_path: Path, doc: Any) -> settings.Settings:
+    path = tmp_path / "rotator.yaml"
+    path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return settings.load(path, base_dir=tmp_path)
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with one field (dotted path, [i] for list items) set, or removed when value is DELETE."""
+    doc = copy.deepcopy(GOOD)
+    node: Any = doc
+    parts = path.replace("[", ".").replace("]", "").split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    last = parts[-1]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return doc
+
+
+DELETE = object()
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    """A minimal valid config loads, durations parsed and defaults filled in."""
+    cfg = load(tmp_path, GOOD)
+    cred = cfg.credential("icr-pull")
+    assert cred.schedule.interval == dt.timedelta(days=7)
+    assert cred.max_age == dt.timedelta(days=30)
+    assert cred.registry.username == "iamapikey"
+    assert cred.delete_after == dt.timedelta(days=1)
+    assert cfg.kubernetes.concurrency == 16
+
+
+def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config in config/ is valid."""
+    monkeypatch.setenv("ROTATOR_ADMIN_APIKEY", "x" * 44)
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        settings.load(path, base_dir=REPO)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        pytest.param(with_change("credentials[0].nmae", "x"), "credentials[0].nmae: unknown field", id="unknown-field"),
+        pytest.param(
+            with_change("credentials[0].name", "Bad_Name"),
+            "credentials[0].name: 'Bad_Name' is not a valid Kubernetes name",
+            id="bad-name",
+        ),
+        pytest.param(
+            with_change("credentials[0].name", "a" * 254), "is not a valid Kubernetes name", id="name-too-long"
+        ),
+        pytest.param(
+            with_change("credentials[0].max_age", "30 days"),
+            "credentials[0].max_age: '30 days' '30 days' is not a duration",
+            id="bad-duration",
+        ),
+        pytest.param(
+            with_change("credentials[0].max_age", 30), "credentials[0].max_age: 30 has no unit", id="duration-no-unit"
+        ),
+        pytest.param(
+            with_change("credentials[0].schedule", {"interval": "1d", "cron": "0 3 * * *"}),
+            "credentials[0].schedule: give interval or cron, not both",
+            id="interval-and-cron",
+        ),
+        pytest.param(
+            with_change("credentials[0].schedule", {"cron": "61 * * * *"}),
+            "credentials[0].schedule.cron: '61 * * * *' is not a 5-field cron expression",
+            id="bad-cron",
+        ),
+        pytest.param(
+            with_change("credentials[0].schedule", {"interval": "60d"}),
+            "schedule.interval: is longer than max_age",
+            id="interval-over-max-age",
+        ),
+        pytest.param(
+            with_change("credentials[0].provider.apikey", "s3cr3t-inline-key"),
+            "credentials[0].provider.apikey: expected a mapping",
+            id="inline-key",
+        ),
+        pytest.param(
+            with_change("credentials[0].provider.apikey", {"file": "/x", "env": "Y"}),
+            "give exactly one of file",
+            id="key-file-and-env",
+        ),
+        pytest.param(
+            with_change("credentials[0].provider.kind", "aws"),
+            "credentials[0].provider.kind: 'aws' is not a known provider",
+            id="unknown-provider",
+        ),
+        pytest.param(
+            with_change("credentials[0].provider.service_id", "1234"),
+            "credentials[0].provider.service_id: '1234' is not a service ID",
+            id="bad-service-id",
+        ),
+        pytest.param(
+            with_change("credentials[0].registry.images", []),
+            "credentials[0].registry.images: is empty",
+            id="no-images",
+        ),
+        pytest.param(
+            with_change("credentials[0].registry.images", ["app"]),
+            "is not an image reference",
+            id="bad-image",
+        ),
+        pytest.param(
+            with_change("credentials[0].targets.kubernetes.namespaces", {"names": ["a"], "all": True}),
+            "choose namespaces by exactly one of names, selector or all",
+            id="two-namespace-selections",
+        ),
+        pytest.param(
+            with_change("credentials[0].targets.kubernetes.namespaces", {"names": ["Team_A"]}),
+            "(item 0: 'Team_A') is not a valid namespace name",
+            id="bad-namespace",
+        ),
+        pytest.param(
+            with_change("credentials[0].registry", DELETE), "credentials[0].registry: is required", id="no-registry"
+        ),
+        pytest.param({"credentials": []}, "credentials: is required", id="no-credentials"),
+        pytest.param("credentials: [\n  - name: x\n   bad", "is not valid YAML at line", id="bad-yaml"),
+        pytest.param(
+            {**GOOD, "kubernetes": {"concurrency": 0}},
+            "kubernetes.concurrency: 0 is not a whole number from 1 to 256",
+            id="bad-concurrency",
+        ),
+        pytest.param(
+            with_change("credentials[0].registry.server", "${ROTATOR_SURELY_UNSET_VAR}"),
+            "environment variable ROTATOR_SURELY_UNSET_VAR is not set",
+            id="unset-env",
+        ),
+    ],
+)
+def test_bad_config_names_file_field_and_fix(tmp_path: Path, doc: Any, expected: str) -> None:
+    """Each bad config fails with a message naming the file and the precise problem."""
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, doc)
+    message = str(info.value)
+    assert str(tmp_path / "rotator.yaml") in message
+    assert expected in message
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
+    """Two independent mistakes are both reported, not only the first."""
+    doc = with_change("credentials[0].max_age", "soon")
+    doc["credentials"][0]["grace_period"] = "later"
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, doc)
+    assert "max_age" in str(info.value) and "grace_period" in str(info.value)
+
+
+def test_redacted_view_shows_where_the_key_is_not_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logged config names the key's source and never contains its value."""
+    monkeypatch.setenv("ROTATOR_TEST_APIKEY", "very-secret-admin-key-value")
+    cfg = load(tmp_path, GOOD)
+    assert cfg.credential("icr-pull").provider.apikey.load().reveal() == "very-secret-admin-key-value"
+    text = repr(cfg.redacted())
+    assert "env:ROTATOR_TEST_APIKEY" in text
+    assert "very-secret-admin-key-value" not in text
+
+
+def test_missing_key_file_says_which_field_and_path(tmp_path: Path) -> None:
+    """A key file that does not exist is reported with the field and the path."""
+    cfg = load(tmp_path, with_change("credentials[0].provider.apikey", {"file": "nope/apikey"}))
+    with pytest.raises(ConfigError, match=r"credentials\[0\]\.provider\.apikey: cannot read .*nope/apikey"):
+        cfg.credential("icr-pull").provider.apikey.load()
