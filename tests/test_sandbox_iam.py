@@ -348,3 +348,19 @@ def test_malformed_token_requests(
     assert response.status_code == status
     assert body["errorCode"] == code
     assert body["errorMessage"] and body["context"]["requestType"] == "incoming.Identity_Token"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/iam/key-limit", {"limit": 0}, id="limit-zero"),
+        pytest.param("/iam/key-limit", {"limit": "3"}, id="limit-text"),
+        pytest.param("/iam/token-lifetime", {"secs": 5}, id="lifetime-wrong-field"),
+        pytest.param("/iam/token-lifetime", [5], id="lifetime-not-object"),
+    ],
+)
+def test_admin_routes_reject_bad_values(shared_sandbox: SandboxProcess, path: str, body: Any) -> None:
+    """The test-control routes answer 400 naming the expected field, not a 500."""
+    response = shared_sandbox.admin.put(path, json=body)
+    assert response.status_code == 400
+    assert ("limit" if "limit" in path else "seconds") in response.json()["error"]
