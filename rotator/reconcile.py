@@ -125,7 +125,6 @@ class Reconciler:
         """Work until idle (or until a wait longer than ``wait_budget`` seconds); one pass at a time."""
         with self._lock, self.store.lock(self.credential):
             started = self.clock.now()
-            finished: Outcome | None = None
             for _ in range(max_steps):
                 journal = self.store.load(self.credential)
                 vault = self.store.load_vault(self.credential)
@@ -135,7 +134,7 @@ class Reconciler:
                 obs = self._observe(journal, vault, request)
                 action = plan(obs, self.policy)
                 if action.kind == "idle":
-                    return finished or Outcome(result="idle", next_at=action.until)
+                    return Outcome(result="idle", next_at=action.until)
                 if action.kind == "wait":
                     assert action.until is not None
                     waited = (self.clock.now() - started).total_seconds()
@@ -152,8 +151,8 @@ class Reconciler:
                     request = None  # consumed
                 outcome = self._act(action, journal, vault)
                 if outcome is not None:
-                    finished = outcome
-            return finished or Outcome(result="waiting", detail=f"stopped after {max_steps} steps")
+                    return outcome  # one rotation per pass; what is due next comes on the next pass
+            return Outcome(result="waiting", detail=f"stopped after {max_steps} steps")
 
     # -- observation -----------------------------------------------------------------------------
     def targets(self) -> list[TargetRef]:
@@ -272,12 +271,15 @@ class Reconciler:
                 return None
             self.provider.delete(key.id)
             self.log.info("key.deleted", key_id=key.id, reason="minted by an interrupted run, value lost")
+        # IAM reports creation to the minute; our own clock before the call bounds it from below.
+        minted_at = self.clock.now()
         minted = self.provider.mint(credential=self.credential, rotation_id=rotation.id)
         logs.register_secret(minted.value)
         boundary("mint:after-provider")
         self.store.save_vault(self.credential, Vault(current=vault.current, pending=minted.value.reveal()))
         boundary("mint:after-vault")
-        new_key = KeyRef(id=minted.info.id, created_at=minted.info.created_at, expires_at=minted.info.expires_at)
+        created_at = max(minted.info.created_at, minted_at)
+        new_key = KeyRef(id=minted.info.id, created_at=created_at, expires_at=minted.info.expires_at)
         self._save(replace(journal, rotation=replace(rotation, phase="minted", new_key=new_key)))
         self.log.info("key.minted", rotation_id=rotation.id, key_id=new_key.id)
         self._emit("key.minted", rotation_id=rotation.id)

@@ -31,13 +31,14 @@ class SandboxProcess:
         *,
         port_base: int = 0,
         state_dir: Path | None = None,
+        files_dir: Path | None = None,
         extra_args: list[str] | None = None,
         log_path: Path | None = None,
     ) -> SandboxProcess:
         workdir = Path(tempfile.mkdtemp(prefix="rotator-sbx-"))
         endpoints_file = workdir / "endpoints.json"
         args = [sys.executable, "-m", "rotator", "sandbox", "--port-base", str(port_base)]
-        args += ["--endpoints-file", str(endpoints_file), "--files-dir", str(workdir / "files")]
+        args += ["--endpoints-file", str(endpoints_file), "--files-dir", str(files_dir or workdir / "files")]
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
         args += extra_args or []
