@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds to wait out an inconclusive verification (rate limits) before giving up",
     )
+    p = add("reconcile", commands.reconcile, "one pass: finish a rotation in flight, heal drift, revoke what is due")
+    p.add_argument("name", nargs="?")
+    _with_config(p)
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait out an inconclusive verification")
     p = add("plan", commands.plan, "show what a rotation would do, without doing anything")
     p.add_argument("name", nargs="?")
     _with_config(p)

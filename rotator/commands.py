@@ -50,6 +50,21 @@ def rotate(args: argparse.Namespace) -> int:
     return 1
 
 
+def reconcile(args: argparse.Namespace) -> int:
+    """One pass without asking for a rotation: finish one in flight, heal drift, revoke what is due."""
+    cfg = _load(args)
+    app = App(cfg)
+    code = 0
+    try:
+        for name in _names(cfg, args.name):
+            outcome = app.reconciler(name).run(None, wait_budget=args.wait)
+            print(f"{name}: {outcome.result}" + _detail(outcome.detail))
+            code = max(code, 1 if outcome.result in ("failed", "inconclusive") else 0)
+    finally:
+        app.close()
+    return code
+
+
 def _detail(detail: str) -> str:
     return f" ({detail})" if detail else ""
 

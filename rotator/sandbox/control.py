@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class SandboxProcess:
         self.workdir = workdir
         self.endpoints: dict[str, Any] = json.loads(endpoints_file.read_text())
         self.admin = httpx.Client(base_url=self.endpoints["admin"], timeout=10)
+        self.on_stop: Callable[[SandboxProcess], None] | None = None
 
     @classmethod
     def start(
@@ -72,8 +74,17 @@ class SandboxProcess:
         log = self.requests(service)
         return int(log[-1]["seq"]) if log else 0
 
+    def issued_values(self) -> list[str]:
+        """Every API key value the IAM emulator has issued (for the suite's log-leak scan)."""
+        response = self.admin.get("/iam/issued-values")
+        response.raise_for_status()
+        values: list[str] = response.json()["values"]
+        return values
+
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> int:
+        if self.on_stop is not None and self.proc.poll() is None:
+            self.on_stop(self)
         self.admin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

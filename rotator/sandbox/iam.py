@@ -669,6 +669,7 @@ class IamEmulator:
             web.put("/iam/token-lifetime", self._admin_token_lifetime),
             web.put("/iam/key-limit", self._admin_key_limit),
             web.get("/iam/keys", self._admin_keys),
+            web.get("/iam/issued-values", self._admin_values),
         ]
 
     async def _admin_int(self, request: web.Request, field_name: str) -> int:
@@ -688,6 +689,10 @@ class IamEmulator:
     async def _admin_key_limit(self, request: web.Request) -> web.Response:
         self.key_limit = await self._admin_int(request, "limit")
         return web.json_response({"limit": self.key_limit})
+
+    async def _admin_values(self, _: web.Request) -> web.Response:
+        """Every key value ever issued (test-only: the suite scans its logs for them)."""
+        return web.json_response({"values": [k.value for k in self.keys.values()]})
 
     async def _admin_keys(self, _: web.Request) -> web.Response:
         keys = sorted(self.keys.values(), key=lambda k: k.seq)
