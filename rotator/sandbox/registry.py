@@ -7,11 +7,23 @@ What a client sees (protocols.md sections 4-5, real-components.md):
   live against the IAM emulator on every request. Bad credentials answer **400** like ICR (401 through
   ``POST /registry/bad-credentials``). Missing rights are not an error: the token carries the granted part
   of the requested scopes, possibly none. Tokens are RS256 JWTs with an ``x5c`` header, a string ``aud``
-  and an ``access`` list, so Docker's real registry accepts them too.
+  and an ``access`` list; Docker's registry 2.8 accepts them (checked by hand against docker-registry 2.8.2).
 - Manifests, blobs and tags under ``/v2/<name>/...``; pushes through the upload API for identities granted
-  ``push``. A token without the needed action gets **403 DENIED** like ICR ("requested access to the
-  resource is denied"); ``POST /registry/insufficient-scope {"status": 401}`` switches to distribution's
+  ``push``. Accept negotiation and the schema 1 rewrite follow docker-registry 2.8.2 as measured
+  (``Store.negotiate``).
+
+Where this emulator chooses (and why):
+
+- A token without the needed action gets **403 DENIED** ("requested access to the resource is denied", the
+  message ICR users report); ``POST /registry/insufficient-scope {"status": 401}`` switches to distribution's
   401 ``UNAUTHORIZED`` with ``error="insufficient_scope"`` in the challenge.
+- An unknown repository is 404 ``NAME_UNKNOWN`` (the spec's code; distribution 2.8 says ``MANIFEST_UNKNOWN``
+  for manifests). A malformed digest is 400 ``DIGEST_INVALID`` (distribution answers 500 for some).
+  A wrong method is 405 ``UNSUPPORTED`` (distribution authenticates first).
+- Monolithic ``POST .../blobs/uploads/?digest=`` is accepted (the OCI spec allows it; 2.8 ignores it).
+  Upload ``Location`` headers are relative, which clients resolve against the URL they called.
+- Token request errors (bad scope, unknown service, OAuth2 form without ``client_id``) are 400 in the
+  registry error shape with code ``UNSUPPORTED``.
 
 Test controls live on the admin port under ``/registry/`` (see ``admin_routes``).
 """
@@ -54,7 +66,6 @@ from rotator.sandbox.registry_store import (
     check_digest,
     check_name,
     check_reference,
-    select_manifest,
 )
 from rotator.sandbox.tokens import ISSUER
 from rotator.sandbox.world import Seed
@@ -62,6 +73,9 @@ from rotator.sandbox.world import Seed
 SERVICE = "registry"
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 MAX_UPLOADS = 64
+# Blob bodies are streamed past the app's 8 MiB request limit (which still bounds manifests, like the
+# real registry's 4 MiB manifest limit) so ordinary image layers can be pushed.
+MAX_BLOB_BYTES = 256 * 1024**2
 _PULL: tuple[str, ...] = ("pull",)
 _PUSH: tuple[str, ...] = ("pull", "push")
 _ERROR_CODES = {
@@ -111,8 +125,10 @@ class Upload:
 def registry_error(
     status: int, code: str, message: str, *, detail: Any = None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    body = {"errors": [{"code": code, "message": message, "detail": detail}]}
-    return web.json_response(body, status=status, headers=headers)
+    error: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        error["detail"] = detail
+    return web.json_response({"errors": [error]}, status=status, headers=headers)
 
 
 class RegistryEmulator:
@@ -206,9 +222,7 @@ class RegistryEmulator:
         if request.method == "PUT":
             digest = self.store.put_manifest(name, ref, request.headers.get("Content-Type", ""), await request.read())
             return _created(f"/v2/{name}/manifests/{digest}", digest)
-        manifest = self.store.manifest(name, ref)
-        accepted = accepted_types(request.headers.getall("Accept", []))
-        manifest = select_manifest(manifest, accepted, by_tag=":" not in ref)
+        manifest = self.store.negotiate(name, ref, accepted_types(request.headers.getall("Accept", [])))
         headers = {"Docker-Content-Digest": manifest.digest, "ETag": f'"{manifest.digest}"'}
         return web.Response(body=manifest.body, content_type=manifest.media_type, headers=headers)
 
@@ -241,7 +255,7 @@ class RegistryEmulator:
             del self.uploads[ref]
             return web.Response(status=204)
         if request.method in ("PATCH", "PUT"):
-            upload.data.extend(await request.read())
+            upload.data.extend(await _blob_body(request, MAX_BLOB_BYTES - len(upload.data)))
         if request.method == "PUT":
             digest = self.store.put_blob(name, bytes(upload.data), check_digest(request.query.get("digest", "")))
             del self.uploads[ref]
@@ -254,7 +268,7 @@ class RegistryEmulator:
             return _created(f"/v2/{name}/blobs/{mount}", mount)
         digest = request.query.get("digest")
         if digest is not None:
-            stored = self.store.put_blob(name, await request.read(), check_digest(digest))
+            stored = self.store.put_blob(name, await _blob_body(request, MAX_BLOB_BYTES), check_digest(digest))
             return _created(f"/v2/{name}/blobs/{stored}", stored)
         ref = str(uuid.uuid4())
         self.uploads[ref] = Upload(name)
@@ -378,20 +392,17 @@ class RegistryEmulator:
         if username == "iamapikey":
             identity = iam.authenticate_apikey(password)
         elif username == "iambearer":
-            identity = self._identity_from_access_token(iam, password)
+            identity = self._identity_from_access_token(password)
         else:
             return None
         if identity is None or self._denied_as_new(identity):
             return None
         return identity
 
-    def _identity_from_access_token(self, iam: Any, token: str) -> dict[str, Any] | None:
-        check = getattr(iam, "authenticate_access_token", None)
-        if check is not None:
-            result: dict[str, Any] | None = check(token)
-            return result
+    def _identity_from_access_token(self, token: str) -> dict[str, Any] | None:
+        """IAM access tokens are signed by the sandbox's one signer: verify them locally."""
         try:
-            claims = self.ctx.signer.verify(token)
+            claims: dict[str, Any] = self.ctx.signer.verify(token)
         except jwt.PyJWTError:
             return None
         if claims.get("realmid") != "iam" or not isinstance(claims.get("iam_id"), str):
@@ -407,6 +418,18 @@ class RegistryEmulator:
 
     # -- admin routes --------------------------------------------------------------------------
     def admin_routes(self) -> list[web.RouteDef]:
+        """Test controls (JSON bodies; 400 ``{"error": ...}`` when malformed):
+
+        - ``GET /registry/config``: current switches, realm and service.
+        - ``POST /registry/bad-credentials {"status": 400|401}``: status for a bad key at the token endpoint.
+        - ``POST /registry/insufficient-scope {"status": 403|401}``: 403 DENIED or 401 insufficient_scope.
+        - ``GET /registry/grants``; ``PUT /registry/grants/{iam_id} {"grants": [{"pattern": "team/*",
+          "actions": ["pull"]}]}`` (fnmatch patterns); ``DELETE /registry/grants/{iam_id}``.
+        - ``POST /registry/deny-new-keys {"enabled": true}``: keys created after this moment fail at the
+          token endpoint as bad credentials (older keys still pass); ``false`` lifts it.
+        - ``POST /registry/challenge {"style": "quoted"|"unquoted", "header": null|"<verbatim value>"}``.
+        - ``POST /registry/images {"repository": "ns/repo:tag", "format": "oci"|"docker"}``: seed an image.
+        """
         return [
             web.get("/registry/config", self._admin_config),
             web.post("/registry/bad-credentials", self._admin_bad_credentials),
@@ -488,6 +511,15 @@ class RegistryEmulator:
 
 async def _add_api_version(_: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault(*API_VERSION_HEADER)
+
+
+async def _blob_body(request: web.Request, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        data.extend(chunk)
+        if len(data) > limit:
+            raise StoreError(413, "SIZE_INVALID", "blob too large for the sandbox registry")
+    return bytes(data)
 
 
 def _route(tail: str) -> tuple[str | None, str, str]:

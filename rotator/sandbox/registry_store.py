@@ -1,7 +1,7 @@
 """Content store of the registry emulator: blobs by digest, repositories of manifests and tags.
 
 Pure data and validation, no HTTP: ``registry.py`` maps ``StoreError`` to registry error bodies.
-Manifest selection by ``Accept`` follows Docker's registry 2.8 (see ``select_manifest``).
+Manifest selection by ``Accept`` follows Docker's registry 2.8 (see ``Store.negotiate``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from rotator.sandbox.registry_schema1 import SCHEMA1_SIGNED, ConversionError, Schema1Signer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -95,10 +97,12 @@ def accepted_types(accept_headers: list[str]) -> set[str]:
 class Manifest:
     media_type: str
     body: bytes
+    # A signed schema 1 manifest's digest covers its payload without the signatures.
+    payload_digest: str | None = None
 
     @property
     def digest(self) -> str:
-        return digest_of(self.body)
+        return self.payload_digest or digest_of(self.body)
 
 
 @dataclass
@@ -108,31 +112,13 @@ class Repository:
     blobs: set[str] = field(default_factory=set)
 
 
-def select_manifest(manifest: Manifest, accepted: set[str], *, by_tag: bool) -> Manifest:
-    """What Docker's registry 2.8 answers for ``manifest`` given the client's Accept types.
-
-    OCI manifests and indexes are never converted: without the OCI type in Accept they are
-    ``MANIFEST_UNKNOWN`` (404). A Docker schema 2 manifest or list fetched by tag without its
-    type would be rewritten to schema 1, which the registry no longer signs: 400 ``MANIFEST_INVALID``.
-    """
-    kind = manifest.media_type
-    if kind == OCI_MANIFEST and kind not in accepted:
-        raise StoreError(
-            404, "MANIFEST_UNKNOWN", "OCI manifest found, but accept header does not support OCI manifests"
-        )
-    if kind == OCI_INDEX and kind not in accepted:
-        raise StoreError(404, "MANIFEST_UNKNOWN", "OCI index found, but accept header does not support OCI indexes")
-    if kind in (DOCKER_MANIFEST, DOCKER_LIST) and by_tag and kind not in accepted:
-        raise StoreError(400, "MANIFEST_INVALID", "manifest invalid: schema 1 conversion is not supported")
-    return manifest
-
-
 class Store:
     """Blobs (content-addressed, shared) and repositories that link blobs and hold manifests."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.repos: dict[str, Repository] = {}
+        self.schema1 = Schema1Signer()
 
     # -- reading -------------------------------------------------------------------------------
     def repo(self, name: str) -> Repository:
@@ -148,6 +134,41 @@ class Store:
         if found is None:
             raise StoreError(404, "MANIFEST_UNKNOWN", "manifest unknown")
         return found
+
+    def negotiate(self, name: str, reference: str, accepted: set[str]) -> Manifest:
+        """What Docker's registry 2.8 answers for ``reference`` given the client's Accept types.
+
+        OCI manifests and indexes are never rewritten: without their type in Accept they are 404
+        ``MANIFEST_UNKNOWN``. By tag, a Docker manifest list falls back to its linux/amd64 entry and a
+        Docker schema 2 manifest is rewritten to signed schema 1 (400 ``MANIFEST_INVALID`` when its
+        config's history cannot describe the layers). By digest, the stored manifest is returned.
+        """
+        manifest = self.manifest(name, reference)
+        kind = manifest.media_type
+        if kind == OCI_MANIFEST and kind not in accepted:
+            raise StoreError(
+                404, "MANIFEST_UNKNOWN", "OCI manifest found, but accept header does not support OCI manifests"
+            )
+        if kind == OCI_INDEX and kind not in accepted:
+            raise StoreError(404, "MANIFEST_UNKNOWN", "OCI index found, but accept header does not support OCI indexes")
+        if is_digest(reference):
+            return manifest
+        if kind == DOCKER_LIST and kind not in accepted:
+            manifest = self.manifest(name, _default_platform(manifest))
+        if manifest.media_type == DOCKER_MANIFEST and DOCKER_MANIFEST not in accepted:
+            return self._to_schema1(name, reference, manifest)
+        return manifest
+
+    def _to_schema1(self, name: str, tag: str, manifest: Manifest) -> Manifest:
+        document = json.loads(manifest.body)
+        config = self.blobs.get(str((document.get("config") or {}).get("digest")))
+        try:
+            if config is None:
+                raise ConversionError("config blob unknown")
+            body, digest = self.schema1.convert(name=name, tag=tag, manifest=document, config=config)
+        except ConversionError:
+            raise StoreError(400, "MANIFEST_INVALID", "manifest invalid") from None
+        return Manifest(SCHEMA1_SIGNED, body, digest)
 
     def blob(self, name: str, digest: str) -> bytes:
         repo = self.repo(name)
@@ -272,6 +293,15 @@ def _manifest_media_type(content_type: str, body: bytes) -> str:
     if field_type is not None and field_type != media_type:
         raise StoreError(400, "MANIFEST_INVALID", "manifest invalid: mediaType does not match Content-Type")
     return str(media_type)
+
+
+def _default_platform(index: Manifest) -> str:
+    """The linux/amd64 entry of a manifest list, which old clients get instead of the list."""
+    for entry in json.loads(index.body).get("manifests") or []:
+        platform = (entry.get("platform") if isinstance(entry, dict) else None) or {}
+        if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+            return str(entry.get("digest"))
+    raise StoreError(404, "MANIFEST_UNKNOWN", "Could not find a manifest for the default platform")
 
 
 def _layer(name: str) -> tuple[bytes, str]:
