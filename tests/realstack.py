@@ -292,6 +292,7 @@ class NginxProxy:
     @classmethod
     def start(cls, workdir: Path, upstream: str, **settings: Any) -> NginxProxy:
         require(NGINX_BIN)
+        checked = NginxSettings(**settings)  # refuses bad values before anything is written
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "tmp").mkdir(exist_ok=True)
         proxy = cls(
@@ -299,7 +300,7 @@ class NginxProxy:
             upstream=upstream.rstrip("/"),
             port=free_port(),
             control_port=free_port(),
-            settings=NginxSettings(**settings),
+            settings=checked,
             _without=_nginx_without(),
         )
         proxy._write_config()
@@ -361,7 +362,14 @@ class NginxProxy:
         wait_until(serving, what=f"nginx generation {self.generation}", proc=self.proc)
 
     def access_log(self, since: int = 0) -> list[dict[str, Any]]:
-        """Parsed access-log entries after the first ``since`` lines."""
+        """Parsed access-log entries after the first ``since`` lines.
+
+        nginx logs a request just after sending its response, so a client can read the log too early.
+        A request to an unlogged location first: the single worker serves it only after it has logged
+        every request it answered before.
+        """
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(f"{self.url}/__harness/flush", timeout=5.0, headers={"Connection": "close"})
         try:
             lines = self.access_log_path.read_text().splitlines()
         except FileNotFoundError:
@@ -417,6 +425,10 @@ http {{
             add_header Retry-After {s.retry_after} always;
             add_header Docker-Distribution-API-Version registry/2.0 always;
             return 429 '{{"errors":[{{"code":"TOOMANYREQUESTS","message":"too many requests"}}]}}';
+        }}
+        location = /__harness/flush {{
+            access_log off;
+            return 204;
         }}
         location / {{
             {limit}
@@ -476,15 +488,21 @@ def mint_registry_token(
     return signer.sign(claims)
 
 
-def build_image(label: str, flavour: str = "oci") -> tuple[dict[str, bytes], bytes, str]:
-    """(blobs by digest, manifest bytes, manifest media type) of a one-layer image holding ``label``."""
+def build_image(label: str, flavour: str = "oci", *, filler_bytes: int = 0) -> tuple[dict[str, bytes], bytes, str]:
+    """(blobs by digest, manifest bytes, manifest media type) of a one-layer image holding ``label``.
+
+    ``filler_bytes`` of random data make the layer that large (to exercise body-size limits).
+    """
     manifest_type, config_type, layer_type = _FLAVOURS[flavour]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
-        data = label.encode()
-        info = tarfile.TarInfo("label.txt")
-        info.size, info.mtime = len(data), 0
-        tar.addfile(info, io.BytesIO(data))
+        files = {"label.txt": label.encode()}
+        if filler_bytes:
+            files["filler.bin"] = secrets.token_bytes(filler_bytes)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
     layer = gzip.compress(raw.getvalue(), mtime=0)
     config = json.dumps(
         {
@@ -516,13 +534,14 @@ def push_test_image(
     token_or_creds: str | tuple[str, str] | None = None,
     *,
     flavour: str = "oci",
+    filler_bytes: int = 0,
 ) -> str:
     """Push a small image with the v2 upload API; returns its manifest digest.
 
     ``token_or_creds``: a bearer token with push rights, or ``(username, password)`` exchanged at the
     registry's token realm for ``pull,push`` (or sent as Basic when the registry asks for Basic), or None.
     """
-    blobs, manifest, media_type = build_image(f"{repo}:{tag}", flavour)
+    blobs, manifest, media_type = build_image(f"{repo}:{tag}", flavour, filler_bytes=filler_bytes)
     base = registry_url.rstrip("/")
     with httpx.Client(timeout=30) as client:
         headers = _push_auth(client, base, repo, token_or_creds)
