@@ -241,6 +241,7 @@ class NginxSettings:
     basic_users: Mapping[str, str] | None = None  # nginx answers Basic itself (registry without auth behind)
     challenge: str | None = None  # replaces WWW-Authenticate on every 401 (e.g. a malformed one)
     extra_headers: Mapping[str, str] = field(default_factory=dict)  # added to every proxied response
+    anonymous_ping: bool = False  # answer GET /v2/ with 200 itself (a registry that challenges per repository)
 
     def __post_init__(self) -> None:
         if self.rate is not None and not re.fullmatch(r"[0-9]+r/[sm]", self.rate):
@@ -399,6 +400,9 @@ class NginxProxy:
         if s.challenge is not None:
             challenge_map = f"map $status $challenge_override {{ 401 '{s.challenge}'; default ''; }}"
             challenge = "proxy_hide_header WWW-Authenticate; add_header WWW-Authenticate $challenge_override always;"
+        anonymous_ping = ""
+        if s.anonymous_ping:
+            anonymous_ping = "location = /v2/ { default_type application/json; return 200 '{}'; }"
         extra = " ".join(f"add_header {k} '{v}' always;" for k, v in s.extra_headers.items())
         user = "user root;" if os.geteuid() == 0 else ""
         return f"""
@@ -426,6 +430,7 @@ http {{
             add_header Docker-Distribution-API-Version registry/2.0 always;
             return 429 '{{"errors":[{{"code":"TOOMANYREQUESTS","message":"too many requests"}}]}}';
         }}
+        {anonymous_ping}
         location = /__harness/flush {{
             access_log off;
             return 204;

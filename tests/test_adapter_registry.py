@@ -758,3 +758,129 @@ def test_no_key_or_token_in_details_or_logs(stack: Stack) -> None:
     for secret in keys:
         assert secret not in text
     assert "eyJ" not in text  # the start of every JWT: no registry token either
+
+
+@pytest.mark.real
+def test_registry_that_challenges_only_per_repository_is_learned(stack: Stack, tmp_path: Path) -> None:
+    """/v2/ answers 200 but the repository challenges: the verifier learns the challenge once and pulls."""
+    proxy = NginxProxy.start(tmp_path / "nginx", stack.registry.url, anonymous_ping=True)
+    with proxy, _verifier() as verifier:
+        images = [f"{proxy.host}/{repo}:{tag}" for repo, tag, _ in IMAGES[:2]]
+        result = verifier.verify(server=proxy.host, auth=stack.auth(stack.service_key, proxy.host), images=images)
+        again = verifier.verify(server=proxy.host, auth=stack.auth(stack.service_key, proxy.host), images=images)
+        statuses = [(e["method"], e["status"]) for e in proxy.access_log()]
+    assert result.outcome == "ok", result.detail
+    assert "as user 'iamapikey'" in result.detail  # the credential was used, not an anonymous pull
+    assert result.requests == 1 + 1 + 1 + 2  # ping 200, HEAD 401, token, HEAD 200 x2
+    assert statuses[:4] == [("GET", 200), ("HEAD", 401), ("HEAD", 200), ("HEAD", 200)]
+    assert again.requests == 2  # the learned challenge and the token are cached
+
+
+@pytest.mark.real
+def test_cached_ping_and_token_expire_with_the_clock(stack: Stack) -> None:
+    """Past the token lifetime (300 s, renewed 30 s early) and the ping TTL, a check pings and asks again."""
+    now = [1000.0]
+    images = stack.images(2)
+    with _verifier(clock=lambda: now[0], ping_ttl_s=600) as verifier:
+
+        def check() -> int:
+            result = verifier.verify(server=stack.host, auth=stack.auth(stack.service_key), images=images)
+            assert result.outcome == "ok", result.detail
+            return result.requests
+
+        first = check()
+        now[0] += 260  # inside the token's cached lifetime (300 - 30)
+        inside = check()
+        now[0] += 20  # past it; the ping (600 s) still holds
+        token_only = check()
+        now[0] += 601  # past both
+        both = check()
+    assert (first, inside, token_only, both) == (2 + 2, 2, 1 + 2, 2 + 2)
+
+
+# -- the ICR-like registry emulator itself ------------------------------------------------------------
+
+
+@pytest.fixture
+def icr(shared_sandbox: SandboxProcess) -> Iterator[SandboxProcess]:
+    """The sandbox registry emulator, reached as us.icr.io; faults and challenge style reset afterwards."""
+    if "registry_realm" not in shared_sandbox.endpoints:
+        pytest.skip("the sandbox has no registry emulator")
+    yield shared_sandbox
+    shared_sandbox.clear_faults()
+    httpx.post(f"{shared_sandbox.endpoints['admin']}/registry/challenge", json={"style": "quoted"}).raise_for_status()
+
+
+def _icr_verifier(sandbox: SandboxProcess, **kwargs: Any) -> RegistryVerifier:
+    return _verifier(endpoint_overrides={"us.icr.io": sandbox.endpoints["registry"]}, **kwargs)
+
+
+def _icr_auth(key: str) -> RegistryAuth:
+    return RegistryAuth(server="us.icr.io", username="iamapikey", password=SecretStr(key))
+
+
+ICR_IMAGES = ["us.icr.io/team/app:latest", "us.icr.io/team/worker:1.0"]
+
+
+@pytest.mark.parametrize(
+    ("key_name", "images", "outcome", "says"),
+    [
+        pytest.param("ci-pipeline", ICR_IMAGES, "ok", "answered HEAD 200", id="live-key"),
+        pytest.param("outsider_apikey", ICR_IMAGES[:1], "rejected", "403", id="no-pull-rights-403-denied"),
+        pytest.param("bad", ICR_IMAGES, "rejected", "400", id="bad-key-400-like-icr"),
+        pytest.param("ci-pipeline", ["us.icr.io/team/absent:1"], "inconclusive", "HEAD 404", id="unknown-image"),
+    ],
+)
+def test_icr_emulator_outcomes(icr: SandboxProcess, key_name: str, images: list[str], outcome: str, says: str) -> None:
+    """Against the ICR-like emulator (us.icr.io overridden to it) each credential case gets its outcome."""
+    endpoints = icr.endpoints
+    keys = {
+        "ci-pipeline": str(endpoints["foreign_apikeys"]["ci-pipeline"]),
+        "outsider_apikey": str(endpoints["outsider_apikey"]),
+        "bad": "z" * 44,
+    }
+    key = keys[key_name]
+    with _icr_verifier(icr) as verifier:
+        result = verifier.verify(server="us.icr.io", auth=_icr_auth(key), images=images)
+    assert result.outcome == outcome, result.detail
+    assert says in result.detail
+
+
+def test_icr_unquoted_challenge_is_understood(icr: SandboxProcess) -> None:
+    """The emulator's cp.icr.io-style unquoted challenge still leads to a token and a pull."""
+    admin = icr.endpoints["admin"]
+    httpx.post(f"{admin}/registry/challenge", json={"style": "unquoted"}).raise_for_status()
+    assert "realm=http" in httpx.get(f"{icr.endpoints['registry']}/v2/").headers["www-authenticate"]
+    with _icr_verifier(icr) as verifier:
+        result = verifier.verify(
+            server="us.icr.io", auth=_icr_auth(icr.endpoints["foreign_apikeys"]["ci-pipeline"]), images=ICR_IMAGES
+        )
+    assert result.outcome == "ok", result.detail
+
+
+def test_token_endpoint_5xx_is_retried_with_backoff(icr: SandboxProcess) -> None:
+    """Two 503s from the token endpoint are retried (jittered backoff) and the check still succeeds."""
+    icr.set_faults("registry", {"path_prefix": "/oauth/token", "error_status": 503, "error_count": 2})
+    sleeps = Sleeps(real=False)
+    with _icr_verifier(icr, sleep=sleeps) as verifier:
+        result = verifier.verify(
+            server="us.icr.io", auth=_icr_auth(icr.endpoints["foreign_apikeys"]["ci-pipeline"]), images=ICR_IMAGES
+        )
+        counts = verifier.request_counts
+    assert result.outcome == "ok", result.detail
+    assert result.requests == 1 + 3 + len(ICR_IMAGES)
+    assert counts[("us.icr.io", "GET", "503")] == 2
+    assert len(sleeps.calls) == 2 and sleeps.calls[0] < sleeps.calls[1] < 1.0
+
+
+def test_manifest_timeouts_are_inconclusive(icr: SandboxProcess) -> None:
+    """HEADs slower than the request timeout end inconclusive ("timed out"), counted with status "error"."""
+    icr.set_faults("registry", {"path_prefix": "/v2/team/", "methods": ["HEAD"], "latency_ms": 400})
+    with _icr_verifier(icr, request_timeout_s=0.1, max_attempts=2) as verifier:
+        result = verifier.verify(
+            server="us.icr.io", auth=_icr_auth(icr.endpoints["foreign_apikeys"]["ci-pipeline"]), images=ICR_IMAGES
+        )
+        errors = verifier.request_counts[("us.icr.io", "HEAD", "error")]
+    assert result.outcome == "inconclusive"
+    assert "timed out" in result.detail and "after 2 attempts" in result.detail
+    assert errors == 2
