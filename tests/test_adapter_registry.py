@@ -37,7 +37,6 @@ from rotator.adapters.registry_wire import (
     classify_manifest,
     classify_ping,
     classify_token,
-    combine,
     error_summary,
     parse_ratelimit,
     parse_retry_after,
@@ -301,20 +300,6 @@ def test_server_key_maps_to_api_host(server: str, host: str) -> None:
 def test_classification(classify: Any, status: int, verdict: Verdict) -> None:
     """Each step maps a status to one verdict (the table in registry_wire's docstring)."""
     assert classify(status) is verdict
-
-
-@pytest.mark.parametrize(
-    ("outcomes", "expected"),
-    [
-        pytest.param(["ok", "ok"], "ok", id="all-ok"),
-        pytest.param(["ok", "inconclusive"], "inconclusive", id="doubt"),
-        pytest.param(["inconclusive", "rejected", "ok"], "rejected", id="rejected-wins"),
-        pytest.param([], "inconclusive", id="nothing-checked"),
-    ],
-)
-def test_combine(outcomes: list[str], expected: str) -> None:
-    """A refused credential wins, then doubt; ok needs every image ok."""
-    assert combine(outcomes) == expected
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,8 @@ from rotator.adapters.registry_wire import (
 from rotator.imageref import ImageRef, ImageRefError, is_loopback, normalize_host, parse_image, registry_for_server
 from rotator.model import RegistryAuth, SecretStr, VerifyResult
 
+__all__ = ["OnRequest", "Quota", "RegistryVerifier"]
+
 log = structlog.get_logger("rotator.registry")
 
 # on_request(registry, method, status): status is the HTTP status as text, or "error" without a response.

@@ -83,15 +83,6 @@ def classify_manifest(status: int) -> Verdict:
     return Verdict.RETRY if status in RETRYABLE else Verdict.INCONCLUSIVE
 
 
-def combine(outcomes: list[str]) -> str:
-    """One outcome for a check: a refused credential wins, then any doubt; ok only when all are ok."""
-    if "rejected" in outcomes:
-        return "rejected"
-    if not outcomes or "inconclusive" in outcomes:
-        return "inconclusive"
-    return "ok"
-
-
 # -- Retry-After ---------------------------------------------------------------------------------
 
 
