@@ -176,6 +176,12 @@ class Sandbox:
     def write_kubeconfig(self) -> Path:
         path = self.files_dir / "kubeconfig"
         server = self.urls.get("kubernetes", "")
+        # The Kubernetes emulator writes its own (TLS: kubectl sends no token over plain HTTP).
+        kubeconfig = getattr(self.emulators.get("kubernetes"), "kubeconfig", None)
+        if kubeconfig is not None:
+            path.write_text(kubeconfig())
+            path.chmod(0o600)
+            return path
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
             f"clusters:\n- name: sandbox\n  cluster:\n    server: {server}\n"

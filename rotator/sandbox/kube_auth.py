@@ -1,0 +1,177 @@
+"""Bearer-token authentication and an RBAC-like rule authorizer.
+
+Rules are bound to user names or group names, so a SubjectAccessReview about a user answers the
+same as that user's own requests. Group ``system:masters`` may do anything, as in a real cluster.
+Rules may name resources this emulator does not serve (e.g. ``credentials/rotate`` in
+``rotator.example.com``): they only matter to SubjectAccessReviews.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUPERUSER_GROUP = "system:masters"
+AUTHENTICATED = "system:authenticated"
+READ_VERBS = ("get", "list", "watch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    verbs: tuple[str, ...]
+    api_groups: tuple[str, ...] = ("*",)
+    resources: tuple[str, ...] = ("*",)
+    # Not in RBAC (which scopes by RoleBinding): empty means every namespace and the cluster scope.
+    namespaces: tuple[str, ...] = ()
+    resource_names: tuple[str, ...] = ()
+    non_resource_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any) -> Rule:
+        if not isinstance(data, dict) or not isinstance(data.get("verbs"), list):
+            raise ValueError("a rule is an object with a 'verbs' list")
+        names = {
+            "verbs": "verbs",
+            "apiGroups": "api_groups",
+            "resources": "resources",
+            "namespaces": "namespaces",
+            "resourceNames": "resource_names",
+            "nonResourceURLs": "non_resource_urls",
+        }
+        unknown = set(data) - set(names)
+        if unknown:
+            raise ValueError(f"unknown rule fields {sorted(unknown)}; known: {sorted(names)}")
+        values: dict[str, tuple[str, ...]] = {}
+        for key, attr in names.items():
+            if key in data:
+                if not isinstance(data[key], list) or not all(isinstance(v, str) for v in data[key]):
+                    raise ValueError(f"rule field {key!r} must be a list of strings")
+                values[attr] = tuple(data[key])
+        if "nonResourceURLs" in data and "apiGroups" not in data and "resources" not in data:
+            values.setdefault("api_groups", ())
+            values.setdefault("resources", ())
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verbs": list(self.verbs),
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "namespaces": list(self.namespaces),
+            "resourceNames": list(self.resource_names),
+            "nonResourceURLs": list(self.non_resource_urls),
+        }
+
+    def allows(self, attrs: Attributes) -> bool:
+        if not _has(self.verbs, attrs.verb):
+            return False
+        if attrs.path is not None:
+            return any(
+                u == attrs.path or u == "*" or (u.endswith("*") and attrs.path.startswith(u[:-1]))
+                for u in self.non_resource_urls
+            )
+        if not _has(self.api_groups, attrs.group):
+            return False
+        wanted = f"{attrs.resource}/{attrs.subresource}" if attrs.subresource else attrs.resource
+        subresource_wildcard = bool(attrs.subresource) and f"*/{attrs.subresource}" in self.resources
+        if not (_has(self.resources, wanted) or subresource_wildcard):
+            return False
+        if self.namespaces and not _has(self.namespaces, attrs.namespace):
+            return False
+        return not self.resource_names or attrs.name in self.resource_names
+
+
+def _has(allowed: tuple[str, ...], value: str) -> bool:
+    return "*" in allowed or value in allowed
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attributes:
+    verb: str
+    group: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str | None = None  # set for a non-resource request
+
+    def describe(self, username: str) -> str:
+        """The tail of the real RBAC denial message."""
+        if self.path is not None:
+            return f'User "{username}" cannot {self.verb} path "{self.path}"'
+        resource = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        where = f'in the namespace "{self.namespace}"' if self.namespace else "at the cluster scope"
+        return f'User "{username}" cannot {self.verb} resource "{resource}" in API group "{self.group}" {where}'
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    username: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    groups: tuple[str, ...] = (AUTHENTICATED,)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"username": self.username, "uid": self.uid, "groups": list(self.groups)}
+
+
+class Authorizer:
+    def __init__(self) -> None:
+        self.tokens: dict[str, User] = {}
+        # "user:<name>" / "group:<name>" -> rules
+        self.bindings: dict[str, list[Rule]] = {}
+        self.added: list[dict[str, Any]] = []  # tokens added at run time, for dump()
+
+    def seed(self, *, admin_token: str, readonly_token: str) -> None:
+        self.tokens[admin_token] = User(username="kubernetes-admin", groups=(SUPERUSER_GROUP, AUTHENTICATED))
+        self.tokens[readonly_token] = User(username="rotator-readonly")
+        self.bindings["user:rotator-readonly"] = [Rule(verbs=READ_VERBS)]
+        # Every authenticated user may discover the API and review its own access, as in a real cluster.
+        self.bindings[f"group:{AUTHENTICATED}"] = [
+            Rule(
+                verbs=("get",),
+                api_groups=(),
+                resources=(),
+                non_resource_urls=("/api", "/api/*", "/apis", "/apis/*", "/version"),
+            ),
+            Rule(verbs=("create",), api_groups=("authorization.k8s.io",), resources=("selfsubjectaccessreviews",)),
+        ]
+
+    def add_token(
+        self, *, username: str, groups: list[str], rules: list[Rule], token: str | None = None
+    ) -> tuple[str, User]:
+        token = token or secrets.token_urlsafe(32)
+        user = User(username=username, groups=tuple(dict.fromkeys([*groups, AUTHENTICATED])))
+        self.tokens[token] = user
+        self.bindings.setdefault(f"user:{username}", []).extend(rules)
+        self.added.append({"token": token, "user": user.to_json(), "rules": [r.to_json() for r in rules]})
+        return token, user
+
+    def remove_token(self, token: str) -> bool:
+        self.added = [a for a in self.added if a["token"] != token]
+        return self.tokens.pop(token, None) is not None
+
+    def authenticate(self, token: str) -> User | None:
+        return self.tokens.get(token)
+
+    def allowed(self, username: str, groups: tuple[str, ...] | list[str], attrs: Attributes) -> bool:
+        if SUPERUSER_GROUP in groups:
+            return True
+        subjects = [f"user:{username}"] + [f"group:{g}" for g in groups]
+        return any(rule.allows(attrs) for s in subjects for rule in self.bindings.get(s, ()))
+
+    def dump(self) -> list[dict[str, Any]]:
+        return list(self.added)
+
+    def load(self, added: list[dict[str, Any]]) -> None:
+        for entry in added:
+            user = entry["user"]
+            self.tokens[entry["token"]] = User(username=user["username"], uid=user["uid"], groups=tuple(user["groups"]))
+            rules = [Rule.from_json(r) for r in entry["rules"]]
+            self.bindings.setdefault(f"user:{user['username']}", []).extend(rules)
+            self.added.append(entry)
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return asdict(user) | {"groups": list(user.groups)}
