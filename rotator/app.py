@@ -13,9 +13,11 @@ from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.imageref import registry_for_server
+from rotator.metrics import Metrics
 from rotator.policy import Policy
 from rotator.ports import StateStore
 from rotator.reconcile import Clock, EventHook, Reconciler
+from rotator.retrying import RetryPolicy
 from rotator.settings import CredentialSettings, Settings
 
 
@@ -31,6 +33,23 @@ class App:
     _providers: dict[str, IamProvider] = field(default_factory=dict)
     _verifier: RegistryVerifier | None = None
     hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
+    metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            m = self.metrics
+            self.hooks.setdefault("write", m.secret_write)
+            self.hooks.setdefault("registry_request", m.registry_request)
+            self.hooks.setdefault("provider_request", m.provider_request("ibm-iam"))
+            self.hooks.setdefault("retry", m.retry)
+            user_hook = self.on_event
+
+            def on_event(name: str, fields: dict[str, Any]) -> None:
+                m.on_event(name, fields)
+                if user_hook is not None:
+                    user_hook(name, fields)
+
+            self.on_event = on_event
 
     @property
     def kube(self) -> Any:
@@ -51,6 +70,9 @@ class App:
                 self._store = FileStateStore(state.path)
         return self._store
 
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(on_retry=self.hooks.get("retry"))
+
     def provider(self, cred: CredentialSettings) -> IamProvider:
         if cred.name not in self._providers:
             p = cred.provider
@@ -60,6 +82,7 @@ class App:
                 service_id=p.service_id,
                 admin_apikey=p.apikey.load(),
                 client=self.http,
+                retry=self.retry_policy(),
                 on_request=self.hooks.get("provider_request"),
             )
         return self._providers[cred.name]
@@ -82,7 +105,13 @@ class App:
         sinks = []
         if cred.kubernetes is not None:
             sinks.append(
-                KubernetesSink(self.kube, cred.kubernetes, credential=cred.name, on_write=self.hooks.get("write"))
+                KubernetesSink(
+                    self.kube,
+                    cred.kubernetes,
+                    credential=cred.name,
+                    retry=self.retry_policy(),
+                    on_write=self.hooks.get("write"),
+                )
             )
         return sinks
 

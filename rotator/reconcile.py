@@ -187,6 +187,13 @@ class Reconciler:
         stale_refused = tuple(
             v.target.key for v in views if v.refused and v.entry is not None and v.entry.password.reveal() != current
         )
+        per_sink: dict[str, list[int]] = {name: [0, 0] for name in self.sinks}
+        for view in views:
+            counts = per_sink[view.target.sink]
+            counts[0] += 1
+            if view.refused or view.entry is None or view.entry.password.reveal() != current:
+                counts[1] += 1
+        self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()})
         owned = self.provider.list_owned(credential=self.credential)
         unknown = [k for k in owned if k.id not in journal.known_key_ids()]
         held: set[str] = set()
@@ -291,8 +298,16 @@ class Reconciler:
         worst: VerifyResult | None = None
         order = {"ok": 0, "inconclusive": 1, "rejected": 2}
         for auth in auths:
+            started = time.monotonic()
             result = self.verifier.verify(server=self.server, auth=auth, images=self.images)
-            self._emit("verification", result=result.outcome)
+            quota_of = getattr(self.verifier, "quota", None)
+            self._emit(
+                "verification",
+                result=result.outcome,
+                registry=self.server,
+                seconds=time.monotonic() - started,
+                quota=quota_of(self.server) if quota_of else None,
+            )
             if worst is None or order[result.outcome] > order[worst.outcome]:
                 worst = result
         assert worst is not None
