@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from rotator.journal import CredentialJournal, Vault
 from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, VerifyResult
@@ -92,4 +92,35 @@ class StateStore(Protocol):
 
     def check(self) -> None:
         """Raise if the store cannot be read and written."""
+        ...
+
+
+class DaemonControl(Protocol):
+    """What the HTTP API (``rotator/server.py``) asks of the running daemon."""
+
+    def alive(self) -> bool:
+        """The event loop is turning (for /healthz)."""
+        ...
+
+    def readiness(self) -> dict[str, bool]:
+        """Named readiness conditions, e.g. config_loaded, state_store, leadership_known (for /readyz)."""
+        ...
+
+    def leader(self) -> tuple[bool, str | None]:
+        """(this replica leads, identity of the current leader or None when unknown)."""
+        ...
+
+    def credentials(self) -> list[dict[str, Any]]:
+        """``rotator status --json`` for every credential."""
+        ...
+
+    def request_rotation(
+        self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None
+    ) -> tuple[str, bool]:
+        """Queue a rotation (or join the one queued or running): (rotation id, joined an existing one).
+        Raises ``NotFoundError`` for an unknown credential."""
+        ...
+
+    def rotation(self, rotation_id: str) -> dict[str, Any] | None:
+        """A rotation's state: queued, running (with phase), or its result; None when unknown."""
         ...
