@@ -685,6 +685,7 @@ JSON = {"Content-Type": "application/json"}
         pytest.param("GET", f"{SECRETS}/x/status", None, {}, 404, "NotFound", id="unknown-subresource"),
         pytest.param("GET", f"{SECRETS}?labelSelector=a%20in%20(", None, {}, 400, "BadRequest", id="bad-selector"),
         pytest.param("GET", f"{SECRETS}?limit=abc", None, {}, 400, "BadRequest", id="bad-limit"),
+        pytest.param("GET", f"{SECRETS}?resourceVersion=99999999", None, {}, 504, "Timeout", id="future-rv"),
         pytest.param("GET", f"{SECRETS}?continue=garbage", None, {}, 400, "BadRequest", id="bad-continue"),
         pytest.param("GET", f"{SECRETS}?watch=1&resourceVersion=x", None, {}, 400, "BadRequest", id="bad-watch-rv"),
         pytest.param(
@@ -848,3 +849,38 @@ def test_kubectl_with_the_readonly_token_is_forbidden_to_write(
     assert denied.returncode != 0 and "Forbidden" in denied.stderr and "cannot delete resource" in denied.stderr
     unknown = kubectl("--token", "bogus", "get", "secrets", "-n", "team-a", check=False)
     assert unknown.returncode != 0 and "Unauthorized" in unknown.stderr + unknown.stdout
+
+
+def test_configmaps_events_generate_name_and_delete_collection(core: client.CoreV1Api, ns: str) -> None:
+    """ConfigMaps and core/v1 Events round-trip; generateName picks a name; deletecollection honours selectors."""
+    made = core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(generate_name="state-", labels={"k": "v"}), data={"a": "1"})
+    )
+    assert made.metadata.name.startswith("state-") and len(made.metadata.name) == len("state-") + 5
+    core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="other")))
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(name="rotated.1"),
+        involved_object=client.V1ObjectReference(kind="Secret", name="pull", namespace=ns),
+        reason="Rotated",
+        message="new key distributed",
+        type="Normal",
+    )
+    core.create_namespaced_event(ns, event)
+    found = core.list_namespaced_event(ns, field_selector="involvedObject.name=pull,reason=Rotated")
+    assert [e.message for e in found.items] == ["new key distributed"]
+    core.delete_collection_namespaced_config_map(ns, label_selector="k=v")
+    assert [c.metadata.name for c in core.list_namespaced_config_map(ns).items] == ["other"]
+
+
+def test_watch_bookmarks_carry_the_current_resource_version(sandbox: SandboxProcess) -> None:
+    """With allowWatchBookmarks a quiet watch gets BOOKMARK events at the current resourceVersion."""
+    sandbox.admin.put("/kubernetes/config", json={"bookmarkIntervalSeconds": 0.05}).raise_for_status()
+    with api_client(sandbox) as api:
+        core = client.CoreV1Api(api)
+        rv = core.list_namespaced_secret("team-a").metadata.resource_version
+        events = watch.Watch().stream(
+            core.list_namespaced_secret, "team-a", resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=1
+        )
+        bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+    assert bookmarks and bookmarks[0]["raw_object"]["metadata"]["resourceVersion"] == rv
+    assert bookmarks[0]["raw_object"]["kind"] == "Secret"

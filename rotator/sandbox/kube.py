@@ -8,7 +8,8 @@ Every error is a ``Status`` shaped like the real apiserver's. See protocols.md s
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
 validation), kube_patch (patches), kube_select (selectors), kube_store (objects, history, watches),
 kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_auth (tokens, rules),
-kube_table (kubectl tables).
+kube_table (kubectl tables), kube_proto (kubectl's protobuf bodies), kube_tls (the https listener kubectl
+needs: it sends no token over plain http).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ class KubeEmulator:
         if rt is NAMESPACES and call.name:
             attrs = Attributes(verb=verb, resource=rt.plural, namespace=call.name, name=call.name)
         if not self.auth.allowed(user.username, user.groups, attrs):
-            shown = Attributes(verb=verb, group=rt.group, resource=rt.plural, namespace=call.ns)
+            shown = Attributes(verb=verb, group=rt.group, resource=rt.plural, namespace=attrs.namespace)
             raise forbidden(rt.plural, rt.group, call.name or "", shown.describe(user.username))
 
     # -- admin API (served on the sandbox admin port) -----------------------------------------------

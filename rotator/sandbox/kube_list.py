@@ -105,15 +105,29 @@ class Lister:
             except KubeError:
                 raise expired(CONTINUE_EXPIRED) from None
         elif match == "Exact":
-            list_rv = _resource_version(rv_text)
+            list_rv = self._not_future(_resource_version(rv_text))
             objs = self.store.snapshot(call.rt.key, call.namespace, list_rv)
         else:
             if rv_text:
-                _resource_version(rv_text)
+                self._not_future(_resource_version(rv_text))
             list_rv, objs = self.store.rv, list(self.store.scope(call.rt.key, call.namespace))
         matching = [o for o in objs if selector.matches(o)] if not selector.empty else objs
         matching.sort(key=_sort_key)
         return list_rv, matching, start
+
+    def _not_future(self, rv: int) -> int:
+        """A resourceVersion the store has not reached: the real apiserver waits ~3 s, then says this."""
+        if rv > self.store.rv:
+            raise KubeError(
+                504,
+                f"Too large resource version: {rv}, current: {self.store.rv}",
+                details={
+                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": 1,
+                },
+                headers={"Retry-After": "1"},
+            )
+        return rv
 
     async def list_objects(self, call: Call) -> web.Response:
         selector = self._selector(call)

@@ -91,15 +91,18 @@ def respond(obj: Any, status: int = 200, warnings: list[str] | None = None) -> w
 
 async def read_body(call: Call, accepted: list[str]) -> Any:
     """The request body, parsed by its content type (JSON, or YAML like the real apiserver accepts)."""
-    content_type = call.request.content_type
-    if call.request.headers.get("Content-Type") and content_type not in accepted:
-        raise unsupported_media_type(content_type, accepted)
     try:
         raw = await call.request.read()
     except web.HTTPRequestEntityTooLarge:
         raise KubeError(413, f"Request entity too large: limit is {MAX_BODY}") from None
     if len(raw) > MAX_BODY:
         raise KubeError(413, f"Request entity too large: limit is {MAX_BODY}")
+    if not raw and call.request.method == "DELETE":
+        return None
+    # Like the real negotiation, no Content-Type means the first supported type (JSON).
+    content_type = call.request.content_type if "Content-Type" in call.request.headers else accepted[0]
+    if content_type not in accepted:
+        raise unsupported_media_type(content_type, accepted)
     try:
         if content_type == PROTOBUF:
             return kube_proto.decode(raw)
