@@ -122,6 +122,8 @@ class App:
             max_age=cred.max_age,
             grace_period=cred.grace_period,
             delete_after=cred.delete_after,
+            window_cron=cred.schedule.window_cron,
+            window_duration=cred.schedule.window_duration,
         )
 
     def reconciler(self, name: str) -> Reconciler:
@@ -140,6 +142,7 @@ class App:
                 clock=self.clock,
                 concurrency=self.settings.kubernetes.concurrency,
                 on_event=self.on_event,
+                inconclusive_retry=cred.registry.recheck_interval,
             )
         return self._reconcilers[name]
 

@@ -37,6 +37,9 @@ class Policy:
     orphan_window: dt.timedelta = dt.timedelta(minutes=10)
     backoff_base: dt.timedelta = dt.timedelta(minutes=1)
     backoff_cap: dt.timedelta = dt.timedelta(hours=1)
+    # Planned rotations start only inside a maintenance window (cron start + duration); emergencies ignore it.
+    window_cron: str | None = None
+    window_duration: dt.timedelta | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +49,7 @@ class Request:
     reason: str
     emergency: bool = False
     leaked_key_id: str | None = None
+    rotation_id: str | None = None  # assigned up front when the caller must answer with it (HTTP 202)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +76,18 @@ class Action:
     until: dt.datetime | None = None
     emergency: bool = False
     leaked_key_id: str | None = None
+    rotation_id: str | None = None
+
+
+def in_window(policy: Policy, now: dt.datetime) -> tuple[bool, dt.datetime | None]:
+    """Whether ``now`` is inside a maintenance window, and when the next one opens if not."""
+    if policy.window_cron is None or policy.window_duration is None:
+        return True, None
+    # The first window start after (now - duration) is the one that could contain now (end exclusive).
+    start = cron_next(policy.window_cron, now - policy.window_duration + dt.timedelta(seconds=1))
+    if start <= now:
+        return True, None
+    return False, start
 
 
 def due(journal: CredentialJournal, policy: Policy) -> tuple[dt.datetime | None, str]:
@@ -144,13 +160,21 @@ def plan(obs: Observation, policy: Policy) -> Action:
     backing_off = journal.backoff_until is not None and now < journal.backoff_until
     if request is not None and (request.emergency or not backing_off):
         return Action(
-            kind="start", reason=request.reason, emergency=request.emergency, leaked_key_id=request.leaked_key_id
+            kind="start",
+            reason=request.reason,
+            emergency=request.emergency,
+            leaked_key_id=request.leaked_key_id,
+            rotation_id=request.rotation_id,
         )
     due_at, why = due(journal, policy)
-    if (due_at is None or due_at <= now) and not backing_off:
+    open_now, next_window = in_window(policy, now)
+    # A credential with no key at all is not held back by a window: nothing can pull without one.
+    if (due_at is None or (due_at <= now and open_now)) and not backing_off:
         return Action(kind="start", reason=why)
 
     # 6. Nothing to do until the earliest deadline.
+    if due_at is not None and due_at <= now and next_window is not None:
+        due_at = next_window
     candidates = [due_at, journal.backoff_until]
     candidates += [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
     deadlines = [d for d in candidates if d is not None]

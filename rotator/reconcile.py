@@ -31,7 +31,8 @@ from rotator.model import RegistryAuth, SecretStr, TargetRef, VerifyResult
 from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
 from rotator.ports import CredentialProvider, RegistryVerifier, StateStore
 
-# A rotation waits this long after an inconclusive verification before checking again.
+# A rotation waits this long after an inconclusive verification before checking again (the default of
+# ``Reconciler(inconclusive_retry=...)``, set from ``registry.recheck_interval``).
 INCONCLUSIVE_RETRY = dt.timedelta(seconds=30)
 # Before anything is distributed, give up (and delete the new key) after this many inconclusive checks.
 MAX_INCONCLUSIVE_BEFORE_DISTRIBUTION = 5
@@ -100,6 +101,7 @@ class Reconciler:
         clock: Clock | None = None,
         concurrency: int = 16,
         on_event: EventHook | None = None,
+        inconclusive_retry: dt.timedelta = INCONCLUSIVE_RETRY,
     ) -> None:
         self.credential = credential
         self.server = server
@@ -113,6 +115,7 @@ class Reconciler:
         self.clock = clock or SystemClock()
         self.concurrency = concurrency
         self.on_event = on_event
+        self.inconclusive_retry = inconclusive_retry
         self.log = logs.get("rotator.reconcile", credential=credential)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fanout")
         self._lock = threading.Lock()
@@ -121,11 +124,24 @@ class Reconciler:
         self._pool.shutdown(wait=True)
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self, request: Request | None = None, *, wait_budget: float = 0.0, max_steps: int = 200) -> Outcome:
-        """Work until idle (or until a wait longer than ``wait_budget`` seconds); one pass at a time."""
+    def run(
+        self,
+        request: Request | None = None,
+        *,
+        wait_budget: float = 0.0,
+        max_steps: int = 200,
+        should_continue: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """Work until idle (or until a wait longer than ``wait_budget`` seconds); one pass at a time.
+
+        ``should_continue`` is asked before every step: a replica that lost its leadership, or a
+        daemon shutting down, stops between steps and leaves the journal consistent.
+        """
         with self._lock, self.store.lock(self.credential):
             started = self.clock.now()
             for _ in range(max_steps):
+                if should_continue is not None and not should_continue():
+                    return Outcome(result="stopped", detail="stopped between steps (shutdown or lost leadership)")
                 journal = self.store.load(self.credential)
                 vault = self.store.load_vault(self.credential)
                 for value in (vault.current, vault.pending):
@@ -153,6 +169,33 @@ class Reconciler:
                 if outcome is not None:
                     return outcome  # one rotation per pass; what is due next comes on the next pass
             return Outcome(result="waiting", detail=f"stopped after {max_steps} steps")
+
+    def heal(self, targets: list[TargetRef]) -> dict[str, str]:
+        """Write the current key to these targets (new namespace, drifted or deleted secret, new
+        service account). Skipped while a rotation is in flight: it re-checks every target itself."""
+        with self._lock, self.store.lock(self.credential):
+            journal = self.store.load(self.credential)
+            vault = self.store.load_vault(self.credential)
+            if journal.rotation is not None or not vault.current:
+                return {t.key: "deferred" for t in targets}
+            auth = self._auth(vault.current)
+            results = self._fan_out(targets, lambda t: self.sinks[t.sink].write_entry(t, auth))
+        out: dict[str, str] = {}
+        for key, result in results.items():
+            out[key] = result if isinstance(result, str) else f"error: {result}"
+            if result in ("created", "updated"):
+                self.log.info("secret.healed", target=key, result=result)
+                self._emit("secret.healed", target=key)
+            elif not isinstance(result, str):
+                self.log.warning("secret.heal_failed", target=key, error=str(result))
+        return out
+
+    def check_current(self) -> VerifyResult | None:
+        """HEAD-only pull check of the current key (None when there is none yet)."""
+        vault = self.store.load_vault(self.credential)
+        if not vault.current:
+            return None
+        return self._verify([self._auth(vault.current)])
 
     # -- observation -----------------------------------------------------------------------------
     def targets(self) -> list[TargetRef]:
@@ -250,7 +293,7 @@ class Reconciler:
     def _do_start(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
         now = self.clock.now()
         rotation = Rotation(
-            id=f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
+            id=action.rotation_id or new_rotation_id(now),
             reason=action.reason,
             started_at=now,
             phase="minting",
@@ -334,7 +377,7 @@ class Reconciler:
             failure = f"{step}: verification stayed inconclusive ({result.detail}); nothing was distributed"
             self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
             return None
-        retry_at = self.clock.now() + INCONCLUSIVE_RETRY
+        retry_at = self.clock.now() + self.inconclusive_retry
         waiting = f"{step} inconclusive: {result.detail}"
         self._save(replace(journal, rotation=replace(rotation, attempts=attempts, waiting=waiting, retry_at=retry_at)))
         return None
@@ -366,7 +409,9 @@ class Reconciler:
         refused = set(vault.snapshot.get("refused", {}))
         writable = [t for t in targets if t.key not in refused]
         auth = self._auth(vault.pending)
-        results = self._fan_out(writable, lambda t: self.sinks[t.sink].write_entry(t, auth))
+        results = self._fan_out(
+            writable, lambda t: self.sinks[t.sink].write_entry(t, auth), partial_boundary="distribute:partial"
+        )
         transient = [k for k, r in results.items() if isinstance(r, TransientError)]
         failed = {k: r for k, r in results.items() if isinstance(r, RotatorError) and k not in transient}
         for key, error in failed.items():
@@ -386,7 +431,9 @@ class Reconciler:
         boundary("distribute:after")
         return None
 
-    def _fan_out(self, targets: list[TargetRef], fn: Callable[[TargetRef], str]) -> dict[str, str | Exception]:
+    def _fan_out(
+        self, targets: list[TargetRef], fn: Callable[[TargetRef], str], *, partial_boundary: str = ""
+    ) -> dict[str, str | Exception]:
         results: dict[str, str | Exception] = {}
         half = max(1, len(targets) // 2)
 
@@ -398,8 +445,8 @@ class Reconciler:
 
         for i, (key, result) in enumerate(self._pool.map(one, targets), start=1):
             results[key] = result
-            if i == half:
-                boundary("distribute:partial")
+            if i == half and partial_boundary:
+                boundary(partial_boundary)
         return results
 
     def _do_verify_stored(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
@@ -600,6 +647,10 @@ class Reconciler:
         assert action.key_id
         self._delete_key(action.key_id, reason="orphan: owned, unknown to the journal, held by no target")
         return None
+
+
+def new_rotation_id(now: dt.datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def _snapshot(views: list[TargetView]) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class RegistrySettings:
     # Base URL to reach the registry's v2 API when it differs from https://<server> (sandbox, mirrors).
     endpoint: str | None = None
     verify_budget: dt.timedelta = dt.timedelta(seconds=60)
+    # How long a rotation waits after an inconclusive check (429, 5xx, unknown image) before checking again.
+    recheck_interval: dt.timedelta = dt.timedelta(seconds=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +87,11 @@ class ScheduleSettings:
     interval: dt.timedelta | None = None
     cron: str | None = None
     jitter: dt.timedelta = dt.timedelta(0)
+    # Planned rotations start only inside this window (cron start + duration); emergencies ignore it.
+    window_cron: str | None = None
+    window_duration: dt.timedelta | None = None
+    # How often the current key is checked at the registry (HEAD only); a rejected key rotates at once.
+    health_check: dt.timedelta | None = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +134,22 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DaemonSettings:
+    # Leader election on a coordination.k8s.io Lease in kubernetes.namespace; off outside a cluster.
+    leader_election: bool = False
+    lease_name: str = "rotator-leader"
+    lease_duration: dt.timedelta = dt.timedelta(seconds=15)
+    renew_deadline: dt.timedelta = dt.timedelta(seconds=10)
+    retry_period: dt.timedelta = dt.timedelta(seconds=2)
+    # Kubernetes watches: new namespaces, drifted or deleted secrets, new service accounts.
+    watch: bool = True
+    # Longest sleep between passes when nothing is due (drift is caught by watches sooner).
+    resync: dt.timedelta = dt.timedelta(minutes=5)
+    # How long SIGTERM waits for the step in progress.
+    shutdown_grace: dt.timedelta = dt.timedelta(seconds=25)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StateSettings:
     kind: str = "file"  # "file" | "configmap"
     path: Path = Path("rotator-state")
@@ -139,6 +162,7 @@ class Settings:
     credentials: tuple[CredentialSettings, ...]
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def credential(self, name: str) -> CredentialSettings:
         for cred in self.credentials:
@@ -163,7 +187,7 @@ class Settings:
                 return str(value)
             return value
 
-        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state")}
+        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state", "daemon")}
         out = {
             k: clean(asdict(v) if hasattr(v, "__dataclass_fields__") else [asdict(c) for c in v])
             for k, v in data.items()
@@ -396,7 +420,7 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
 
 
 def _registry(node: _Node) -> RegistrySettings | None:
-    node.known("server", "username", "images", "endpoint", "verify_budget")
+    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval")
     server = node.value("server", _string, example="us.icr.io")
     username = node.value("username", _string, example="iamapikey", default="iamapikey")
     images = node.value("images", _list_of(_image), example="[us.icr.io/team/app:latest]")
@@ -408,24 +432,46 @@ def _registry(node: _Node) -> RegistrySettings | None:
         )
     endpoint = node.value("endpoint", _url, example="https://us.icr.io", default=None)
     budget = node.value("verify_budget", _positive_duration, example="60s", default=dt.timedelta(seconds=60))
-    if None in (server, username, images, budget):
+    recheck = node.value("recheck_interval", _positive_duration, example="30s", default=dt.timedelta(seconds=30))
+    if None in (server, username, images, budget, recheck):
         return None
-    assert server and username and images is not None and budget
-    return RegistrySettings(server=server, username=username, images=images, endpoint=endpoint, verify_budget=budget)
+    assert server and username and images is not None and budget and recheck
+    return RegistrySettings(
+        server=server,
+        username=username,
+        images=images,
+        endpoint=endpoint,
+        verify_budget=budget,
+        recheck_interval=recheck,
+    )
 
 
 def _schedule(node: _Node | None) -> ScheduleSettings:
     if node is None:
         return ScheduleSettings(interval=dt.timedelta(days=1))
-    node.known("interval", "cron", "jitter")
+    node.known("interval", "cron", "jitter", "window", "health_check")
     interval = node.value("interval", _positive_duration, example="24h", default=None)
     cron = node.value("cron", _cron, example="0 3 * * *", default=None)
     jitter = node.value("jitter", _duration, example="5m", default=dt.timedelta(0))
+    health = node.value("health_check", _duration, example="5m", default=dt.timedelta(minutes=5))
     if interval is not None and cron is not None:
         node.errors.add(node.path, "give interval or cron, not both", "interval: 24h")
     if interval is None and cron is None and "interval" not in node.data and "cron" not in node.data:
         node.errors.add(node.path, "needs interval or cron", "interval: 24h")
-    return ScheduleSettings(interval=interval, cron=cron, jitter=jitter or dt.timedelta(0))
+    window_cron = window_duration = None
+    window = node.child("window", required=False)
+    if window is not None:
+        window.known("cron", "duration")
+        window_cron = window.value("cron", _cron, example="0 2 * * 1-5")
+        window_duration = window.value("duration", _positive_duration, example="2h")
+    return ScheduleSettings(
+        interval=interval,
+        cron=cron,
+        jitter=jitter or dt.timedelta(0),
+        window_cron=window_cron,
+        window_duration=window_duration,
+        health_check=health if health else None,
+    )
 
 
 def _namespaces(node: _Node) -> NamespaceSelection | None:
@@ -534,6 +580,43 @@ def _state(node: _Node | None, base_dir: Path) -> StateSettings:
     return StateSettings(kind=kind or "file", path=path, name=name)
 
 
+def _daemon(node: _Node | None) -> DaemonSettings:
+    if node is None:
+        return DaemonSettings()
+    node.known(
+        "leader_election",
+        "lease_name",
+        "lease_duration",
+        "renew_deadline",
+        "retry_period",
+        "watch",
+        "resync",
+        "shutdown_grace",
+    )
+    d = DaemonSettings()
+    out = DaemonSettings(
+        leader_election=bool(node.value("leader_election", _bool, example="true", default=d.leader_election)),
+        lease_name=node.value("lease_name", _k8s_name, example="rotator-leader", default=d.lease_name) or d.lease_name,
+        lease_duration=node.value("lease_duration", _positive_duration, example="15s", default=d.lease_duration)
+        or d.lease_duration,
+        renew_deadline=node.value("renew_deadline", _positive_duration, example="10s", default=d.renew_deadline)
+        or d.renew_deadline,
+        retry_period=node.value("retry_period", _positive_duration, example="2s", default=d.retry_period)
+        or d.retry_period,
+        watch=bool(node.value("watch", _bool, example="true", default=d.watch)),
+        resync=node.value("resync", _positive_duration, example="5m", default=d.resync) or d.resync,
+        shutdown_grace=node.value("shutdown_grace", _positive_duration, example="25s", default=d.shutdown_grace)
+        or d.shutdown_grace,
+    )
+    if not out.lease_duration > out.renew_deadline > out.retry_period:
+        node.errors.add(
+            node.path,
+            "needs lease_duration > renew_deadline > retry_period",
+            "{lease_duration: 15s, renew_deadline: 10s, retry_period: 2s}",
+        )
+    return out
+
+
 def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
     """Read and validate ``path``; relative paths inside resolve from ``base_dir`` (default: cwd)."""
     source = Path(path)
@@ -554,7 +637,7 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     errors = _Errors(source)
     raw = _interpolate(raw, errors, "")
     top = _Node(raw, "", errors)
-    top.known("credentials", "kubernetes", "state")
+    top.known("credentials", "kubernetes", "state", "daemon")
     creds_raw = top.data.get("credentials")
     credentials: list[CredentialSettings] = []
     if not isinstance(creds_raw, list) or not creds_raw:
@@ -571,6 +654,7 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
             credentials.append(cred)
     kubernetes = _kubernetes(top.child("kubernetes", required=False), base_dir)
     state = _state(top.child("state", required=False), base_dir)
+    daemon = _daemon(top.child("daemon", required=False))
     if errors.items:
         raise ConfigError("\n".join(errors.items))
-    return Settings(source=source, credentials=tuple(credentials), kubernetes=kubernetes, state=state)
+    return Settings(source=source, credentials=tuple(credentials), kubernetes=kubernetes, state=state, daemon=daemon)

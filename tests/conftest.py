@@ -57,6 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     logs.configure(level="debug", json_output=True, stream=stream)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for stream in _STREAMS:
+        stream.close()
+    _STREAMS.clear()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for stream in _STREAMS:
         stream.flush()

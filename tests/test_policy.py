@@ -145,6 +145,7 @@ def journals(draw: st.DrawFn) -> CredentialJournal:
                 delete_at=st.none() | times,
             ),
             max_size=3,
+            unique_by=lambda r: r.key_id,  # a key is retired once
         )
     )
     rotation = draw(
@@ -191,3 +192,44 @@ def test_safety_invariants(
         assert retired and retired[0].disabled_at is not None
     if action.kind == "sweep":
         assert action.key_id not in journal.known_key_ids()
+
+
+@pytest.mark.parametrize(
+    ("now", "kind"),
+    [
+        pytest.param(T0 + dt.timedelta(days=7, hours=1), "idle", id="due-but-outside-window"),
+        pytest.param(T0 + dt.timedelta(days=8, hours=2, minutes=30), "start", id="inside-window"),
+        pytest.param(T0 + dt.timedelta(days=8, hours=4), "idle", id="window-closed-again"),
+    ],
+)
+def test_maintenance_window_holds_planned_rotations(now: dt.datetime, kind: str) -> None:
+    """A due rotation waits for the window (daily 02:00 for 2 h); idle points at the next opening."""
+    policy = Policy(
+        interval=dt.timedelta(days=7),
+        max_age=dt.timedelta(days=30),
+        grace_period=dt.timedelta(hours=1),
+        delete_after=dt.timedelta(days=1),
+        window_cron="0 2 * * *",
+        window_duration=dt.timedelta(hours=2),
+    )
+    action = plan(Observation(journal=journal_with_current(), now=now, out_of_sync=()), policy)
+    assert action.kind == kind
+    if kind == "idle":
+        assert action.until is not None and action.until.hour == 2 and action.until > now
+
+
+def test_emergency_ignores_the_window() -> None:
+    """An emergency rotation starts outside the maintenance window."""
+    policy = Policy(
+        interval=dt.timedelta(days=7),
+        max_age=dt.timedelta(days=30),
+        grace_period=dt.timedelta(hours=1),
+        delete_after=dt.timedelta(days=1),
+        window_cron="0 2 * * *",
+        window_duration=dt.timedelta(hours=2),
+    )
+    now = T0 + dt.timedelta(days=1, hours=12)
+    obs = Observation(
+        journal=journal_with_current(), now=now, out_of_sync=(), request=Request(reason="leak", emergency=True)
+    )
+    assert plan(obs, policy).kind == "start"
