@@ -66,6 +66,7 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cred.schedule.interval == dt.timedelta(days=7)
     assert cred.max_age == dt.timedelta(days=30)
     assert cred.registry.username == "iamapikey"
+    assert cred.registry.recheck_interval == dt.timedelta(seconds=30)
     assert cred.delete_after == dt.timedelta(days=1)
     assert cfg.kubernetes.concurrency == 16
 
@@ -151,6 +152,11 @@ def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             with_change("credentials[0].targets.kubernetes.namespaces", {"names": ["Team_A"]}),
             "(item 0: 'Team_A') is not a valid namespace name",
             id="bad-namespace",
+        ),
+        pytest.param(
+            with_change("credentials[0].registry.recheck_interval", "0s"),
+            "credentials[0].registry.recheck_interval: '0s' must be longer than zero",
+            id="zero-recheck-interval",
         ),
         pytest.param(
             with_change("credentials[0].registry", DELETE), "credentials[0].registry: is required", id="no-registry"
