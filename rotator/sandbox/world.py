@@ -45,6 +45,16 @@ class Seed:
     labelled_namespaces: tuple[str, ...] = ("team-a", "team-b", "team-c")
     # Repositories (namespace/repo:tag) pushed into the registry emulator.
     repositories: tuple[str, ...] = ("team/app:latest", "team/worker:1.0")
+    # IBM Code Engine: one project whose secrets rotator's admin identity may manage.
+    codeengine_project_id: str = "3f6a9c2e-8b1d-4e7a-9c5f-2d8e1b7a4c60"
+    codeengine_project_name: str = "team-apps"
+    codeengine_region: str = "us-south"
+    # Docker Hub: rotator's Docker ID and its password, an organization it owns, and a personal access
+    # token of that Docker ID which rotator did not create and must never touch.
+    dockerhub_username: str = "rotatorbot"
+    dockerhub_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    dockerhub_org: str = "acme"
+    dockerhub_foreign_pat: str = field(default_factory=lambda: "dckr_pat_" + secrets.token_urlsafe(21)[:27])
 
     @staticmethod
     def iam_id(service_id: str) -> str:
