@@ -728,6 +728,19 @@ def test_malformed_requests_get_a_status_never_a_500(
     assert payload["kind"] == "Status" and payload["reason"] == reason and payload["code"] == status
 
 
+def test_create_carrying_a_resource_version_fails_as_on_a_real_apiserver(core: client.CoreV1Api, ns: str) -> None:
+    """Re-creating a fetched object without clearing resourceVersion is the etcd store's 500, not a success."""
+    fetched = core.create_namespaced_secret(ns, docker_secret("copy"))
+    fetched.metadata.namespace, fetched.metadata.uid = None, None
+    other = f"{ns}-b"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_secret(other, fetched)
+    body = status_of(exc.value)
+    assert exc.value.status == 500 and body["reason"] == "InternalError"
+    assert body["message"] == "resourceVersion should not be set on objects to be created"
+
+
 def test_injected_throttling_answers_a_429_status_with_retry_after(sandbox: SandboxProcess) -> None:
     """Fault injection answers in the apiserver's shape: 429 TooManyRequests with retryAfterSeconds."""
     sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces", "throttle_seconds": 30, "retry_after": 3})

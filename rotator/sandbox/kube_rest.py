@@ -139,8 +139,10 @@ class Rest:
         obj, warnings = decode(call.rt, await read_body(call, BODY_TYPES), strict=call.strict)
         meta = obj["metadata"]
         _check_namespace(call, meta)
-        if meta.get("resourceVersion"):
-            # What a real apiserver answers (etcd3 store), 500 included.
+        rv = meta.get("resourceVersion") or ""
+        if rv.isdigit() and int(rv) != 0:
+            # What a real apiserver answers (the etcd3 store's check, passed through as a 500); an
+            # unparsable resourceVersion escapes that check and is simply dropped.
             raise KubeError(500, "resourceVersion should not be set on objects to be created")
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(5))
