@@ -64,7 +64,7 @@ class KubeEmulator:
         self.auth = Authorizer()
         self.auth.seed(admin_token=ctx.seed.kubernetes_token, readonly_token=ctx.seed.kubernetes_readonly_token)
         self.rest = Rest(self.store)
-        self.lister = Lister(self.store, self.rest)
+        self.lister = Lister(self.store)
         self.reviews = Reviews(self.auth)
         files_dir = Path(ctx.files_dir) if ctx.files_dir else Path(tempfile.mkdtemp(prefix="rotator-kube-"))
         self.tls = TlsListener(load_or_create(files_dir))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 SUPERUSER_GROUP = "system:masters"
@@ -171,7 +171,3 @@ class Authorizer:
             rules = [Rule.from_json(r) for r in entry["rules"]]
             self.bindings.setdefault(f"user:{user['username']}", []).extend(rules)
             self.added.append(entry)
-
-
-def user_json(user: User) -> dict[str, Any]:
-    return asdict(user) | {"groups": list(user.groups)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rotator.sandbox.kube_rest import Call, Rest, respond
+from rotator.sandbox.kube_rest import Call, respond
 from rotator.sandbox.kube_select import Selector
 from rotator.sandbox.kube_status import KubeError, bad_request, expired
 from rotator.sandbox.kube_store import ADDED, Obj, Store, Watcher, watch_event
@@ -79,9 +79,8 @@ def _strip_type(obj: Obj) -> Obj:
 
 
 class Lister:
-    def __init__(self, store: Store, rest: Rest) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.rest = rest
         self.bookmark_interval_s = 60.0
 
     def _selector(self, call: Call) -> Selector:

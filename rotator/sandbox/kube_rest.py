@@ -46,6 +46,7 @@ PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_BODY = 3 * 1024 * 1024
 SYSTEM_FIELDS = (
+    "resourceVersion",
     "uid",
     "creationTimestamp",
     "deletionTimestamp",
@@ -189,7 +190,7 @@ class Rest:
     async def replace(self, call: Call) -> web.Response:
         obj, warnings = decode(call.rt, await read_body(call, BODY_TYPES), strict=call.strict)
         meta = obj["metadata"]
-        if meta.get("name", call.name) != call.name:
+        if (meta.get("name") or call.name) != call.name:
             raise bad_request(
                 f"the name of the object ({meta['name']}) does not match the name on the URL ({call.name})"
             )

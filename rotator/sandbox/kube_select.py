@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rotator.sandbox.kube_status import KubeError, bad_request
+from rotator.sandbox.kube_status import bad_request
 
 _KEY = r"(?:[A-Za-z0-9.-]+/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
@@ -155,12 +155,7 @@ class Selector:
 
     @classmethod
     def parse(cls, label_text: str, field_text: str, allowed_fields: tuple[str, ...]) -> Selector:
-        try:
-            return cls(parse_label_selector(label_text), parse_field_selector(field_text, allowed_fields))
-        except KubeError:
-            raise
-        except (ValueError, IndexError) as exc:  # pragma: no cover - defensive
-            raise bad_request(f"unable to parse selector: {exc}") from None
+        return cls(parse_label_selector(label_text), parse_field_selector(field_text, allowed_fields))
 
     @property
     def empty(self) -> bool:
