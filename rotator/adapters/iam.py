@@ -8,7 +8,7 @@ and refuse (``NotOwnedError``) before any mutating request when it is not rotato
 IBM publishes no length limit for API key names [UNCONFIRMED]; the credential (<= 63) and
 rotation id (<= 64) limits below keep names at most 136 characters either way.
 
-Every HTTP status maps to ``rotator.errors`` in ``_error_for`` (the one place). Retries happen
+Every HTTP status maps to ``rotator.errors`` in ``error_for`` (the one place). Retries happen
 only in ``RetryPolicy.call`` around one request (plus one token refresh on 401).
 """
 
@@ -89,6 +89,60 @@ class _Token:
     refresh_at: float  # time.monotonic()
 
 
+class IamTokenSource:
+    """IAM access tokens for one API key: fetched on first use, cached, refreshed once 80 % of the
+    lifetime has passed (like the IBM SDK). Thread-safe; every client calling IBM APIs with the same
+    key (the Identity API, Code Engine) can share one."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        apikey: SecretStr,
+        client: httpx.Client,
+        on_request: OnRequest | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._apikey = apikey
+        self._client = client
+        self._on_request = on_request
+        self._token: _Token | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def secrets(self) -> list[SecretStr]:
+        """The key and the cached token, for scrubbing error messages."""
+        return [self._apikey, *([self._token.value] if self._token else [])]
+
+    def token(self, *, force: bool = False) -> SecretStr:
+        """A valid access token; ``force`` fetches a new one (after a 401)."""
+        with self._lock:
+            cached = self._token
+            if force or cached is None or time.monotonic() >= cached.refresh_at:
+                cached = self._token = self._fetch()
+            return cached.value
+
+    def _fetch(self) -> _Token:
+        form = {"grant_type": GRANT_APIKEY, "apikey": self._apikey.reveal(), "response_type": "cloud_iam"}
+        started = time.monotonic()
+        response = send(
+            self._client,
+            self._on_request,
+            "token",
+            "POST",
+            self._base + "/identity/token",
+            data=form,
+            headers={"Accept": "application/json"},
+        )
+        if response.status_code != 200:
+            raise error_for("token", response, [self._apikey])
+        data = response.json()
+        value, lifetime = data.get("access_token"), data.get("expires_in")
+        if not isinstance(value, str) or not value or not isinstance(lifetime, int | float):
+            raise PermanentError("token: IAM answered without access_token/expires_in")
+        return _Token(value=SecretStr(value), refresh_at=started + REFRESH_FRACTION * float(lifetime))
+
+
 class IamProvider:
     kind = "ibm-iam"
     username = "iamapikey"
@@ -117,8 +171,9 @@ class IamProvider:
         self._retry = retry or RetryPolicy()
         self._on_request = on_request
         self._page_size = page_size
-        self._token: _Token | None = None
-        self._token_lock = threading.Lock()
+        self.tokens = IamTokenSource(
+            base_url=self._base, apikey=admin_apikey, client=self._client, on_request=on_request
+        )
 
     def close(self) -> None:
         if self._own_client:
@@ -293,62 +348,56 @@ class IamProvider:
         return self._send(operation, method, self._base + path, params=params, json=json, headers=all_headers)
 
     def _access_token(self, *, force: bool) -> SecretStr:
-        with self._token_lock:
-            cached = self._token
-            if force or cached is None or time.monotonic() >= cached.refresh_at:
-                cached = self._token = self._fetch_token()
-            return cached.value
-
-    def _fetch_token(self) -> _Token:
-        form = {"grant_type": GRANT_APIKEY, "apikey": self._apikey.reveal(), "response_type": "cloud_iam"}
-        started = time.monotonic()
-        response = self._send(
-            "token", "POST", self._base + "/identity/token", data=form, headers={"Accept": "application/json"}
-        )
-        if response.status_code != 200:
-            raise self._error_for("token", response, [])
-        data = response.json()
-        value, lifetime = data.get("access_token"), data.get("expires_in")
-        if not isinstance(value, str) or not value or not isinstance(lifetime, int | float):
-            raise PermanentError("token: IAM answered without access_token/expires_in")
-        return _Token(value=SecretStr(value), refresh_at=started + REFRESH_FRACTION * float(lifetime))
+        return self.tokens.token(force=force)
 
     def _send(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"IAM {operation}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"IAM {operation}: connection failed ({type(exc).__name__})") from None
-        self._count(operation, method, response.status_code)
-        return response
-
-    def _count(self, operation: str, method: str, status: int) -> None:
-        if self._on_request is not None:
-            self._on_request(operation, method, status)
+        return send(self._client, self._on_request, operation, method, url, **kwargs)
 
     def _error_for(self, operation: str, response: httpx.Response, scrub: list[SecretStr]) -> RotatorError:
-        """THE status mapping for IAM (token endpoint and Identity API)."""
-        status = response.status_code
-        code, message = _iam_error(response)
-        for secret in [self._apikey, *scrub, *([self._token.value] if self._token else [])]:
-            message = message.replace(secret.reveal(), "***")
-        message = message[:300]
-        text = f"IAM {operation}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-        if status == 429:
-            return RateLimited(text, retry_after=_retry_after(response))
-        if status >= 500 or status == 408:
-            return TransientError(text)
-        if status in (401, 403) or "BXNIM0415E" in code:
-            return UnauthorizedError(text)
-        if status == 404:
-            return NotFoundError(text)
-        lowered = message.lower()
-        if set(code.split()) & _LIMIT_CODES or ("api key" in lowered and any(w in lowered for w in _LIMIT_WORDS)):
-            return LimitReachedError(text)
-        return PermanentError(text)
+        return error_for(operation, response, [*self.tokens.secrets, *scrub])
+
+
+def send(
+    client: httpx.Client, on_request: OnRequest | None, operation: str, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
+    """One request to IAM; transport failures become ``TransientError``, every outcome is counted."""
+    try:
+        response = client.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        _count(on_request, operation, method, 0)
+        raise TransientError(f"IAM {operation}: timed out ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        _count(on_request, operation, method, 0)
+        raise TransientError(f"IAM {operation}: connection failed ({type(exc).__name__})") from None
+    _count(on_request, operation, method, response.status_code)
+    return response
+
+
+def _count(on_request: OnRequest | None, operation: str, method: str, status: int) -> None:
+    if on_request is not None:
+        on_request(operation, method, status)
+
+
+def error_for(operation: str, response: httpx.Response, scrub: list[SecretStr]) -> RotatorError:
+    """THE status mapping for IAM (token endpoint and Identity API); ``scrub`` values never show."""
+    status = response.status_code
+    code, message = _iam_error(response)
+    for secret in scrub:
+        message = message.replace(secret.reveal(), "***")
+    message = message[:300]
+    text = f"IAM {operation}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if status == 429:
+        return RateLimited(text, retry_after=_retry_after(response))
+    if status >= 500 or status == 408:
+        return TransientError(text)
+    if status in (401, 403) or "BXNIM0415E" in code:
+        return UnauthorizedError(text)
+    if status == 404:
+        return NotFoundError(text)
+    lowered = message.lower()
+    if set(code.split()) & _LIMIT_CODES or ("api key" in lowered and any(w in lowered for w in _LIMIT_WORDS)):
+        return LimitReachedError(text)
+    return PermanentError(text)
 
 
 def _iam_error(response: httpx.Response) -> tuple[str, str]:
