@@ -156,12 +156,50 @@ class StateSettings:
     name: str = "rotator-state"
 
 
+AUTH_MODES = ("token-file", "kubernetes", "disabled")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiAuthSettings:
+    """How the HTTP API checks bearer tokens (see ``rotator/apiauth.py``).
+
+    ``disabled`` accepts no token at all: the /v1 endpoints answer 401 and only /healthz, /readyz,
+    /metrics (when public) and /openapi.json are served.
+    """
+
+    mode: str = "disabled"  # "token-file" | "kubernetes" | "disabled"
+    file: Path | None = None  # token-file: lines "<token> <principal> <read|rotate>"
+    audiences: tuple[str, ...] = ()  # kubernetes: TokenReview audiences (empty: the apiserver's)
+    cache_ttl: dt.timedelta = dt.timedelta(seconds=10)  # kubernetes: review results kept this long
+    namespace: str = "rotator-system"  # kubernetes: namespace of the SubjectAccessReview
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    listen: str = "0.0.0.0:8080"  # host:port, [v6]:port; port 0 picks a free one
+    metrics_public: bool = True
+    auth: ApiAuthSettings = field(default_factory=ApiAuthSettings)
+    # Token bucket per principal on the mutating endpoints.
+    rate_per_minute: float = 10.0
+    rate_burst: int = 5
+    idempotency_ttl: dt.timedelta = dt.timedelta(hours=24)
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     source: Path
     credentials: tuple[CredentialSettings, ...]
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def credential(self, name: str) -> CredentialSettings:
@@ -187,7 +225,7 @@ class Settings:
                 return str(value)
             return value
 
-        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state", "daemon")}
+        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state", "daemon", "server")}
         out = {
             k: clean(asdict(v) if hasattr(v, "__dataclass_fields__") else [asdict(c) for c in v])
             for k, v in data.items()
@@ -348,6 +386,31 @@ def _image(value: Any) -> str:
     if "/" not in text or any(c.isspace() for c in text):
         raise ValueError("is not an image reference of the form registry/namespace/repository:tag")
     return text
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("is not host:port (e.g. 0.0.0.0:8080, [::]:8080, 127.0.0.1:0)")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError("is not host:port (e.g. 0.0.0.0:8080, [::]:8080, 127.0.0.1:0)")
+        host = host[1:-1]
+    elif ":" in host or any(c.isspace() for c in host):
+        raise ValueError("is not host:port; write an IPv6 address in brackets, e.g. [::]:8080")
+    return host, int(port)
+
+
+def _listen(value: Any) -> str:
+    text = _string(value)
+    _split_listen(text)
+    return text
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1_000_000:
+        raise ValueError("is not a number above 0 (and at most 1000000)")
+    return float(value)
 
 
 def _interpolate(value: Any, errors: _Errors, path: str) -> Any:
@@ -617,6 +680,57 @@ def _daemon(node: _Node | None) -> DaemonSettings:
     return out
 
 
+def _api_auth(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) -> ApiAuthSettings:
+    default_mode = "kubernetes" if kubernetes.in_cluster else "disabled"
+    if node is None:
+        return ApiAuthSettings(mode=default_mode, namespace=kubernetes.namespace)
+    node.known("mode", "file", "audiences", "cache_ttl", "namespace")
+    mode = node.value("mode", _string, example="token-file", default=default_mode) or default_mode
+    if mode not in AUTH_MODES:
+        node.errors.add(node.at("mode"), f"{mode!r} is not one of {', '.join(AUTH_MODES)}", "kubernetes")
+    raw_file = node.value("file", _string, example="/etc/rotator/api-tokens", default=None)
+    file = None
+    if raw_file is not None:
+        file = Path(raw_file) if Path(raw_file).is_absolute() else base_dir / raw_file
+    if mode == "token-file" and file is None:
+        node.errors.add(node.at("file"), "is required with mode token-file", "/etc/rotator/api-tokens")
+    if mode != "token-file" and file is not None:
+        node.errors.add(node.at("file"), f"is only used with mode token-file, not {mode}")
+    return ApiAuthSettings(
+        mode=mode,
+        file=file,
+        audiences=node.value("audiences", _list_of(_string), example="[rotator]", default=()) or (),
+        cache_ttl=node.value("cache_ttl", _duration, example="10s", default=dt.timedelta(seconds=10))
+        or dt.timedelta(0),
+        namespace=node.value("namespace", _namespace_name, example="rotator-system", default=kubernetes.namespace)
+        or kubernetes.namespace,
+    )
+
+
+def _server(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) -> ServerSettings:
+    if node is None:
+        return ServerSettings(auth=_api_auth(None, base_dir, kubernetes))
+    node.known("listen", "metrics_public", "auth", "rate_limit", "idempotency_ttl")
+    listen = node.value("listen", _listen, example="0.0.0.0:8080", default="0.0.0.0:8080") or "0.0.0.0:8080"
+    public = node.value("metrics_public", _bool, example="true", default=True)
+    auth = _api_auth(node.child("auth", required=False), base_dir, kubernetes)
+    per_minute, burst = 10.0, 5
+    limit = node.child("rate_limit", required=False)
+    if limit is not None:
+        limit.known("per_minute", "burst")
+        per_minute = limit.value("per_minute", _positive_number, example="10", default=10.0) or 10.0
+        burst = limit.value("burst", _int_range(1, 10_000), example="5", default=5) or 5
+    ttl = node.value("idempotency_ttl", _positive_duration, example="24h", default=dt.timedelta(hours=24))
+    return ServerSettings(
+        listen=listen,
+        metrics_public=public is not False,
+        auth=auth,
+        rate_per_minute=per_minute,
+        rate_burst=burst,
+        idempotency_ttl=ttl or dt.timedelta(hours=24),
+    )
+
+
 def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
     """Read and validate ``path``; relative paths inside resolve from ``base_dir`` (default: cwd)."""
     source = Path(path)
@@ -637,7 +751,7 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     errors = _Errors(source)
     raw = _interpolate(raw, errors, "")
     top = _Node(raw, "", errors)
-    top.known("credentials", "kubernetes", "state", "daemon")
+    top.known("credentials", "kubernetes", "state", "daemon", "server")
     creds_raw = top.data.get("credentials")
     credentials: list[CredentialSettings] = []
     if not isinstance(creds_raw, list) or not creds_raw:
@@ -655,6 +769,14 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     kubernetes = _kubernetes(top.child("kubernetes", required=False), base_dir)
     state = _state(top.child("state", required=False), base_dir)
     daemon = _daemon(top.child("daemon", required=False))
+    server = _server(top.child("server", required=False), base_dir, kubernetes)
     if errors.items:
         raise ConfigError("\n".join(errors.items))
-    return Settings(source=source, credentials=tuple(credentials), kubernetes=kubernetes, state=state, daemon=daemon)
+    return Settings(
+        source=source,
+        credentials=tuple(credentials),
+        kubernetes=kubernetes,
+        state=state,
+        daemon=daemon,
+        server=server,
+    )

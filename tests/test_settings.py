@@ -173,6 +173,66 @@ def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             "environment variable ROTATOR_SURELY_UNSET_VAR is not set",
             id="unset-env",
         ),
+        pytest.param(
+            {**GOOD, "server": {"listen": "8080"}},
+            "server.listen: '8080' is not host:port",
+            id="server-listen-no-host",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"listen": "::1:8080"}},
+            "server.listen: '::1:8080' is not host:port; write an IPv6 address in brackets",
+            id="server-listen-bare-ipv6",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"listen": "0.0.0.0:70000"}},
+            "server.listen: '0.0.0.0:70000' is not host:port",
+            id="server-listen-port-range",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"auth": {"mode": "basic"}}},
+            "server.auth.mode: 'basic' is not one of token-file, kubernetes, disabled",
+            id="server-auth-unknown-mode",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"auth": {"mode": "token-file"}}},
+            "server.auth.file: is required with mode token-file",
+            id="server-token-file-missing",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"auth": {"mode": "kubernetes", "file": "tokens"}}},
+            "server.auth.file: is only used with mode token-file",
+            id="server-file-with-kubernetes",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"auth": {"mode": "kubernetes", "cache_ttl": 10}}},
+            "server.auth.cache_ttl: 10 has no unit",
+            id="server-cache-ttl-no-unit",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"rate_limit": {"per_minute": 0}}},
+            "server.rate_limit.per_minute: 0 is not a number above 0",
+            id="server-rate-zero",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"rate_limit": {"burst": 0}}},
+            "server.rate_limit.burst: 0 is not a whole number from 1 to 10000",
+            id="server-burst-zero",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"metrics_public": "yes"}},
+            "server.metrics_public: 'yes' is not true or false",
+            id="server-metrics-public-not-bool",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"idempotency_ttl": "0s"}},
+            "server.idempotency_ttl: '0s' must be longer than zero",
+            id="server-idempotency-ttl-zero",
+        ),
+        pytest.param(
+            {**GOOD, "server": {"lisen": "0.0.0.0:8080"}},
+            "server.lisen: unknown field",
+            id="server-unknown-field",
+        ),
     ],
 )
 def test_bad_config_names_file_field_and_fix(tmp_path: Path, doc: Any, expected: str) -> None:
@@ -182,6 +242,26 @@ def test_bad_config_names_file_field_and_fix(tmp_path: Path, doc: Any, expected:
     message = str(info.value)
     assert str(tmp_path / "rotator.yaml") in message
     assert expected in message
+
+
+def test_server_section_defaults_and_values(tmp_path: Path) -> None:
+    """Without a server section the API listens on 0.0.0.0:8080 with auth disabled; given values load."""
+    cfg = load(tmp_path, GOOD)
+    assert (cfg.server.host, cfg.server.port, cfg.server.auth.mode) == ("0.0.0.0", 8080, "disabled")
+    doc = {
+        **GOOD,
+        "server": {
+            "listen": "[::1]:0",
+            "metrics_public": False,
+            "auth": {"mode": "token-file", "file": "api-tokens"},
+            "rate_limit": {"per_minute": 2.5, "burst": 3},
+            "idempotency_ttl": "1h",
+        },
+    }
+    server = load(tmp_path, doc).server
+    assert (server.host, server.port, server.metrics_public) == ("::1", 0, False)
+    assert server.auth.file == tmp_path / "api-tokens"
+    assert (server.rate_per_minute, server.rate_burst, server.idempotency_ttl) == (2.5, 3, dt.timedelta(hours=1))
 
 
 def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
