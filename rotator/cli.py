@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(p)
     p = add("run", commands.run, "run the daemon")
     _with_config(p)
-    p.add_argument("--poll", type=float, default=30.0, help="seconds between passes when nothing is due")
+    p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
     p = add("sandbox", sandbox_server.main, "serve local emulators of IAM, Kubernetes and registries")
     sandbox_server.add_arguments(p)
     return parser

@@ -201,7 +201,15 @@ def _registry_reachable(app: App, server: str) -> tuple[bool, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry
+
     from rotator.daemon import Daemon
+    from rotator.metrics import Metrics
 
     cfg = _load(args)
-    return Daemon(App(cfg), poll=args.poll).serve()
+    if args.resync is not None:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, resync=dt.timedelta(seconds=args.resync)))
+    registry = CollectorRegistry()
+    return Daemon(App(cfg, metrics=Metrics(registry)), registry=registry).serve()

@@ -1,68 +1,473 @@
-"""``rotator run``: the long-running daemon. Each credential's reconciler is woken by APScheduler
-when the policy says something is due (or after ``poll`` seconds, to notice drift), one pass at
-a time per credential (``max_instances=1``, missed runs coalesced). SIGTERM lets the pass in
-progress finish its step and stops.
+"""``rotator run``: the long-running daemon.
+
+Every trigger becomes work for one credential's worker thread, which does one thing at a time:
+
+    schedule (APScheduler date job at the policy's next deadline) ─┐
+    Kubernetes watches (namespaces, managed secrets, SAs) ─────────┼─► Worker(credential) ─► Reconciler
+    HTTP API (rotate, leaked) and annotations ─────────────────────┤   coalesces: many ticks → one pass,
+    health check of the current key (HEAD) ────────────────────────┘   concurrent requests → one rotation
+
+Only the leader acts (Lease election when enabled); followers keep serving health, metrics and
+status. A leader that loses its lease, or a daemon told to stop, finishes the step in progress
+and stops before the next one, leaving the journal consistent for whoever resumes.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import os
 import random
 import signal
+import socket
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
 
 from rotator import logs
 from rotator.app import App
-from rotator.errors import RotatorError
+from rotator.errors import NotFoundError, RotatorError
+from rotator.metrics import Metrics
+from rotator.model import TargetRef
+from rotator.policy import Request
+from rotator.reconcile import new_rotation_id
+from rotator.status import credential_status
+from rotator.watches import ResourceWatch, Selection, Trigger, route
 
 log = logs.get("rotator.daemon")
+ROTATIONS_KEPT = 1000
+
+
+@dataclass
+class RotationTicket:
+    id: str
+    credential: str
+    reason: str
+    emergency: bool
+    leaked_key_id: str | None
+    state: str = "queued"  # queued | running | succeeded | failed | inconclusive | stopped
+    detail: str = ""
+    requested_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    finished_at: dt.datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "credential": self.credential,
+            "state": self.state,
+            "reason": self.reason,
+            "emergency": self.emergency,
+            "detail": self.detail or None,
+            "requested_at": self.requested_at.isoformat(timespec="seconds"),
+            "finished_at": self.finished_at.isoformat(timespec="seconds") if self.finished_at else None,
+        }
+
+
+class Worker:
+    """One credential's queue: ticks, heals and rotation requests, coalesced, handled one at a time."""
+
+    def __init__(self, name: str, daemon: Daemon) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.cond = threading.Condition()
+        self.tick_due = True
+        self.health_due = False
+        self.heals: dict[str, TargetRef] = {}
+        self.tickets: collections.deque[RotationTicket] = collections.deque()
+        self.running: RotationTicket | None = None
+        self.heartbeat = time.monotonic()
+        self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
+
+    # -- submitting work ----------------------------------------------------------------------
+    def tick(self) -> None:
+        with self.cond:
+            self.tick_due = True
+            self.cond.notify()
+
+    def health(self) -> None:
+        with self.cond:
+            self.health_due = True
+            self.cond.notify()
+
+    def heal(self, target: TargetRef) -> None:
+        with self.cond:
+            self.heals[target.key] = target
+            self.cond.notify()
+
+    def request(self, *, reason: str, emergency: bool, leaked_key_id: str | None) -> tuple[RotationTicket, bool]:
+        """Queue a rotation, or join the one queued or running (an emergency upgrades a queued one)."""
+        with self.cond:
+            for ticket in (*self.tickets, *((self.running,) if self.running else ())):
+                if ticket.state in ("queued", "running"):
+                    if ticket.state == "queued" and emergency and not ticket.emergency:
+                        ticket.emergency, ticket.leaked_key_id = True, leaked_key_id
+                    elif leaked_key_id and ticket.leaked_key_id != leaked_key_id:
+                        continue  # a different leaked key needs its own rotation
+                    return ticket, True
+            ticket = RotationTicket(
+                id=new_rotation_id(dt.datetime.now(dt.UTC)),
+                credential=self.name,
+                reason=reason,
+                emergency=emergency,
+                leaked_key_id=leaked_key_id,
+            )
+            self.tickets.append(ticket)
+            self.daemon.remember(ticket)
+            self.cond.notify()
+            return ticket, False
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _take(self) -> tuple[str, Any]:
+        with self.cond:
+            while not self.daemon.stopping.is_set():
+                self.heartbeat = time.monotonic()
+                if self.daemon.may_act():
+                    if self.tickets:
+                        self.running = self.tickets.popleft()
+                        self.running.state = "running"
+                        return "rotate", self.running
+                    if self.heals:
+                        heals, self.heals = list(self.heals.values()), {}
+                        return "heal", heals
+                    if self.health_due:
+                        self.health_due = False
+                        return "health", None
+                    if self.tick_due:
+                        self.tick_due = False
+                        return "tick", None
+                else:
+                    self.heals.clear()  # the leader heals; a follower forgets
+                self.cond.wait(timeout=1.0)
+        return "stop", None
+
+    def _loop(self) -> None:
+        while True:
+            kind, item = self._take()
+            if kind == "stop":
+                return
+            try:
+                self._handle(kind, item)
+            except RotatorError as exc:
+                log.error("worker.failed", credential=self.name, work=kind, error=str(exc))
+            except Exception as exc:  # the daemon never dies of one failed pass
+                log.exception("worker.crashed", credential=self.name, work=kind, error=type(exc).__name__)
+            finally:
+                self.daemon.observe(self.name)
+
+    def _handle(self, kind: str, item: Any) -> None:
+        reconciler = self.daemon.app.reconciler(self.name)
+        if kind == "rotate":
+            ticket: RotationTicket = item
+            request = Request(
+                reason=ticket.reason,
+                emergency=ticket.emergency,
+                leaked_key_id=ticket.leaked_key_id,
+                rotation_id=ticket.id,
+            )
+            try:
+                outcome = reconciler.run(request, should_continue=self.daemon.may_act)
+                if outcome.rotation_id not in (None, ticket.id):
+                    # A rotation left in flight (a crash, a previous leader) was finished first; now ours.
+                    outcome = reconciler.run(request, should_continue=self.daemon.may_act)
+                if outcome.rotation_id == ticket.id:
+                    ticket.state = {"inconclusive": "waiting"}.get(outcome.result, outcome.result)
+                else:
+                    ticket.state = "stopped" if outcome.result == "stopped" else "failed"
+                ticket.detail = outcome.detail
+                self._schedule_after(outcome.next_at)
+            finally:
+                if ticket.state in ("queued", "running"):
+                    ticket.state = "stopped"
+                if ticket.state != "waiting":
+                    ticket.finished_at = dt.datetime.now(dt.UTC)
+                with self.cond:
+                    self.running = None
+        elif kind == "heal":
+            reconciler.heal(item)
+        elif kind == "health":
+            result = reconciler.check_current()
+            if result is not None and result.outcome == "rejected":
+                log.error("health.key_rejected", credential=self.name, detail=result.detail)
+                self.request(
+                    reason=f"current key rejected by the registry: {result.detail}", emergency=True, leaked_key_id=None
+                )
+        elif kind == "tick":
+            outcome = reconciler.run(None, should_continue=self.daemon.may_act)
+            self._schedule_after(outcome.next_at)
+
+    def _schedule_after(self, next_at: dt.datetime | None) -> None:
+        settings = self.daemon.app.settings
+        now = dt.datetime.now(dt.UTC)
+        at = now + settings.daemon.resync
+        if next_at is not None:
+            jitter = settings.credential(self.name).schedule.jitter.total_seconds() * random.random()
+            at = min(at, next_at + dt.timedelta(seconds=jitter))
+        self.daemon.schedule_tick(self.name, max(at, now + dt.timedelta(milliseconds=200)))
 
 
 class Daemon:
-    def __init__(self, app: App, *, poll: float = 30.0) -> None:
+    """Owns the workers, the scheduler, the watches, leader election and the HTTP API."""
+
+    def __init__(self, app: App, *, registry: CollectorRegistry | None = None, identity: str | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.metrics = app.metrics or Metrics(self.registry)
         self.app = app
-        self.poll = poll
+        self.settings = app.settings
+        self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"coalesce": True, "max_instances": 1})
+        self.workers = {c.name: Worker(c.name, self) for c in self.settings.credentials}
+        self.tickets: collections.OrderedDict[str, RotationTicket] = collections.OrderedDict()
+        self._tickets_lock = threading.Lock()
+        self.elector: Any = None
+        self.watches: list[ResourceWatch] = []
+        self.server: Any = None
+        self._store_ok = (0.0, False)
 
-    def _schedule(self, name: str, at: dt.datetime) -> None:
+    # -- DaemonControl --------------------------------------------------------------------------
+    def alive(self) -> bool:
+        stale = [w for w in self.workers.values() if time.monotonic() - w.heartbeat > 600 and w.running is None]
+        return not self.stopping.is_set() and self.scheduler.running and not stale
+
+    def readiness(self) -> dict[str, bool]:
+        checked_at, ok = self._store_ok
+        if time.monotonic() - checked_at > 10:
+            try:
+                self.app.store.check()
+                ok = True
+            except Exception:
+                ok = False
+            self._store_ok = (time.monotonic(), ok)
+        return {
+            "config_loaded": True,
+            "state_store": ok,
+            "leadership_known": self.elector is None or self.elector.known.is_set(),
+        }
+
+    def leader(self) -> tuple[bool, str | None]:
+        if self.elector is None:
+            return True, self.identity
+        return self.elector.is_leader, self.elector.holder
+
+    def credentials(self) -> list[dict[str, Any]]:
+        now = dt.datetime.now(dt.UTC)
+        return [
+            credential_status(c.name, self.app.store.load(c.name), self.app.policy(c), now)
+            for c in self.settings.credentials
+        ]
+
+    def request_rotation(
+        self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None
+    ) -> tuple[str, bool]:
+        worker = self.workers.get(name)
+        if worker is None:
+            raise NotFoundError(f"no credential named {name!r}")
+        ticket, joined = worker.request(reason=reason, emergency=emergency, leaked_key_id=leaked_key_id)
+        log.info("rotation.requested", credential=name, rotation_id=ticket.id, joined=joined, emergency=emergency)
+        return ticket.id, joined
+
+    def rotation(self, rotation_id: str) -> dict[str, Any] | None:
+        with self._tickets_lock:
+            ticket = self.tickets.get(rotation_id)
+        if ticket is not None and ticket.state in ("queued", "succeeded", "failed", "stopped"):
+            return ticket.to_json()
+        # Running, waiting, or from before this process started: the journal knows.
+        names = [ticket.credential] if ticket else [c.name for c in self.settings.credentials]
+        for name in names:
+            journal = self.app.store.load(name)
+            if journal.rotation and journal.rotation.id == rotation_id:
+                out: dict[str, Any] = ticket.to_json() if ticket else {"id": rotation_id, "credential": name}
+                out.update(
+                    state="waiting" if journal.rotation.waiting else "running",
+                    phase=journal.rotation.phase,
+                    waiting=journal.rotation.waiting or None,
+                )
+                return out
+            for result in journal.history:
+                if result.rotation_id == rotation_id:
+                    out = ticket.to_json() if ticket else {"id": rotation_id, "credential": name}
+                    out.update(
+                        state=result.result,
+                        reason=result.reason,
+                        detail=result.detail or None,
+                        finished_at=result.finished_at.isoformat(timespec="seconds"),
+                    )
+                    return out
+        return ticket.to_json() if ticket else None
+
+    # -- internals ------------------------------------------------------------------------------
+    def remember(self, ticket: RotationTicket) -> None:
+        with self._tickets_lock:
+            self.tickets[ticket.id] = ticket
+            while len(self.tickets) > ROTATIONS_KEPT:
+                self.tickets.popitem(last=False)
+
+    def may_act(self) -> bool:
+        return not self.stopping.is_set() and (self.elector is None or self.elector.is_leader)
+
+    def observe(self, name: str) -> None:
+        try:
+            cred = self.settings.credential(name)
+            self.metrics.observe_journal(name, self.app.store.load(name), self.app.policy(cred))
+        except Exception as exc:
+            log.warning("metrics.observe_failed", credential=name, error=type(exc).__name__)
+
+    def schedule_tick(self, name: str, at: dt.datetime) -> None:
         if self.stopping.is_set():
             return
-        self.scheduler.add_job(self.tick, "date", run_date=at, args=[name], id=name, replace_existing=True)
+        self.scheduler.add_job(self.workers[name].tick, "date", run_date=at, id=f"tick-{name}", replace_existing=True)
 
-    def tick(self, name: str) -> None:
-        now = dt.datetime.now(dt.UTC)
-        next_at = now + dt.timedelta(seconds=self.poll)
+    def _on_leadership(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:  # a new leader resumes whatever the journal holds
+            for worker in self.workers.values():
+                worker.tick()
+
+    def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
+        version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        if resource != "namespaces" and any(
+            getattr(s, "wrote", lambda _: False)(version) for s in self._kube_sinks().values()
+        ):
+            return  # our own write coming back
+        for trigger in route(resource, event, obj, self._selections()):
+            self._dispatch(trigger)
+
+    def _dispatch(self, trigger: Trigger) -> None:
+        worker = self.workers[trigger.credential]
+        log.info(
+            "event.routed",
+            credential=trigger.credential,
+            kind=trigger.kind,
+            target=trigger.target.key,
+            reason=trigger.reason,
+        )
+        if trigger.kind == "heal":
+            worker.heal(trigger.target)
+        elif trigger.kind == "rotate" and self.may_act():
+            sink = self._kube_sinks().get(trigger.credential)
+            if sink is not None:
+                sink.clear_rotate_annotation(trigger.target)
+            worker.request(reason=trigger.reason, emergency=False, leaked_key_id=None)
+
+    def _kube_sinks(self) -> dict[str, Any]:
+        sinks = {}
+        for cred in self.settings.credentials:
+            for sink in self.app.reconciler(cred.name).sinks.values():
+                if sink.name == "kubernetes":
+                    sinks[cred.name] = sink
+        return sinks
+
+    def _selections(self) -> list[Selection]:
+        return [Selection(name, sink.matches, sink.target_for) for name, sink in self._kube_sinks().items()]
+
+    def _start_watches(self) -> None:
+        from kubernetes import client
+
+        if not self._kube_sinks():
+            return
+        core: Any = client.CoreV1Api(self.app.kube)
+        accounts = sorted({a for s in self._kube_sinks().values() for a in s.target.service_accounts})
+        specs: list[tuple[str, Any, dict[str, Any]]] = [
+            ("namespaces", core.list_namespace, {}),
+            (
+                "secrets",
+                core.list_secret_for_all_namespaces,
+                {"label_selector": "app.kubernetes.io/managed-by=rotator"},
+            ),
+        ]
+        specs += [
+            ("serviceaccounts", core.list_service_account_for_all_namespaces, {"field_selector": f"metadata.name={a}"})
+            for a in accounts
+        ]
+        for resource, list_fn, kwargs in specs:
+            watch = ResourceWatch(
+                resource, list_fn, self._on_event, stop=self.stopping, kwargs=kwargs, on_relist=self._on_relist
+            )
+            watch.start()
+            self.watches.append(watch)
+
+    def _on_relist(self, resource: str) -> None:
+        for worker in self.workers.values():  # events may have been missed: a full pass catches up
+            worker.tick()
+
+    def _start_election(self) -> None:
+        from rotator.leader import LeaseElector
+
+        d = self.settings.daemon
+        self.elector = LeaseElector(
+            self.app.kube,
+            namespace=self.settings.kubernetes.namespace,
+            name=d.lease_name,
+            identity=self.identity,
+            lease_duration=d.lease_duration.total_seconds(),
+            renew_deadline=d.renew_deadline.total_seconds(),
+            retry_period=d.retry_period.total_seconds(),
+            on_change=self._on_leadership,
+        )
+        self.elector.start()
+
+    def _start_server(self) -> None:
         try:
-            outcome = self.app.reconciler(name).run(None, wait_budget=0)
-            log.debug("pass.finished", credential=name, result=outcome.result)
-            if outcome.next_at is not None:
-                cred = self.app.settings.credential(name)
-                jitter = cred.schedule.jitter.total_seconds() * random.random()
-                next_at = min(next_at, outcome.next_at + dt.timedelta(seconds=jitter))
-        except RotatorError as exc:
-            log.error("pass.failed", credential=name, error=str(exc))
-        except Exception as exc:  # the daemon never dies of one failed pass
-            log.exception("pass.crashed", credential=name, error=type(exc).__name__)
-        self._schedule(name, max(next_at, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)))
+            from rotator.server import start_server  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:  # the HTTP API is optional for the CLI-only build
+            return
+        self.server = start_server(self, self.registry, self.settings)
 
-    def serve(self) -> int:
-        def stop(signum: int, _: Any) -> None:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+    def start(self) -> None:
         self.scheduler.start()
-        now = dt.datetime.now(dt.UTC)
-        for cred in self.app.settings.credentials:
-            self._schedule(cred.name, now)
-        log.info("daemon.started", credentials=[c.name for c in self.app.settings.credentials])
-        self.stopping.wait()
-        self.scheduler.shutdown(wait=True)  # the pass in progress finishes its current step
+        if self.settings.daemon.leader_election:
+            self._start_election()
+        else:
+            self.metrics.leader.set(1)
+        for worker in self.workers.values():
+            worker.thread.start()
+        for cred in self.settings.credentials:
+            check = cred.schedule.health_check
+            if check is not None and check.total_seconds() > 0:
+                self.scheduler.add_job(
+                    self.workers[cred.name].health, "interval", seconds=check.total_seconds(), id=f"health-{cred.name}"
+                )
+        if self.settings.daemon.watch:
+            self._start_watches()
+        self._start_server()
+        log.info(
+            "daemon.started",
+            identity=self.identity,
+            credentials=list(self.workers),
+            leader_election=self.settings.daemon.leader_election,
+        )
+
+    def stop(self) -> None:
+        log.info("daemon.stopping")
+        self.stopping.set()
+        for worker in self.workers.values():
+            with worker.cond:
+                worker.cond.notify_all()
+        deadline = time.monotonic() + self.settings.daemon.shutdown_grace.total_seconds()
+        for worker in self.workers.values():
+            worker.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self.scheduler.shutdown(wait=False)
+        if self.elector is not None:
+            self.elector.stop(release=True)
+        if self.server is not None:
+            self.server.stop()
         self.app.close()
         log.info("daemon.stopped")
+
+    def serve(self) -> int:
+        stop = threading.Event()
+
+        def on_signal(signum: int, _: Any) -> None:
+            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        stop.wait()
+        self.stop()
         return 0

@@ -46,7 +46,7 @@ def main() -> int:
             flush=True,
         )
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "rotator", "--log-format", "console", "run", "-c", config, "--poll", "2"], env=env
+            [sys.executable, "-m", "rotator", "--log-format", "console", "run", "-c", config, "--resync", "2"], env=env
         )
         deadline = time.monotonic() + SECONDS
         try:

@@ -158,7 +158,8 @@ def plan(obs: Observation, policy: Policy) -> Action:
     # 5. Requested or planned rotations.
     request = obs.request
     backing_off = journal.backoff_until is not None and now < journal.backoff_until
-    if request is not None and (request.emergency or not backing_off):
+    # Someone asked (CLI, HTTP, annotation, failed health check): that is not held back by a backoff.
+    if request is not None:
         return Action(
             kind="start",
             reason=request.reason,
@@ -175,6 +176,8 @@ def plan(obs: Observation, policy: Policy) -> Action:
     # 6. Nothing to do until the earliest deadline.
     if due_at is not None and due_at <= now and next_window is not None:
         due_at = next_window
+    if backing_off and journal.backoff_until is not None and (due_at is None or due_at < journal.backoff_until):
+        due_at = journal.backoff_until
     candidates = [due_at, journal.backoff_until]
     candidates += [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
     deadlines = [d for d in candidates if d is not None]

@@ -79,15 +79,15 @@ def test_idle_until_due_then_start() -> None:
     assert plan(obs, POLICY).kind == "start"
 
 
-def test_backoff_holds_planned_but_not_emergency_rotations() -> None:
-    """After a failure, planned rotations wait; an emergency does not."""
+def test_backoff_holds_planned_rotations_not_requests() -> None:
+    """After a failure, planned rotations wait for the backoff; an explicit request does not."""
     j = journal_with_current(backoff_until=T0 + dt.timedelta(days=8), failures_in_a_row=1)
     now = T0 + dt.timedelta(days=7)
+    idle = plan(Observation(journal=j, now=now, out_of_sync=()), POLICY)
+    assert idle.kind == "idle" and idle.until == T0 + dt.timedelta(days=8)
     assert (
-        plan(Observation(journal=j, now=now, out_of_sync=(), request=Request(reason="manual")), POLICY).kind == "idle"
+        plan(Observation(journal=j, now=now, out_of_sync=(), request=Request(reason="manual")), POLICY).kind == "start"
     )
-    emergency = Request(reason="leaked", emergency=True)
-    assert plan(Observation(journal=j, now=now, out_of_sync=(), request=emergency), POLICY).kind == "start"
 
 
 def test_disable_waits_for_grace_and_sync() -> None:

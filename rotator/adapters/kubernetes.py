@@ -11,7 +11,9 @@ config allows overwriting. Service accounts get the secret appended to ``imagePu
 from __future__ import annotations
 
 import base64
+import collections
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,9 @@ from rotator.settings import KubernetesSettings, KubernetesTarget
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
 CREDENTIAL_ANNOTATION = "rotator.example.com/credential"
+# Put on a managed secret to ask for a rotation; rotator removes it when it takes the request.
+ROTATE_ANNOTATION = "rotator.example.com/rotate"
+RECENT_WRITES = 4096
 CONFLICT_RETRIES = 10
 
 # on_write(sink, result) for metrics: result is created/updated/unchanged/conflict/error/refused/skipped
@@ -123,6 +128,45 @@ class KubernetesSink:
         self.credential = credential
         self.retry = retry or RetryPolicy()
         self.on_write = on_write
+        # resourceVersions of our own writes, so watch events caused by them are not mistaken for drift.
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def _remember(self, response: Any) -> None:
+        try:
+            version = json.loads(response.data)["metadata"]["resourceVersion"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        with self._recent_lock:
+            self._recent[str(version)] = None
+            while len(self._recent) > RECENT_WRITES:
+                self._recent.popitem(last=False)
+
+    def wrote(self, resource_version: str) -> bool:
+        """Whether a secret or service account at this resourceVersion was written by us."""
+        with self._recent_lock:
+            return resource_version in self._recent
+
+    def target_for(self, namespace: str) -> TargetRef:
+        return TargetRef(
+            sink=self.name,
+            namespace=namespace,
+            name=self.target.secret_name,
+            service_accounts=self.target.service_accounts,
+        )
+
+    def clear_rotate_annotation(self, target: TargetRef) -> None:
+        """Take a rotation request made by annotation (JSON patch: remove exactly that key)."""
+        from kubernetes.client.exceptions import ApiException
+
+        key = ROTATE_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        try:
+            self.core.patch_namespaced_secret(
+                target.name, target.namespace, [{"op": "remove", "path": f"/metadata/annotations/{key}"}]
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 422):  # gone, or already removed
+                raise map_api_error(exc, f"patch secret {target.namespace}/{target.name}") from None
 
     # -- targets -------------------------------------------------------------------------------
     def resolve_targets(self) -> list[TargetRef]:
@@ -132,16 +176,7 @@ class KubernetesSink:
         else:
             namespaces = self._list_namespaces(selection.selector)
         excluded = set(selection.exclude)
-        return [
-            TargetRef(
-                sink=self.name,
-                namespace=ns,
-                name=self.target.secret_name,
-                service_accounts=self.target.service_accounts,
-            )
-            for ns in sorted(namespaces)
-            if ns not in excluded
-        ]
+        return [self.target_for(ns) for ns in sorted(namespaces) if ns not in excluded]
 
     def _list_namespaces(self, selector: str | None) -> list[str]:
         names: list[str] = []
@@ -274,7 +309,7 @@ class KubernetesSink:
             "data": {".dockerconfigjson": base64.b64encode(dockerconfig.merge(None, auth)).decode()},
         }
         try:
-            self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
+            self._remember(self.core.create_namespaced_secret(target.namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:  # the namespace itself is gone
                 return "skipped"
@@ -295,7 +330,7 @@ class KubernetesSink:
         obj["data"] = dict(obj["data"] or {})
         obj["data"][".dockerconfigjson"] = base64.b64encode(dockerconfig.merge(existing, auth)).decode()
         obj.pop("stringData", None)
-        self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+        self._remember(self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False))
         return "updated"
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
@@ -353,7 +388,9 @@ class KubernetesSink:
                 return
             obj["imagePullSecrets"] = [*pulls, {"name": target.name}]
             try:
-                self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
+                self._remember(
+                    self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
+                )
                 return
             except ApiException as exc:
                 if exc.status == 409:
