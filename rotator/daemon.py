@@ -385,7 +385,13 @@ class Daemon:
         ]
         for resource, list_fn, kwargs in specs:
             watch = ResourceWatch(
-                resource, list_fn, self._on_event, stop=self.stopping, kwargs=kwargs, on_relist=self._on_relist
+                resource,
+                list_fn,
+                self._on_event,
+                stop=self.stopping,
+                kwargs=kwargs,
+                on_relist=self._on_relist,
+                timeout_s=max(1, int(self.settings.daemon.watch_timeout.total_seconds())),
             )
             watch.start()
             self.watches.append(watch)

@@ -178,6 +178,9 @@ class Reconciler:
             vault = self.store.load_vault(self.credential)
             if journal.rotation is not None or not vault.current:
                 return {t.key: "deferred" for t in targets}
+            # Events name targets by namespace; only those the config selects right now are written.
+            in_scope = {t.key for t in targets if getattr(self.sinks[t.sink], "in_scope", lambda _: True)(t)}
+            targets = [t for t in targets if t.key in in_scope]
             auth = self._auth(vault.current)
             results = self._fan_out(targets, lambda t: self.sinks[t.sink].write_entry(t, auth))
         out: dict[str, str] = {}

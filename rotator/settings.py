@@ -11,14 +11,16 @@ import datetime as dt
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from rotator.adapters.dockerhub import validate_token_settings
 from rotator.durations import parse_duration
 from rotator.errors import ConfigError
+from rotator.imageref import DOCKER_HUB, ImageRefError, registry_for_server
 from rotator.model import SecretStr
 
 T = TypeVar("T")
@@ -28,7 +30,7 @@ K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 K8S_LABEL_VALUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-PROVIDERS = ("ibm-iam",)
+PROVIDERS = ("ibm-iam", "dockerhub")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +70,48 @@ class IamProviderSettings:
     account_id: str
     service_id: str
     apikey: SecretSource
+
+    # How `rotator plan` and `rotator check` name the provider.
+    @property
+    def key_noun(self) -> str:
+        return f"API key for {self.service_id}"
+
+    @property
+    def service_label(self) -> str:
+        return f"IAM {self.endpoint}"
+
+    @property
+    def rights_label(self) -> str:
+        return f"may manage keys of {self.service_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DockerHubProviderSettings:
+    kind: str = "dockerhub"
+    endpoint: str = "https://hub.docker.com"
+    username: str  # rotator's Docker ID: signs in to the Hub API and owns the tokens (or the organization)
+    password: SecretSource  # its password or a personal access token of its own
+    token_type: str = "personal"  # personal | organization
+    org: str | None = None
+    scopes: tuple[str, ...] = ("repo:read",)
+    repositories: tuple[str, ...] = ()  # organization tokens: org/repo (or org/*) with the scopes
+
+    @property
+    def registry_username(self) -> str:
+        """Who pulls with a minted token: the Docker ID (PAT) or the organization (OAT)."""
+        return self.org if self.token_type == "organization" and self.org else self.username
+
+    @property
+    def key_noun(self) -> str:
+        return f"{self.token_type} access token of {self.registry_username}"
+
+    @property
+    def service_label(self) -> str:
+        return f"Docker Hub {self.endpoint}"
+
+    @property
+    def rights_label(self) -> str:
+        return f"may manage {self.token_type} access tokens of {self.registry_username}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,15 +156,35 @@ class KubernetesTarget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodeEngineProject:
+    project_id: str
+    # The project's regional API base URL, /v2 included: https://api.<region>.codeengine.cloud.ibm.com/v2
+    endpoint: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeEngineTarget:
+    """A registry secret of the same name in each listed Code Engine project."""
+
+    secret_name: str
+    projects: tuple[CodeEngineProject, ...]
+    # An IAM API key that may manage the projects' secrets; None: the provider's admin key.
+    apikey: SecretSource | None = None
+    # IAM token endpoint for that key; None: the provider's IAM endpoint.
+    iam_endpoint: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class CredentialSettings:
     name: str
-    provider: IamProviderSettings
+    provider: IamProviderSettings | DockerHubProviderSettings
     registry: RegistrySettings
     schedule: ScheduleSettings
     max_age: dt.timedelta
     grace_period: dt.timedelta
     delete_after: dt.timedelta
     kubernetes: KubernetesTarget | None = None
+    codeengine: CodeEngineTarget | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +207,8 @@ class DaemonSettings:
     retry_period: dt.timedelta = dt.timedelta(seconds=2)
     # Kubernetes watches: new namespaces, drifted or deleted secrets, new service accounts.
     watch: bool = True
+    # Each watch stream is re-opened (from its resourceVersion) after this long.
+    watch_timeout: dt.timedelta = dt.timedelta(minutes=1)
     # Longest sleep between passes when nothing is due (drift is caught by watches sooner).
     resync: dt.timedelta = dt.timedelta(minutes=5)
     # How long SIGTERM waits for the step in progress.
@@ -232,7 +298,12 @@ class Settings:
         }
         # asdict turned SecretSource into dicts: restore the short description.
         for cred, raw in zip(self.credentials, out["credentials"], strict=True):
-            raw["provider"]["apikey"] = cred.provider.apikey.describe()
+            if isinstance(cred.provider, DockerHubProviderSettings):
+                raw["provider"]["password"] = cred.provider.password.describe()
+            else:
+                raw["provider"]["apikey"] = cred.provider.apikey.describe()
+            if cred.codeengine is not None and cred.codeengine.apikey is not None:
+                raw["codeengine"]["apikey"] = cred.codeengine.apikey.describe()
         out["source"] = str(self.source)
         return out
 
@@ -459,12 +530,18 @@ def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
     return SecretSource(env=env, field_path=node.path)
 
 
-def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
+def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubProviderSettings | None:
     kind = node.value("kind", _string, example="ibm-iam")
     if kind is not None and kind not in PROVIDERS:
         node.errors.add(node.at("kind"), f"{kind!r} is not a known provider ({', '.join(PROVIDERS)})", "ibm-iam")
         return None
+    if kind == "dockerhub":
+        return _dockerhub_provider(node, base_dir)
+    return _iam_provider(node, base_dir)
+
+
+def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
+    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
     service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
@@ -480,6 +557,75 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
         return None
     assert endpoint and account_id and service_id and apikey
     return IamProviderSettings(endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey)
+
+
+_DOCKER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,38}$")
+DOCKERHUB_EXAMPLE = (
+    "{kind: dockerhub, username: rotatorbot, password: {file: /var/run/secrets/rotator/dockerhub-password}, "
+    "token_type: organization, org: acme, repositories: [acme/app]}"
+)
+
+
+def _docker_id(value: Any) -> str:
+    text = _string(value)
+    if not _DOCKER_ID.match(text):
+        raise ValueError("is not a Docker ID or organization name (lowercase letters and digits)")
+    return text
+
+
+def _dockerhub_provider(node: _Node, base_dir: Path) -> DockerHubProviderSettings | None:
+    node.known("kind", "endpoint", "username", "password", "token_type", "org", "scopes", "repositories")
+    endpoint = node.value("endpoint", _url, example="https://hub.docker.com", default="https://hub.docker.com")
+    username = node.value("username", _docker_id, example="rotatorbot")
+    token_type = node.value("token_type", _string, example="organization", default="personal")
+    org = node.value("org", _docker_id, example="acme", default=None)
+    scopes = node.value("scopes", _list_of(_string), example="[repo:read] or [repo-pull]", default=None)
+    repositories = node.value("repositories", _list_of(_string), example="[acme/app]", default=())
+    password_node = node.child("password")
+    password = _secret_source(password_node, base_dir) if password_node else None
+    if None in (endpoint, username, token_type, password, repositories):
+        return None
+    assert endpoint and username and token_type and password and repositories is not None
+    try:
+        chosen = validate_token_settings(token_type, org, scopes, repositories)
+    except ValueError as exc:
+        node.errors.add(node.path, str(exc), DOCKERHUB_EXAMPLE)
+        return None
+    return DockerHubProviderSettings(
+        endpoint=endpoint,
+        username=username,
+        password=password,
+        token_type=token_type,
+        org=org,
+        scopes=chosen,
+        repositories=repositories,
+    )
+
+
+def _dockerhub_registry(
+    node: _Node, registry: RegistrySettings, provider: DockerHubProviderSettings
+) -> RegistrySettings:
+    """Docker Hub tokens pull from Docker Hub, as the Docker ID (PAT) or the organization (OAT)."""
+    try:
+        host = registry_for_server(registry.server)
+    except ImageRefError:
+        host = ""
+    if host != DOCKER_HUB:
+        node.errors.add(
+            node.at("server"),
+            f"{registry.server!r} is not Docker Hub, where {provider.key_noun}s pull (set endpoint to reach a mirror)",
+            "https://index.docker.io/v1/",
+        )
+    expected = provider.registry_username
+    if "username" not in node.data:
+        return replace(registry, username=expected)
+    if registry.username != expected:
+        node.errors.add(
+            node.at("username"),
+            f"{registry.username!r} does not go with a {provider.token_type} access token; it pulls as {expected!r}",
+            expected,
+        )
+    return registry
 
 
 def _registry(node: _Node) -> RegistrySettings | None:
@@ -571,24 +717,121 @@ def _kubernetes_target(node: _Node) -> KubernetesTarget | None:
     )
 
 
+CE_ENDPOINT_EXAMPLE = "https://api.us-south.codeengine.cloud.ibm.com/v2"
+CE_PROJECT_EXAMPLE = "4a6c8e0f-1b3d-4f5a-8c7e-9d0b2a4c6e8f"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _ce_endpoint(value: Any) -> str:
+    text = _url(value)
+    if not text.endswith("/v2"):
+        raise ValueError("is not a Code Engine API base URL ending in /v2")
+    return text
+
+
+def _ce_project_id(value: Any) -> str:
+    text = _string(value).lower()
+    if not _UUID.match(text):
+        raise ValueError("is not a Code Engine project ID (a UUID; see ibmcloud ce project get --name NAME)")
+    return text
+
+
+def _ce_secret_name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 253 or not K8S_NAME.match(text):
+        raise ValueError(
+            "is not a valid Code Engine secret name (lowercase letters, digits, '-' and '.', starting and "
+            "ending with a letter or digit, at most 253 characters)"
+        )
+    return text
+
+
+def _ce_projects(node: _Node, default_endpoint: str | None) -> list[CodeEngineProject]:
+    """``project_id`` (one project) or ``projects`` (a list), each with an endpoint or the shared one."""
+    single = node.value("project_id", _ce_project_id, example=CE_PROJECT_EXAMPLE, default=None)
+    raw_list = node.data.get("projects")
+    if (single is None) == (raw_list is None):
+        if "project_id" not in node.data or raw_list is not None:
+            node.errors.add(
+                node.path,
+                "give exactly one of project_id or projects",
+                f"project_id: {CE_PROJECT_EXAMPLE}, or projects: [{{project_id: ..., endpoint: ...}}]",
+            )
+        return []
+    if single is not None:
+        if default_endpoint is None:
+            node.errors.add(node.at("endpoint"), "is required", CE_ENDPOINT_EXAMPLE)
+            return []
+        return [CodeEngineProject(project_id=single, endpoint=default_endpoint)]
+    if not isinstance(raw_list, list) or not raw_list:
+        node.errors.add(node.at("projects"), "is not a non-empty list", f"[{{project_id: {CE_PROJECT_EXAMPLE}}}]")
+        return []
+    projects: list[CodeEngineProject] = []
+    for i, item in enumerate(raw_list):
+        child = _Node(item, f"{node.at('projects')}[{i}]", node.errors)
+        child.known("project_id", "endpoint")
+        project_id = child.value("project_id", _ce_project_id, example=CE_PROJECT_EXAMPLE)
+        endpoint = child.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=default_endpoint)
+        if endpoint is None and "endpoint" not in child.data:
+            child.errors.add(
+                child.at("endpoint"), "is required (or set endpoint for every project)", CE_ENDPOINT_EXAMPLE
+            )
+        if project_id is None or endpoint is None:
+            continue
+        if any(p.project_id == project_id for p in projects):
+            child.errors.add(child.at("project_id"), f"{project_id!r} is listed twice")
+            continue
+        projects.append(CodeEngineProject(project_id=project_id, endpoint=endpoint))
+    return projects
+
+
+def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
+    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint")
+    secret_name = node.value("secret_name", _ce_secret_name, example="icr-pull")
+    endpoint = node.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=None)
+    projects = _ce_projects(node, endpoint)
+    apikey_node = node.child("apikey", required=False)
+    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
+    iam_endpoint = node.value("iam_endpoint", _url, example="https://iam.cloud.ibm.com", default=None)
+    if secret_name is None or not projects or (apikey_node is not None and apikey is None):
+        return None
+    return CodeEngineTarget(secret_name=secret_name, projects=tuple(projects), apikey=apikey, iam_endpoint=iam_endpoint)
+
+
 def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
     node.known("name", "provider", "registry", "schedule", "max_age", "grace_period", "delete_after", "targets")
     name = node.value("name", _k8s_name, example="icr-pull")
     provider_node, registry_node = node.child("provider"), node.child("registry")
     provider = _provider(provider_node, base_dir) if provider_node else None
     registry = _registry(registry_node) if registry_node else None
+    if isinstance(provider, DockerHubProviderSettings) and registry is not None and registry_node is not None:
+        registry = _dockerhub_registry(registry_node, registry, provider)
     schedule = _schedule(node.child("schedule", required=False))
     max_age = node.value("max_age", _positive_duration, example="30d", default=dt.timedelta(days=90))
     grace = node.value("grace_period", _duration, example="1h", default=dt.timedelta(hours=1))
     delete_after = node.value("delete_after", _duration, example="24h", default=dt.timedelta(days=1))
     targets = node.child("targets")
     kubernetes = None
+    codeengine = None
     if targets is not None:
-        targets.known("kubernetes")
+        targets.known("kubernetes", "codeengine")
         k8s_node = targets.child("kubernetes", required=False)
         kubernetes = _kubernetes_target(k8s_node) if k8s_node else None
-        if k8s_node is None:
-            targets.errors.add(targets.path, "names no target", "kubernetes: {secret_name: icr-pull, ...}")
+        ce_node = targets.child("codeengine", required=False)
+        codeengine = _codeengine_target(ce_node, base_dir) if ce_node else None
+        if k8s_node is None and ce_node is None:
+            targets.errors.add(
+                targets.path,
+                "names no target",
+                "kubernetes: {secret_name: icr-pull, ...} and/or codeengine: {secret_name: icr-pull, ...}",
+            )
+        kind = getattr(provider, "kind", "ibm-iam") if provider is not None else "ibm-iam"
+        if codeengine is not None and codeengine.apikey is None and kind != "ibm-iam":
+            targets.errors.add(
+                targets.at("codeengine.apikey"),
+                f"is required: the {kind} provider has no IAM API key to call Code Engine with",
+                "apikey: {file: /var/run/secrets/rotator/codeengine-apikey}",
+            )
     if schedule.interval and max_age and schedule.interval > max_age:
         node.errors.add(
             node.at("schedule.interval"),
@@ -608,6 +851,7 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
         grace_period=grace,
         delete_after=delete_after,
         kubernetes=kubernetes,
+        codeengine=codeengine,
     )
 
 
@@ -647,6 +891,7 @@ def _daemon(node: _Node | None) -> DaemonSettings:
     if node is None:
         return DaemonSettings()
     node.known(
+        "watch_timeout",
         "leader_election",
         "lease_name",
         "lease_duration",
@@ -667,6 +912,8 @@ def _daemon(node: _Node | None) -> DaemonSettings:
         retry_period=node.value("retry_period", _positive_duration, example="2s", default=d.retry_period)
         or d.retry_period,
         watch=bool(node.value("watch", _bool, example="true", default=d.watch)),
+        watch_timeout=node.value("watch_timeout", _positive_duration, example="1m", default=d.watch_timeout)
+        or d.watch_timeout,
         resync=node.value("resync", _positive_duration, example="5m", default=d.resync) or d.resync,
         shutdown_grace=node.value("shutdown_grace", _positive_duration, example="25s", default=d.shutdown_grace)
         or d.shutdown_grace,

@@ -102,7 +102,9 @@ class ResourceWatch:
         stop: threading.Event,
         kwargs: dict[str, Any] | None = None,
         on_relist: Callable[[str], None] | None = None,
+        timeout_s: int = STREAM_TIMEOUT_S,
     ) -> None:
+        self.timeout_s = timeout_s
         self.resource = resource
         self.list_fn = list_fn
         self.handler = handler
@@ -139,8 +141,8 @@ class ResourceWatch:
                 for event in w.stream(
                     self.list_fn,
                     resource_version=self.resource_version,
-                    timeout_seconds=STREAM_TIMEOUT_S,
-                    _request_timeout=STREAM_TIMEOUT_S + 10,
+                    timeout_seconds=self.timeout_s,
+                    _request_timeout=self.timeout_s + 10,
                     **self.kwargs,
                 ):
                     if self.stop_event.is_set():

@@ -28,7 +28,7 @@ SECRET = "icr-pull"
 CRED = "icr-pull"
 
 
-def write_config(tmp_path: Path, sbx: SandboxProcess, **overrides: Any) -> Path:
+def write_config(tmp_path: Path, sbx: SandboxProcess, *, top: dict[str, Any] | None = None, **overrides: Any) -> Path:
     """A config for ``sbx``: the labelled namespaces, the default service account, short durations."""
     ep = sbx.endpoints
     cred: dict[str, Any] = {
@@ -59,7 +59,9 @@ def write_config(tmp_path: Path, sbx: SandboxProcess, **overrides: Any) -> Path:
         "credentials": [cred],
         "kubernetes": {"kubeconfig": ep["kubeconfig"], "concurrency": 4},
         "state": {"kind": "file", "path": str(tmp_path / "state")},
+        "server": {"listen": "127.0.0.1:0"},
     }
+    doc.update(top or {})
     path = tmp_path / "rotator.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -147,6 +147,25 @@ class KubernetesSink:
         with self._recent_lock:
             return resource_version in self._recent
 
+    def in_scope(self, target: TargetRef) -> bool:
+        """Whether the target's namespace is selected right now (one namespace read for selectors)."""
+        selection = self.target.namespaces
+        if target.namespace in selection.exclude or target.name != self.target.secret_name:
+            return False
+        if selection.names:
+            return target.namespace in selection.names
+        if selection.all:
+            return True
+        try:
+            response = self._call(
+                lambda: self.core.read_namespace(target.namespace, _preload_content=False),
+                f"read namespace {target.namespace}",
+            )
+        except NotFoundError:
+            return False
+        labels = (json.loads(response.data).get("metadata") or {}).get("labels") or {}
+        return selector_matches(selection.selector or "", labels)
+
     def target_for(self, namespace: str) -> TargetRef:
         return TargetRef(
             sink=self.name,

@@ -1,0 +1,210 @@
+"""The daemon: reacts to cluster events, and with two replicas exactly one acts, even across a crash."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rotation_env import (
+    SECRET,
+    core,
+    iam_keys,
+    read_secret,
+    stored_password,
+    write_config,
+)
+
+from rotator.adapters.state import ConfigMapStateStore
+from rotator.sandbox.control import SandboxProcess
+
+DEADLINE_S = 15.0
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    """Poll ``condition`` until it returns something truthy (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, config: Path, *, identity: str = "replica-a") -> None:
+        log_dir = Path(os.environ.get("ROTATOR_TEST_LOG_DIR", "/tmp"))
+        self.log_path = log_dir / f"daemon-{identity}-{uuid.uuid4().hex[:8]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rotator", "--log-format", "json", "run", "-c", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "POD_NAME": identity},
+        )
+        self.identity = identity
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def logged(self, event: str) -> bool:
+        return any(e.get("event") == event for e in self.events())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def namespace(sbx: SandboxProcess, name: str, *, labelled: bool = True) -> None:
+    key, _, value = sbx.endpoints["namespace_label"].partition("=")
+    labels = {key: value} if labelled else {}
+    core(sbx).create_namespace({"metadata": {"name": name, "labels": labels}})
+
+
+def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
+    """New namespace, drift, deletion, a stripped service account, an annotation and a 410 are all handled."""
+    config = write_config(tmp_path, sandbox, top={"daemon": {"watch_timeout": "1s", "resync": "1h"}})
+    daemons.append(daemon := Daemon(config))
+    current = wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+
+    namespace(sandbox, "team-d")
+    assert wait_for(lambda: stored_password(sandbox, "team-d") == current, "secret in the new namespace")
+    wait_for(
+        lambda: (
+            SECRET
+            in [
+                r.name
+                for r in core(sandbox).read_namespaced_service_account("default", "team-d").image_pull_secrets or []
+            ]
+        ),
+        "the new namespace's default service account patched",
+    )
+    namespace(sandbox, "team-x", labelled=False)
+
+    obj = read_secret(sandbox, "team-a")
+    assert obj is not None
+    doc = {"auths": {sandbox.endpoints["registry_host"]: {"username": "iamapikey", "password": "tampered"}}}
+    obj["data"][".dockerconfigjson"] = base64.b64encode(json.dumps(doc).encode()).decode()
+    core(sandbox).replace_namespaced_secret(SECRET, "team-a", obj)
+    wait_for(lambda: stored_password(sandbox, "team-a") == current, "drifted secret restored")
+
+    core(sandbox).delete_namespaced_secret(SECRET, "team-b")
+    wait_for(lambda: stored_password(sandbox, "team-b") == current, "deleted secret recreated")
+
+    core(sandbox).patch_namespaced_service_account(
+        "default", "team-c", [{"op": "replace", "path": "/imagePullSecrets", "value": [{"name": "other"}]}]
+    )
+    wait_for(
+        lambda: (
+            [r.name for r in core(sandbox).read_namespaced_service_account("default", "team-c").image_pull_secrets]
+            == ["other", SECRET]
+        ),
+        "service account patched again, other pull secret kept",
+    )
+
+    sandbox.admin.post("/kubernetes/compact").raise_for_status()
+    wait_for(lambda: daemon.logged("watch.expired"), "a 410 seen and re-listed")
+    namespace(sandbox, "team-e")
+    assert wait_for(lambda: stored_password(sandbox, "team-e") == current, "secret after the re-list")
+
+    core(sandbox).patch_namespaced_secret(
+        SECRET, "team-a", {"metadata": {"annotations": {"rotator.example.com/rotate": "please"}}}
+    )
+    rotated = wait_for(lambda: (v := stored_password(sandbox, "team-e")) != current and v, "rotation by annotation")
+    for ns in ("team-a", "team-b", "team-c", "team-d"):
+        assert wait_for(lambda ns=ns: stored_password(sandbox, ns) == rotated, f"{ns} rotated")
+    annotations = (read_secret(sandbox, "team-a") or {})["metadata"].get("annotations") or {}
+    assert "rotator.example.com/rotate" not in annotations
+    assert read_secret(sandbox, "team-x") is None  # not selected
+    assert daemon.stop() == 0
+    assert daemon.logged("daemon.stopped")
+
+
+def test_two_replicas_one_leader_survives_a_leader_crash(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Exactly one replica rotates; SIGKILL it mid-rotation and the other resumes the same rotation."""
+    top = {
+        "state": {"kind": "configmap", "name": "rotator-state"},
+        "daemon": {
+            "leader_election": True,
+            "lease_duration": "3s",
+            "renew_deadline": "2s",
+            "retry_period": "500ms",
+            "resync": "1h",
+        },
+    }
+    config = write_config(tmp_path, sandbox, top=top)
+    daemons.append(Daemon(config, identity="replica-a"))
+    daemons.append(Daemon(config, identity="replica-b"))
+    store = ConfigMapStateStore(core(sandbox), "rotator-system", "rotator-state")
+
+    def lease_holder() -> str:
+        from kubernetes import client
+        from rotation_env import _CLIENTS
+
+        coordination = client.CoordinationV1Api(_CLIENTS[sandbox.endpoints["kubernetes"]])
+        lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
+        return str(lease.spec.holder_identity or "")
+
+    first = wait_for(lambda: store.load("icr-pull").last_success_at, "the first rotation")
+    assert first is not None
+    minted = [k for k in iam_keys(sandbox) if k["name"].startswith("rotator-icr-pull-")]
+    assert len(minted) == 1, "one mint, not one per replica"
+    leader_name = wait_for(lease_holder, "a lease holder")
+    leader = next(d for d in daemons if d.identity == leader_name)
+    follower = next(d for d in daemons if d.identity != leader_name)
+
+    # Slow the writes down so the rotation can be caught in flight, then ask for one.
+    sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], "latency_ms": 800})
+    core(sandbox).patch_namespaced_secret(
+        SECRET, "team-a", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+    )
+    journal = wait_for(
+        lambda: (j := store.load("icr-pull")).rotation is not None and j.rotation.phase == "distributing" and j,
+        "the rotation to reach distribution",
+    )
+    in_flight = journal.rotation.id
+    leader.stop(signal.SIGKILL)
+    sandbox.clear_faults()
+
+    wait_for(lambda: lease_holder() == follower.identity, "the follower to take the lease", timeout=10)
+    done = wait_for(
+        lambda: (j := store.load("icr-pull")).rotation is None and j.last_result.rotation_id == in_flight and j,
+        "the follower to finish the same rotation",
+    )
+    assert done.last_result.result == "succeeded"
+    minted = [k for k in iam_keys(sandbox) if k["name"].startswith("rotator-icr-pull-")]
+    assert len(minted) == 2, "the crashed rotation's key was reused, not minted twice"
+    value = stored_password(sandbox, "team-a")
+    assert value is not None and all(stored_password(sandbox, ns) == value for ns in ("team-b", "team-c"))
+    assert follower.logged("leader.acquired")
