@@ -168,12 +168,14 @@ class RegistryProcess:
         *,
         token: TokenAuth | None = None,
         htpasswd: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> RegistryProcess:
+        """``port``: listen there (to bring a stopped registry back behind the same proxy); default a free one."""
         require(REGISTRY_BIN)
         if token is not None and htpasswd is not None:
             raise ValueError("choose token or htpasswd auth, not both")
         workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
