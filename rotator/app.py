@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from rotator.adapters.iam import IamProvider
+from rotator.adapters.codeengine import CodeEngineSink
+from rotator.adapters.iam import IamProvider, IamTokenSource
 from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
@@ -18,7 +19,7 @@ from rotator.policy import Policy
 from rotator.ports import StateStore
 from rotator.reconcile import Clock, EventHook, Reconciler
 from rotator.retrying import RetryPolicy
-from rotator.settings import CredentialSettings, Settings
+from rotator.settings import CredentialSettings, IamProviderSettings, Settings
 
 
 @dataclass
@@ -101,8 +102,8 @@ class App:
             )
         return self._verifier
 
-    def sinks(self, cred: CredentialSettings) -> list[KubernetesSink]:
-        sinks = []
+    def sinks(self, cred: CredentialSettings) -> list[KubernetesSink | CodeEngineSink]:
+        sinks: list[KubernetesSink | CodeEngineSink] = []
         if cred.kubernetes is not None:
             sinks.append(
                 KubernetesSink(
@@ -113,7 +114,29 @@ class App:
                     on_write=self.hooks.get("write"),
                 )
             )
+        if cred.codeengine is not None:
+            sinks.append(self.codeengine_sink(cred))
         return sinks
+
+    def codeengine_sink(self, cred: CredentialSettings) -> CodeEngineSink:
+        target = cred.codeengine
+        assert target is not None
+        if target.apikey is None:  # the provider's admin key: share its token cache
+            provider = self.provider(cred)
+            assert isinstance(provider, IamProvider)  # settings require codeengine.apikey otherwise
+            tokens = provider.tokens
+        else:
+            own = cred.provider.endpoint if isinstance(cred.provider, IamProviderSettings) else None
+            iam = target.iam_endpoint or own or "https://iam.cloud.ibm.com"
+            tokens = IamTokenSource(base_url=iam, apikey=target.apikey.load(), client=self.http)
+        return CodeEngineSink(
+            target,
+            credential=cred.name,
+            tokens=tokens,
+            client=self.http,
+            retry=self.retry_policy(),
+            on_write=self.hooks.get("write"),
+        )
 
     def policy(self, cred: CredentialSettings) -> Policy:
         return Policy(

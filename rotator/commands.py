@@ -172,8 +172,8 @@ def check(args: argparse.Namespace) -> int:
                     "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
                 )
                 for sink in app.sinks(cred):
-                    denied = sink.check_writable(targets)
-                    report(not denied, f"{name}: targets writable", "; ".join(denied[:5]))
+                    denied = sink.check_writable([t for t in targets if t.sink == sink.name])
+                    report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
             except RotatorError as exc:
                 report(False, f"{name}: targets", str(exc))
             reachable, detail = _registry_reachable(app, cred.registry.server)

@@ -387,7 +387,7 @@ def error_for(operation: str, response: httpx.Response, scrub: list[SecretStr]) 
     message = message[:300]
     text = f"IAM {operation}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     if status == 429:
-        return RateLimited(text, retry_after=_retry_after(response))
+        return RateLimited(text, retry_after=retry_after_seconds(response))
     if status >= 500 or status == 408:
         return TransientError(text)
     if status in (401, 403) or "BXNIM0415E" in code:
@@ -418,7 +418,8 @@ def _iam_error(response: httpx.Response) -> tuple[str, str]:
     return "", ""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (delta or HTTP date), None when absent or unreadable."""
     raw = response.headers.get("Retry-After")
     if not raw:
         return None
