@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from rotator.adapters.codeengine import CodeEngineSink
+from rotator.adapters.dockerhub import DockerHubProvider
 from rotator.adapters.iam import IamProvider, IamTokenSource
 from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.registry import RegistryVerifier
@@ -19,7 +20,7 @@ from rotator.policy import Policy
 from rotator.ports import StateStore
 from rotator.reconcile import Clock, EventHook, Reconciler
 from rotator.retrying import RetryPolicy
-from rotator.settings import CredentialSettings, IamProviderSettings, Settings
+from rotator.settings import CredentialSettings, DockerHubProviderSettings, IamProviderSettings, Settings
 
 
 @dataclass
@@ -31,7 +32,7 @@ class App:
     _kube: Any = None
     _store: StateStore | None = None
     _reconcilers: dict[str, Reconciler] = field(default_factory=dict)
-    _providers: dict[str, IamProvider] = field(default_factory=dict)
+    _providers: dict[str, IamProvider | DockerHubProvider] = field(default_factory=dict)
     _verifier: RegistryVerifier | None = None
     hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
     metrics: Metrics | None = None
@@ -74,9 +75,12 @@ class App:
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(on_retry=self.hooks.get("retry"))
 
-    def provider(self, cred: CredentialSettings) -> IamProvider:
+    def provider(self, cred: CredentialSettings) -> IamProvider | DockerHubProvider:
         if cred.name not in self._providers:
             p = cred.provider
+            if isinstance(p, DockerHubProviderSettings):
+                self._providers[cred.name] = self.dockerhub_provider(p)
+                return self._providers[cred.name]
             self._providers[cred.name] = IamProvider(
                 base_url=p.endpoint,
                 account_id=p.account_id,
@@ -87,6 +91,24 @@ class App:
                 on_request=self.hooks.get("provider_request"),
             )
         return self._providers[cred.name]
+
+    def dockerhub_provider(self, p: DockerHubProviderSettings) -> DockerHubProvider:
+        if self.metrics is not None:
+            on_request = self.metrics.provider_request("dockerhub")
+        else:
+            on_request = self.hooks.get("provider_request")
+        return DockerHubProvider(
+            base_url=p.endpoint,
+            username=p.username,
+            secret=p.password.load(),
+            token_type=p.token_type,
+            org=p.org,
+            scopes=p.scopes,
+            repositories=p.repositories,
+            client=self.http,
+            retry=self.retry_policy(),
+            on_request=on_request,
+        )
 
     @property
     def verifier(self) -> RegistryVerifier:

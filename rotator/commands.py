@@ -102,7 +102,7 @@ def plan(args: argparse.Namespace) -> int:
             vault = app.store.load_vault(name)
             targets = reconciler.targets()
             views = reconciler.read_targets(targets)
-            actions: list[str] = [f"mint a new API key for {cred.provider.service_id} (ibm-iam)"]
+            actions: list[str] = [f"mint a new {cred.provider.key_noun} ({cred.provider.kind})"]
             actions.append(f"verify it pulls {', '.join(cred.registry.images)}")
             for view in views:
                 where = f"{view.target.sink} secret {view.target.namespace}/{view.target.name}"
@@ -158,9 +158,9 @@ def check(args: argparse.Namespace) -> int:
             cred = cfg.credential(name)
             try:
                 app.provider(cred).check_access()
-                report(True, f"{name}: IAM {cred.provider.endpoint}", f"may manage keys of {cred.provider.service_id}")
+                report(True, f"{name}: {cred.provider.service_label}", cred.provider.rights_label)
             except RotatorError as exc:
-                report(False, f"{name}: IAM {cred.provider.endpoint}", str(exc))
+                report(False, f"{name}: {cred.provider.service_label}", str(exc))
             try:
                 reconciler = app.reconciler(name)
                 targets = reconciler.targets()

@@ -75,10 +75,14 @@ class SandboxProcess:
         return int(log[-1]["seq"]) if log else 0
 
     def issued_values(self) -> list[str]:
-        """Every API key value the IAM emulator has issued (for the suite's log-leak scan)."""
+        """Every API key value the IAM emulator has issued, and every Docker Hub password and token
+        (for the suite's log-leak scan)."""
         response = self.admin.get("/iam/issued-values")
         response.raise_for_status()
         values: list[str] = response.json()["values"]
+        hub = self.admin.get("/dockerhub_api/issued-values")
+        if hub.status_code == 200:
+            values += hub.json()["values"]
         return values
 
     # -- lifecycle -----------------------------------------------------------------------------

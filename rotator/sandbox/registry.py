@@ -133,6 +133,10 @@ def registry_error(
 
 class RegistryEmulator:
     name = "registry"
+    # Subclasses (the Docker Hub registry) change these and the hooks ``seed_images``, ``_authenticate``,
+    # ``_access`` and ``_bad_credentials``.
+    service = SERVICE  # the token audience and the challenge's service
+    token_path = "/oauth/token"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -143,19 +147,22 @@ class RegistryEmulator:
             Seed.iam_id(ctx.seed.admin_service_id): [Grant("*", _PUSH)],
         }
         self.uploads: OrderedDict[str, Upload] = OrderedDict()
-        for index, reference in enumerate(ctx.seed.repositories):
+        self.seed_images()
+
+    def seed_images(self) -> None:
+        for index, reference in enumerate(self.ctx.seed.repositories):
             # The first seeded image is an OCI manifest, the others Docker schema 2.
             self.store.seed_image(reference, "oci" if index == 0 else "docker")
 
     @property
     def realm(self) -> str:
-        return f"{self.ctx.urls[self.name]}/oauth/token"
+        return f"{self.ctx.urls[self.name]}{self.token_path}"
 
     # -- Emulator protocol ---------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2/", self._base)
         app.router.add_route("*", "/v2/{tail:.+}", self._dispatch)
-        app.router.add_route("*", "/oauth/token", self._token)
+        app.router.add_route("*", self.token_path, self._token)
         app.on_response_prepare.append(_add_api_version)
 
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> web.Response:
@@ -167,7 +174,7 @@ class RegistryEmulator:
         return registry_error(status, _ERROR_CODES.get(status, "UNKNOWN"), message, headers=headers)
 
     def describe(self) -> dict[str, Any]:
-        return {"registry_realm": self.realm, "registry_service": SERVICE}
+        return {"registry_realm": self.realm, "registry_service": self.service}
 
     def dump(self) -> dict[str, Any]:
         settings = asdict(self.settings)
@@ -283,7 +290,7 @@ class RegistryEmulator:
         if scheme.lower() != "bearer" or not token.strip():
             return None, None
         try:
-            claims = self.ctx.signer.verify(token.strip(), audience=SERVICE)
+            claims = self.ctx.signer.verify(token.strip(), audience=self.service)
         except jwt.PyJWTError:
             return None, "invalid_token"
         if not isinstance(claims, dict) or claims.get("iss") != ISSUER:
@@ -308,7 +315,7 @@ class RegistryEmulator:
 
     def _challenge(self, scope: Scope | None = None, error: str | None = None) -> str:
         return self.settings.challenge.render(
-            realm=self.realm, service=SERVICE, scope=str(scope) if scope else None, error=error
+            realm=self.realm, service=self.service, scope=str(scope) if scope else None, error=error
         )
 
     def _unauthorized(self, scope: Scope | None, error: str | None) -> web.Response:
@@ -341,8 +348,8 @@ class RegistryEmulator:
             credentials = (str(form.get("username", "")), str(form.get("password", "")))
         else:
             return self._unsupported(request)
-        if params["service"] not in (None, SERVICE):
-            return registry_error(400, "UNSUPPORTED", f"unknown service; this token server serves {SERVICE!r}")
+        if params["service"] not in (None, self.service):
+            return registry_error(400, "UNSUPPORTED", f"unknown service; this token server serves {self.service!r}")
         try:
             scopes = parse_scopes(params["scope"])
         except ScopeError as exc:
@@ -352,16 +359,14 @@ class RegistryEmulator:
     def _issue(
         self, request: web.Request, credentials: tuple[str, str] | Literal[False] | None, scopes: list[Scope]
     ) -> web.Response:
-        subject = ""
-        granted: list[Scope] = []
+        identity: dict[str, Any] | None = None
         if credentials is not None:
             identity = self._authenticate(credentials) if isinstance(credentials, tuple) else None
             if identity is None:
                 return self._bad_credentials()
-            subject = str(identity.get("iam_id", ""))
-            granted = intersect(scopes, self.grants.get(subject, []))
+        subject, granted = self._access(identity, scopes)
         now = time.time()
-        token = self.ctx.signer.sign(token_claims(subject=subject, service=SERVICE, access=granted, now=now))
+        token = self.ctx.signer.sign(token_claims(subject=subject, service=self.service, access=granted, now=now))
         body: dict[str, Any] = {
             "token": token,
             "access_token": token,
@@ -371,6 +376,13 @@ class RegistryEmulator:
         if request.method == "POST":
             body["scope"] = " ".join(str(s) for s in granted)
         return web.json_response(body)
+
+    def _access(self, identity: dict[str, Any] | None, scopes: list[Scope]) -> tuple[str, list[Scope]]:
+        """The token's subject and the part of ``scopes`` it grants (None: anonymous, nothing)."""
+        if identity is None:
+            return "", []
+        subject = str(identity.get("iam_id", ""))
+        return subject, intersect(scopes, self.grants.get(subject, []))
 
     def _bad_credentials(self) -> web.Response:
         status = self.settings.bad_credentials_status
@@ -443,7 +455,7 @@ class RegistryEmulator:
         ]
 
     async def _admin_config(self, _: web.Request) -> web.Response:
-        return web.json_response({"settings": asdict(self.settings), "realm": self.realm, "service": SERVICE})
+        return web.json_response({"settings": asdict(self.settings), "realm": self.realm, "service": self.service})
 
     async def _admin_bad_credentials(self, request: web.Request) -> web.Response:
         status = await _admin_status(request, (400, 401))
