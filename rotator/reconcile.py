@@ -412,9 +412,11 @@ class Reconciler:
         refused = set(vault.snapshot.get("refused", {}))
         writable = [t for t in targets if t.key not in refused]
         auth = self._auth(vault.pending)
+        started = time.monotonic()
         results = self._fan_out(
             writable, lambda t: self.sinks[t.sink].write_entry(t, auth), partial_boundary="distribute:partial"
         )
+        self._emit("secrets.written", targets=len(writable), seconds=time.monotonic() - started)
         transient = [k for k, r in results.items() if isinstance(r, TransientError)]
         failed = {k: r for k, r in results.items() if isinstance(r, RotatorError) and k not in transient}
         for key, error in failed.items():
