@@ -120,6 +120,9 @@ def stack(sandbox: SandboxProcess, tmp_path: Path) -> Iterator[Stack]:
     require(REGISTRY_BIN, NGINX_BIN, SKOPEO_BIN)
     if "registry_realm" not in sandbox.endpoints:
         pytest.skip("the sandbox has no registry emulator")
+    # What the real registry trusts: the token service lets the rotated service ID pull team/* only.
+    grants = sandbox.admin.get("/registry/grants").json()[sandbox.endpoints["service_iam_id"]]
+    assert grants == [{"pattern": "team/*", "actions": ["pull"]}]
     registry = RegistryProcess.start(tmp_path / "registry", token=token_auth(sandbox))
     try:
         digests = {
