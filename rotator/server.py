@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -142,6 +143,23 @@ def _bearer(request: web.Request) -> SecretStr:
     return SecretStr(token)
 
 
+class _ProtocolErrors(logging.Handler):
+    """aiohttp's errors below the application (a request that does not parse) as one structured line.
+    The exception text quotes the offending raw header line, which may be an Authorization header,
+    so only its type is kept."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        log.warning("http.protocol_error", error=type(error).__name__ if error else record.levelname)
+
+
+def _protocol_logger() -> logging.Logger:
+    logger = logging.Logger("rotator.api.protocol", level=logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(_ProtocolErrors())
+    return logger
+
+
 def _route_template(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "(unmatched)"
@@ -167,7 +185,9 @@ class ApiServer:
         self.idempotency = IdempotencyStore(settings.idempotency_ttl.total_seconds(), clock)
         self.document = openapi.document(metrics_public=settings.metrics_public)
         self.address: tuple[str, int] | None = None
+        # Separate pools, so a hanging token authority cannot starve /healthz and /readyz.
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rotator-api")
+        self._auth_pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="rotator-api-auth")
         self._idempotency_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -229,7 +249,13 @@ class ApiServer:
                 web.get("/v1/rotations/{id}", self._get_rotation, allow_head=False),
             ]
         )
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            logger=_protocol_logger(),
+            shutdown_timeout=self.shutdown_timeout,
+        )
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
@@ -245,7 +271,7 @@ class ApiServer:
         """Stop accepting, let requests in flight finish (up to the shutdown timeout), then end the loop."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or self._start_error is not None or loop.is_closed():
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._shutdown_pools()
             return
         budget = timeout if timeout is not None else self.shutdown_timeout + 2.0
         deadline = time.monotonic() + budget
@@ -258,13 +284,20 @@ class ApiServer:
         with contextlib.suppress(RuntimeError):  # the loop ended on its own meanwhile
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._shutdown_pools()
         log.info("api.stopped")
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _shutdown_pools(self) -> None:
+        for pool in (self._pool, self._auth_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def _auth_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._auth_pool, lambda: fn(*args))
 
     @web.middleware
     async def _middleware(
@@ -306,7 +339,7 @@ class ApiServer:
     async def _authenticate(self, request: web.Request) -> Principal:
         token = _bearer(request)
         try:
-            principal = await self._call(self.authenticator.authenticate, token)
+            principal = await self._auth_call(self.authenticator.authenticate, token)
         except AuthUnavailable as exc:
             raise self._unavailable(exc) from None
         if principal is None:
@@ -325,7 +358,7 @@ class ApiServer:
 
     async def _permit(self, principal: Principal, access: Access) -> None:
         try:
-            allowed = await self._call(self.authenticator.authorize, principal, access)
+            allowed = await self._auth_call(self.authenticator.authorize, principal, access)
         except AuthUnavailable as exc:
             raise self._unavailable(exc) from None
         if not allowed:

@@ -797,6 +797,21 @@ def test_one_log_line_per_request_without_tokens(api: Api) -> None:
     assert "Authorization" not in text and "authorization" not in text
 
 
+def test_unparsable_request_is_400_and_logged_without_its_header(api: Api) -> None:
+    """A request aiohttp cannot parse (a NUL in the Authorization header) answers 400 and logs one line
+    naming the error type only, never the raw header line that carries the token."""
+    tail = LogTail()
+    token = api.tokens["rotate"]
+    host, port = api.server.address or ("", 0)
+    raw = f"GET /v1/credentials HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x00\r\n\r\n".encode()
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(raw)
+        answer = sock.recv(4096)
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert [e["error"] for e in tail.events() if e["event"] == "http.protocol_error"] == ["BadHttpMessage"]
+    assert token not in tail.text()
+
+
 # -- lifecycle --------------------------------------------------------------------------------------------
 
 
@@ -823,6 +838,37 @@ def test_stop_is_bounded_with_a_request_in_flight(file_tokens: FileTokens) -> No
         assert status != 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{host}:{port}/healthz", timeout=2)
+
+
+class StuckAuthenticator:
+    """An Authenticator whose every answer hangs until released (a token authority that stopped answering)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def authenticate(self, token: Any) -> None:
+        self.entered.release()
+        self.release.wait(10)
+        return None
+
+    def authorize(self, principal: Any, access: Any) -> bool:
+        return False
+
+
+def test_health_answers_while_the_token_authority_hangs() -> None:
+    """Requests stuck in authentication (every auth worker busy) do not starve /healthz and /readyz."""
+    auth = StuckAuthenticator()
+    with running(FakeControl(), auth) as api, concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        try:
+            stuck = [pool.submit(api.call, "GET", "/v1/credentials", token=new_token()) for _ in range(10)]
+            assert all(auth.entered.acquire(timeout=5) for _ in range(8))
+            with httpx.Client(base_url=api.server.url, timeout=2) as fresh:
+                assert fresh.get("/healthz").status_code == 200
+                assert fresh.get("/readyz").status_code == 200
+        finally:
+            auth.release.set()
+        assert [f.result(timeout=10).status_code for f in stuck] == [401] * 10
 
 
 def test_start_fails_clearly_when_the_port_is_taken(file_tokens: FileTokens) -> None:
