@@ -36,7 +36,8 @@ Grant callers with RBAC (a Role in rotator's namespace, or a ClusterRole for eve
       verbs: ["get", "list", "rotate"]      # drop "rotate" for read-only callers
       # resourceNames: ["icr-pull"]         # optional: only these credentials ("list" needs no name)
 
-and bind it to the ServiceAccount or user with a RoleBinding. rotator's own ServiceAccount needs
+and bind it to the ServiceAccount or user with a RoleBinding. Private metrics need a ClusterRole rule
+``{nonResourceURLs: ["/metrics"], verbs: ["get"]}`` and a ClusterRoleBinding. rotator's own ServiceAccount needs
 ``create`` on ``tokenreviews`` (authentication.k8s.io) and ``subjectaccessreviews``
 (authorization.k8s.io), i.e. a ClusterRoleBinding to the built-in ``system:auth-delegator``.
 Both answers, allowed or not, are cached for ``server.auth.cache_ttl`` (10 s) under the SHA-256 of
