@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,7 @@ from rotator.adapters.codeengine import CodeEngineSink
 from rotator.adapters.dockerhub import DockerHubProvider
 from rotator.adapters.iam import IamProvider, IamTokenSource
 from rotator.adapters.kubernetes import KubernetesSink, api_client
+from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.imageref import registry_for_server
@@ -34,6 +37,7 @@ class App:
     _reconcilers: dict[str, Reconciler] = field(default_factory=dict)
     _providers: dict[str, IamProvider | DockerHubProvider] = field(default_factory=dict)
     _verifier: RegistryVerifier | None = None
+    _events: EventRecorder | None = None
     hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
     metrics: Metrics | None = None
 
@@ -71,6 +75,15 @@ class App:
             else:
                 self._store = FileStateStore(state.path)
         return self._store
+
+    @property
+    def event_recorder(self) -> EventRecorder | None:
+        """Kubernetes Events on written secrets (``kubernetes.events``), one recorder per process."""
+        if not self.settings.kubernetes.events:
+            return None
+        if self._events is None:
+            self._events = EventRecorder(self.kube, instance=os.environ.get("POD_NAME", socket.gethostname()))
+        return self._events
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(on_retry=self.hooks.get("retry"))
@@ -127,15 +140,15 @@ class App:
     def sinks(self, cred: CredentialSettings) -> list[KubernetesSink | CodeEngineSink]:
         sinks: list[KubernetesSink | CodeEngineSink] = []
         if cred.kubernetes is not None:
-            sinks.append(
-                KubernetesSink(
-                    self.kube,
-                    cred.kubernetes,
-                    credential=cred.name,
-                    retry=self.retry_policy(),
-                    on_write=self.hooks.get("write"),
-                )
+            sink = KubernetesSink(
+                self.kube,
+                cred.kubernetes,
+                credential=cred.name,
+                retry=self.retry_policy(),
+                on_write=self.hooks.get("write"),
             )
+            sink.recorder = self.event_recorder
+            sinks.append(sink)
         if cred.codeengine is not None:
             sinks.append(self.codeengine_sink(cred))
         return sinks
@@ -192,6 +205,8 @@ class App:
         return self._reconcilers[name]
 
     def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
         for reconciler in self._reconcilers.values():
             reconciler.close()
         self.http.close()

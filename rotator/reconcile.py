@@ -182,6 +182,8 @@ class Reconciler:
             in_scope = {t.key for t in targets if getattr(self.sinks[t.sink], "in_scope", lambda _: True)(t)}
             targets = [t for t in targets if t.key in in_scope]
             auth = self._auth(vault.current)
+            key_id = journal.current.id if journal.current else "?"
+            self._activity("PullSecretHealed", f"{self.credential} entry put back to the current key {key_id}")
             results = self._fan_out(targets, lambda t: self.sinks[t.sink].write_entry(t, auth))
         out: dict[str, str] = {}
         for key, result in results.items():
@@ -289,6 +291,12 @@ class Reconciler:
             failure = f"{action.kind}: {exc}"
             self._save(replace(journal, rotation=replace(rotation, phase="rolling_back", failure=failure)))
             return None
+
+    def _activity(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """What the next fan-out does, for the Events sinks record on the secrets they write."""
+        for sink in self.sinks.values():
+            if hasattr(sink, "activity"):
+                sink.activity = (reason, message, warning)
 
     def _auth(self, value: str) -> RegistryAuth:
         return RegistryAuth(server=self.server, username=self.username, password=SecretStr(value))
@@ -412,6 +420,8 @@ class Reconciler:
         refused = set(vault.snapshot.get("refused", {}))
         writable = [t for t in targets if t.key not in refused]
         auth = self._auth(vault.pending)
+        new_id = rotation.new_key.id if rotation.new_key else "?"
+        self._activity("PullSecretRotated", f"rotation {rotation.id}: {self.credential} now uses key {new_id}")
         started = time.monotonic()
         results = self._fan_out(
             writable, lambda t: self.sinks[t.sink].write_entry(t, auth), partial_boundary="distribute:partial"
@@ -530,6 +540,9 @@ class Reconciler:
         now = self.clock.now()
         failure = rotation.failure or action.reason
         if vault.snapshot is not None:
+            self._activity(
+                "PullSecretRolledBack", f"rotation {rotation.id} failed ({failure[:200]}); entry restored", warning=True
+            )
             self._restore(vault.snapshot, rotation.id)
         boundary("rollback:after-restore")
         if rotation.new_key is not None:
@@ -600,6 +613,8 @@ class Reconciler:
     def _do_heal(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
         assert vault.current
         auth = self._auth(vault.current)
+        key_id = journal.current.id if journal.current else "?"
+        self._activity("PullSecretHealed", f"{self.credential} entry put back to the current key {key_id}")
         wanted = set(action.targets)
         targets = [t for t in self.targets() if t.key in wanted]
         results = self._fan_out(targets, lambda t: self.sinks[t.sink].write_entry(t, auth))

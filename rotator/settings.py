@@ -195,6 +195,8 @@ class KubernetesSettings:
     concurrency: int = 16
     # Where rotator itself lives: its state ConfigMap, its Lease.
     namespace: str = "rotator-system"
+    # Record Kubernetes Events on the secrets rotator writes (rotated, rolled back, healed, refused).
+    events: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -858,7 +860,7 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
 def _kubernetes(node: _Node | None, base_dir: Path) -> KubernetesSettings:
     if node is None:
         return KubernetesSettings(in_cluster="KUBERNETES_SERVICE_HOST" in os.environ)
-    node.known("kubeconfig", "context", "in_cluster", "concurrency", "namespace")
+    node.known("kubeconfig", "context", "in_cluster", "concurrency", "namespace", "events")
     kubeconfig = node.value("kubeconfig", _string, example="~/.kube/config", default=None)
     path = None
     if kubeconfig is not None:
@@ -871,6 +873,7 @@ def _kubernetes(node: _Node | None, base_dir: Path) -> KubernetesSettings:
         concurrency=node.value("concurrency", _int_range(1, 256), example="16", default=16) or 16,
         namespace=node.value("namespace", _namespace_name, example="rotator-system", default="rotator-system")
         or "rotator-system",
+        events=bool(node.value("events", _bool, example="true", default=True)),
     )
 
 

@@ -119,6 +119,10 @@ def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, 
 
     core(sandbox).delete_namespaced_secret(SECRET, "team-b")
     wait_for(lambda: stored_password(sandbox, "team-b") == current, "deleted secret recreated")
+    wait_for(
+        lambda: any(e.reason == "PullSecretHealed" for e in core(sandbox).list_namespaced_event("team-b").items),
+        "a PullSecretHealed event on the recreated secret",
+    )
 
     core(sandbox).patch_namespaced_service_account(
         "default", "team-c", [{"op": "replace", "path": "/imagePullSecrets", "value": [{"name": "other"}]}]

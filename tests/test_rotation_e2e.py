@@ -92,8 +92,10 @@ def test_happy_path_rotates_everywhere_then_revokes(sandbox: SandboxProcess, tmp
         assert next(k for k in iam_keys(sandbox) if k["id"] == old_id)["deleted"] is True
         assert [k["id"] for k in live_owned_keys(sandbox)] == [key_id_of(sandbox, key2)]
     finally:
-        app.close()
+        app.close()  # flushes the Kubernetes Events queue
     assert foreign_state(sandbox) == foreign_before
+    reasons = [(e.reason, e.type, e.involved_object.name) for e in core(sandbox).list_namespaced_event("team-b").items]
+    assert reasons.count(("PullSecretRotated", "Normal", SECRET)) == 2
 
 
 def test_cli_rotate_then_status_shows_ids_not_values(sandbox: SandboxProcess, tmp_path: Path) -> None:
@@ -156,6 +158,8 @@ def test_rejection_after_distribution_restores_every_secret(sandbox: SandboxProc
     sandbox.clear_faults()
     assert outcome.result == "failed"
     assert "verify_stored" in outcome.detail
+    rolled_back = [e for e in core(sandbox).list_namespaced_event("team-a").items if e.reason == "PullSecretRolledBack"]
+    assert len(rolled_back) == 1 and rolled_back[0].type == "Warning" and "restored" in rolled_back[0].message
     assert old is not None
     for ns in TEAMS:
         assert stored_password(sandbox, ns) == old

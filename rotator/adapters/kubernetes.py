@@ -128,6 +128,10 @@ class KubernetesSink:
         self.credential = credential
         self.retry = retry or RetryPolicy()
         self.on_write = on_write
+        # Kubernetes Events on written secrets: the recorder, and what the current fan-out is doing
+        # (set by the reconciler before each fan-out: reason, message, warning).
+        self.recorder: Any = None
+        self.activity: tuple[str, str, bool] | None = None
         # resourceVersions of our own writes, so watch events caused by them are not mistaken for drift.
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._recent_lock = threading.Lock()
@@ -306,11 +310,21 @@ class KubernetesSink:
                 raise error from None
             if result != "skipped":
                 self._ensure_service_accounts(target)
+            if result in ("created", "updated"):
+                self._record(target)
             return self._report(result)
         self._report("error")
         raise TransientError(
             f"write secret {target.namespace}/{target.name}: still conflicting after {CONFLICT_RETRIES} attempts"
         )
+
+    def _record(self, target: TargetRef, *, refused: str = "") -> None:
+        if self.recorder is None or self.activity is None:
+            return
+        reason, message, warning = self.activity
+        if refused:
+            reason, message, warning = "PullSecretRefused", f"{message}; not written: {refused}", True
+        self.recorder.record(target, reason, message, warning=warning)
 
     def _create(self, target: TargetRef, auth: RegistryAuth) -> str:
         from kubernetes.client.exceptions import ApiException
@@ -341,6 +355,7 @@ class KubernetesSink:
         if state.refused:
             if obj.get("type") != DOCKERCONFIGJSON or not self.target.overwrite_invalid:
                 self._report("refused")
+                self._record(target, refused=state.refused)
                 raise TargetRefusedError(f"secret {target.namespace}/{target.name}: {state.refused}")
             existing = None  # overwrite_invalid: replace the malformed document
         if state.entry == auth:
