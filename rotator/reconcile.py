@@ -497,7 +497,11 @@ class Reconciler:
         if vault.pending:
             self.store.save_vault(self.credential, Vault(current=vault.pending))
         boundary("promote:after-vault")
-        retired = list(journal.retired)
+        # A key reported leaked is disabled right after this promotion, not after the grace period.
+        retired = [
+            replace(r, disable_at=now, reason="leaked") if r.key_id == rotation.leaked_key_id else r
+            for r in journal.retired
+        ]
         old = journal.current
         if old is not None and old.id != rotation.new_key.id:
             leaked = rotation.leaked_key_id == old.id

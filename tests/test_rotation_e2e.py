@@ -278,3 +278,22 @@ def test_check_reports_a_forbidden_admin_key(sandbox: SandboxProcess, tmp_path: 
     assert check.returncode == 1
     assert "FAIL" in check.stdout and "IAM" in check.stdout
     assert sandbox.endpoints["outsider_apikey"] not in check.stdout + check.stderr
+
+
+def test_leaked_key_is_disabled_without_waiting_for_grace(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """An emergency rotation for a leaked key disables that key on the next pass; other retired keys keep their grace."""
+    clock = FakeClock()
+    app = make_app(write_config(tmp_path, sandbox), clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="first")).result == "succeeded"
+        k1 = key_id_of(sandbox, stored_password(sandbox, "team-a") or "")
+        assert app.reconciler(CRED).run(Request(reason="second")).result == "succeeded"
+        k2 = key_id_of(sandbox, stored_password(sandbox, "team-a") or "")
+        leaked = Request(reason="reported leaked", emergency=True, leaked_key_id=k2)
+        assert app.reconciler(CRED).run(leaked).result == "succeeded"
+        app.reconciler(CRED).run()  # the next pass revokes what is due now
+    finally:
+        app.close()
+    states = {k["id"]: k["disabled"] for k in iam_keys(sandbox)}
+    assert states[k2] is True
+    assert states[k1] is False  # still inside its grace period
