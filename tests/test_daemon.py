@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from rotation_env import (
     SECRET,
@@ -28,6 +29,7 @@ from rotator.adapters.state import ConfigMapStateStore
 from rotator.sandbox.control import SandboxProcess
 
 DEADLINE_S = 15.0
+API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
@@ -60,6 +62,13 @@ class Daemon:
             if line.startswith("{"):
                 out.append(json.loads(line))
         return out
+
+    def api(self) -> str:
+        """The HTTP API's base URL, from the daemon's ``api.listening`` log line."""
+        line = wait_for(
+            lambda: next((e for e in self.events() if e.get("event") == "api.listening"), None), "the HTTP API"
+        )
+        return f"http://{line['host']}:{line['port']}"
 
     def logged(self, event: str) -> bool:
         return any(e.get("event") == event for e in self.events())
@@ -167,6 +176,9 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
             "resync": "1h",
         },
     }
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text("operator-token-0123456789 alice rotate\n")
+    top["server"] = {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}
     config = write_config(tmp_path, sandbox, top=top)
     daemons.append(Daemon(config, identity="replica-a"))
     daemons.append(Daemon(config, identity="replica-b"))
@@ -187,6 +199,8 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     leader_name = wait_for(lease_holder, "a lease holder")
     leader = next(d for d in daemons if d.identity == leader_name)
     follower = next(d for d in daemons if d.identity != leader_name)
+    refused = httpx.post(f"{follower.api()}/v1/credentials/icr-pull/rotate", headers=API_AUTH)
+    assert refused.status_code == 503 and refused.json()["leader"] == leader_name
 
     # Slow the writes down so the rotation can be caught in flight, then ask for one.
     sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], "latency_ms": 800})
@@ -212,3 +226,34 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     value = stored_password(sandbox, "team-a")
     assert value is not None and all(stored_password(sandbox, ns) == value for ns in ("team-b", "team-c"))
     assert follower.logged("leader.acquired")
+
+
+def test_rotate_endpoint_drives_a_real_rotation(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
+    """POST /rotate answers 202 with an id; the id reaches succeeded; a retry with the same key gets the same id."""
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text("operator-token-0123456789 alice rotate\nviewer-token-0123456789ab bob read\n")
+    top = {"server": {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}}
+    config = write_config(tmp_path, sandbox, top=top)
+    daemons.append(daemon := Daemon(config))
+    before = wait_for(lambda: stored_password(sandbox, "team-a"), "the first rotation")
+    base = daemon.api()
+    operator = {"Authorization": "Bearer operator-token-0123456789", "Idempotency-Key": "change-42"}
+    assert httpx.post(f"{base}/v1/credentials/icr-pull/rotate").status_code == 401
+    viewer = {"Authorization": "Bearer viewer-token-0123456789ab"}
+    assert httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=viewer).status_code == 403
+    first = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=operator, json={"reason": "change 42"})
+    assert first.status_code == 202, first.text
+    rotation_id = first.json()["rotation_id"]
+    again = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=operator, json={"reason": "change 42"})
+    assert again.status_code == 202 and again.json()["rotation_id"] == rotation_id
+
+    def state() -> str | None:
+        body = httpx.get(f"{base}/v1/rotations/{rotation_id}", headers=viewer).json()
+        return body["state"] if body["state"] in ("succeeded", "failed") else None
+
+    assert wait_for(state, "the requested rotation to finish") == "succeeded"
+    after = stored_password(sandbox, "team-a")
+    assert after is not None and after != before
+    status = httpx.get(f"{base}/v1/credentials", headers=viewer).json()["credentials"][0]
+    assert status["last_result"]["rotation_id"] == rotation_id
+    assert after not in json.dumps(status) and before not in json.dumps(status)
