@@ -188,8 +188,10 @@ class DockerHubApiEmulator:
 
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> web.Response:
         if status == 429:
-            wait = retry_after if retry_after is not None else max(1, self.rate.reset_at() - int(time.time()))
-            return self._too_many(math.ceil(time.time()) + wait)
+            now = math.ceil(time.time())
+            # Without a wait of its own, an injected 429 points at the end of the current window.
+            retry_at = now + retry_after if retry_after is not None else max(self.rate.reset_at(), now + 1)
+            return self._too_many(retry_at)
         return hub_error(status, message)
 
     def _too_many(self, retry_at: int) -> web.Response:
