@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from conftest import start_sandbox
 
 from rotator.sandbox.control import SandboxProcess
 
@@ -502,3 +504,70 @@ def test_admin_rate_limit_rejects_bad_bodies(shared_sandbox: SandboxProcess, bod
     response = shared_sandbox.admin.put("/dockerhub_registry/rate-limit", json=body)
     assert response.status_code == 400 and "error" in response.json()
     assert shared_sandbox.admin.get("/dockerhub_registry/config").json()["limits"] == before
+
+
+# -- robustness and persistence ------------------------------------------------------------------------------
+
+_NO_SUCH = "00000000-0000-0000-0000-000000000000"
+_JUNK_BODIES = [
+    b"",
+    b"null",
+    b"[]",
+    b"\xff\xfe",
+    b'{"token_label": null, "label": null}',
+    b'{"scopes": [1, 2], "token_label": "x"}',
+    b'{"expires_at": 12, "token_label": "x", "scopes": ["repo:read"]}',
+    b'{"resources": {"a": 1}, "label": "x"}',
+    b'{"resources": [{"type": "TYPE_REPO", "path": 5, "scopes": ["repo-pull"]}], "label": "x"}',
+    b'{"identifier": ["a"], "secret": {"b": 1}, "username": 1}',
+]
+
+
+_JUNK_PATHS = [
+    "/v2/auth/token",
+    "/v2/users/login",
+    "/v2/access-tokens",
+    f"/v2/access-tokens/{_NO_SUCH}",
+    "/v2/access-tokens/not-a-uuid",
+    "/v2/orgs/acme/access-tokens",
+    f"/v2/orgs/acme/access-tokens/{_NO_SUCH}",
+    "/v2/orgs/acme/access-tokens?page=-1&page_size=0",
+    "/v2/orgs/nosuchorg/access-tokens",
+]
+
+
+def test_junk_requests_never_get_a_500(sandbox: SandboxProcess) -> None:
+    """Every route, every method, every malformed body: a 4xx in a Hub error shape, never a 500."""
+    sandbox.admin.put("/dockerhub_api/rate-limit", json={"limit": None}).raise_for_status()
+    headers = {**bearer(sandbox), "Content-Type": "application/json"}
+    answered: set[int] = set()
+    with httpx.Client(base_url=api(sandbox), headers=headers, timeout=10) as client:
+        for path in _JUNK_PATHS:
+            for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
+                for body in _JUNK_BODIES:
+                    response = client.request(method, path, content=body)
+                    answered.add(response.status_code)
+                    assert response.status_code < 500, (path, method, body, response.text)
+                    if response.status_code >= 400:
+                        data = response.json()
+                        assert "fields" in data or "detail" in data, (path, method, body, data)
+    assert {400, 404, 405} <= answered
+    tokens = sandbox.admin.get("/dockerhub_api/tokens").json()["tokens"]
+    labels = sorted(t.get("label") or t.get("token_label") for t in tokens)
+    assert labels == ["ci-pipeline", "legacy-deploy"]  # junk created nothing
+    assert not any(t["deleted"] or not t["is_active"] for t in tokens)
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    """With --state-dir, tokens, their activity flags and the password come back after a restart."""
+    state = tmp_path / "state"
+    with start_sandbox(state_dir=state) as first:
+        created = create_pat(first, "survivor")
+        password = first.endpoints["dockerhub_password"]
+        first.admin.put("/dockerhub_registry/rate-limit", json={"limit": 7}).raise_for_status()
+    with start_sandbox(state_dir=state) as second:
+        assert second.endpoints["dockerhub_password"] == password
+        assert sign_in(second, secret=created["token"]).status_code == 200
+        got = httpx.get(f"{api(second)}/v2/access-tokens/{created['uuid']}", headers=bearer(second))
+        assert got.status_code == 200 and got.json()["token_label"] == "survivor"
+        assert second.admin.get("/dockerhub_registry/config").json()["limits"]["limit"] == 7

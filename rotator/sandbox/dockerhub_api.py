@@ -168,11 +168,17 @@ class DockerHubApiEmulator:
         )
         self._write_password_file()
 
+    @property
+    def password(self) -> str:
+        """rotator's Docker ID's password as the accounts hold it (restored state wins over the seed)."""
+        user = self.hub.users.get(self.ctx.seed.dockerhub_username)
+        return user.password if user is not None else str(self.ctx.seed.dockerhub_password)
+
     def _write_password_file(self) -> None:
         if self.ctx.files_dir is None:
             return
         path = Path(self.ctx.files_dir) / PASSWORD_FILE
-        path.write_text(self.ctx.seed.dockerhub_password)
+        path.write_text(self.password)
         path.chmod(0o600)
 
     # -- Emulator protocol -----------------------------------------------------------------------
@@ -207,7 +213,7 @@ class DockerHubApiEmulator:
             "dockerhub_api": self.ctx.urls.get(self.name, ""),
             "dockerhub_registry": self.ctx.urls.get("dockerhub_registry", ""),
             "dockerhub_username": seed.dockerhub_username,
-            "dockerhub_password": seed.dockerhub_password,
+            "dockerhub_password": self.password,
             "dockerhub_password_file": str(files / PASSWORD_FILE) if files else "",
             "dockerhub_org": seed.dockerhub_org,
             "dockerhub_images": [f"docker.io/{ref}" for ref in PRIVATE_IMAGES],
@@ -235,6 +241,7 @@ class DockerHubApiEmulator:
         pat_id, oat_id = data.get("foreign") or [None, None]
         self.foreign_pat = self.hub.pats.get(pat_id or "", self.foreign_pat)
         self.foreign_oat = self.hub.oats.get(oat_id or "", self.foreign_oat)
+        self._write_password_file()
 
     # -- plumbing --------------------------------------------------------------------------------
     def _route(self, handler: Callable[[web.Request], Awaitable[web.Response]], *methods: str) -> Any:
