@@ -186,3 +186,29 @@ def test_generator_check_detects_a_stale_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "out of date" in result.stderr
+
+
+def _runbook_sections() -> dict[str, str]:
+    sections: dict[str, str] = {}
+    for chunk in RUNBOOKS.read_text().split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections[title.strip()] = body
+    return sections
+
+
+@pytest.mark.parametrize("alert", [pytest.param(a, id=a) for a in ALERTS])
+def test_runbook_section_has_meaning_impact_diagnosis_fix(alert: str) -> None:
+    """Each alert's runbook section says what it means, its impact, how to diagnose (with commands) and the fix."""
+    body = _runbook_sections()[alert]
+    for part in ("**Meaning.**", "**Impact.**", "**Diagnosis.**", "**Fix.**"):
+        assert part in body, f"{alert}: {part} missing"
+    assert "kubectl" in body or "rotator status" in body or "Prometheus" in body
+
+
+def test_metrics_doc_lists_every_metric() -> None:
+    """docs/metrics.md documents every metric rotator registers (counters by their _total name)."""
+    text = (REPO / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`(rotator_[a-z_]+)`", text))
+    exported = {n for n in exported_names() if not n.endswith(("_created", "_bucket", "_sum", "_count"))}
+    histograms = {n[: -len("_bucket")] for n in exported_names() if n.endswith("_bucket")}
+    assert exported | histograms <= documented, sorted((exported | histograms) - documented)

@@ -1,36 +1,41 @@
 """The Grafana dashboard: importable, every query names metrics rotator exports, and every panel
-query returns data from a real Prometheus scraping metrics that real rotations (against the
-sandbox) produced: two rotations, a revocation, a registry 429 and an IAM 503 retried."""
+query returns data from a real Prometheus scraping a running ``rotator run`` daemon that rotated
+against the sandbox: an IAM key twice (one on request through the API, the old key then disabled),
+a Docker Hub token once (its registry reports a pull quota), a registry 429 and an IAM 503 retried."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dockerhub_env as hub_env
 import httpx
 import pytest
 import yaml
 from conftest import start_sandbox
 from monitoring_env import BUILTIN_SERIES, PROMETHEUS, REPO, exported_names, referenced_metrics
-from prometheus_client import CollectorRegistry, start_http_server
-from rotation_env import CRED, FakeClock, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from rotation_env import CRED, write_config
 
-from rotator.adapters.registry_wire import Quota
-from rotator.app import App
-from rotator.metrics import Metrics
-from rotator.policy import Request
-from rotator.settings import load
+from rotator.sandbox.control import SandboxProcess
 
 DASHBOARD = REPO / "grafana" / "rotator.json"
 RULES = REPO / "deploy" / "prometheus" / "rotator-rules.yaml"
 DATA_DEADLINE_S = 30.0  # the first scraped sample takes ~5-6 s; rates need a second one
+START_DEADLINE_S = 30.0  # the daemon starts and rotates both credentials
+API_TOKEN = "dashboard-test-token-0123456789"
+CREDENTIALS = (CRED, hub_env.CRED)
 # Grafana's built-in variables, as Grafana would expand them for a short dashboard range.
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m", "__range_s": "300"}
 
@@ -148,34 +153,124 @@ def _free_port() -> int:
         return port
 
 
-def _fill_metrics(tmp: Path, metrics: Metrics) -> Iterator[None]:
-    """Real rotations against a sandbox, with one registry 429 and one IAM 503 on the way."""
-    sbx = start_sandbox()
-    clock = FakeClock()
-    config = write_config(tmp, sbx, schedule={"interval": "1d"}, max_age="30d")
-    app = App(load(config), clock=clock, metrics=metrics)
-    try:
-        sbx.set_faults("registry", {"path_prefix": "/v2/", "methods": ["HEAD"], "error_status": 429, "error_count": 1})
-        sbx.set_faults(
-            "iam", {"path_prefix": "/v1/apikeys", "methods": ["POST"], "error_status": 503, "error_count": 1}
+def _config(tmp: Path, sbx: SandboxProcess, tokens: Path) -> Path:
+    """Two credentials: an IAM key into ICR-like secrets (old key disabled 1 s after a rotation), and a
+    Docker Hub organization token (whose registry reports a pull quota); the API behind a token file."""
+    top = {
+        "server": {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}},
+        # A pass every second: after a rotation the next pass otherwise waits for resync, not for the
+        # replaced key's disable deadline.
+        "daemon": {"resync": "1s"},
+    }
+    doc = yaml.safe_load(write_config(tmp, sbx, top=top, grace_period="1s").read_text())
+    hub = yaml.safe_load(hub_env.write_config(tmp, sbx).read_text())["credentials"][0]
+    doc["credentials"].append(hub)
+    path = tmp / "rotator-dashboard.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The daemon's /metrics as {(sample name, labels): value}."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+class RotatorDaemon:
+    """``rotator run`` in a child process, logging JSON where the suite's leak scan looks."""
+
+    def __init__(self, config: Path) -> None:
+        log_dir = Path(os.environ.get("ROTATOR_TEST_LOG_DIR", "/tmp"))
+        self.log_path = log_dir / f"daemon-dashboard-{uuid.uuid4().hex[:8]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rotator", "--log-format", "json", "run", "-c", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "POD_NAME": "dashboard-test"},
         )
-        assert app.reconciler(CRED).run(Request(reason="dashboard test")).result == "succeeded"
-        sbx.clear_faults()
-        assert app.reconciler(CRED).run(Request(reason="retire the first key")).result == "succeeded"
-        clock.advance(3601)  # past grace_period: the first key gets disabled, its delete stays pending
-        app.reconciler(CRED).run()
-        cred = app.settings.credential(CRED)
-        journal = app.store.load(CRED)
-        assert len(journal.retired) == 1 and journal.retired[0].disabled_at is not None
-        metrics.observe_journal(CRED, journal, app.policy(cred))  # as the daemon does after each pass
-        # The sandbox's registry sends no ratelimit-* headers: report a quota the way the reconciler
-        # does when a registry (Docker Hub) announces one.
-        quota = Quota(limit=200, remaining=150)
-        event = {"credential": CRED, "registry": cred.registry.server, "result": "ok", "seconds": 0.1, "quota": quota}
-        metrics.on_event("verification", event)
-        yield
+
+    def url(self) -> str:
+        """The HTTP API's base URL, from the ``api.listening`` log line."""
+        for _ in range(int(START_DEADLINE_S / 0.05)):
+            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"api.listening"' in line:
+                    event = json.loads(line)
+                    return f"http://{event['host']}:{event['port']}"
+            time.sleep(0.05)
+        raise AssertionError("the daemon's HTTP API did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_until(
+    url: str, what: str, check: Callable[[dict[tuple[str, frozenset[tuple[str, str]]], float]], bool]
+) -> None:
+    """Poll the daemon's /metrics until ``check`` holds (bounded)."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    while not check(samples := scrape(url)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {sorted(k[0] for k in samples)}"
+        time.sleep(0.05)
+
+
+def _run_daemon(tmp: Path) -> Generator[str, None, None]:
+    """A running daemon that has rotated against a sandbox: icr-pull twice (the second on request through
+    the API, the first key then disabled), hub-pull once; one registry 429 and one IAM 503 on the way."""
+    sbx = start_sandbox()
+    tokens = tmp / "api-tokens"
+    tokens.write_text(f"{API_TOKEN} dashboard-test rotate\n")
+    tokens.chmod(0o600)
+    sbx.set_faults("registry", {"path_prefix": "/v2/", "methods": ["HEAD"], "error_status": 429, "error_count": 1})
+    sbx.set_faults("iam", {"path_prefix": "/v1/apikeys", "methods": ["POST"], "error_status": 503, "error_count": 1})
+    daemon = RotatorDaemon(_config(tmp, sbx, tokens))
+    try:
+        url = daemon.url()
+        wait_until(
+            url,
+            "the first rotations",
+            lambda s: (
+                sample(s, "rotator_rotations_total", credential=CRED, result="succeeded") >= 1
+                and sample(s, "rotator_rotations_total", credential=hub_env.CRED, result="succeeded") >= 1
+            ),
+        )
+        response = httpx.post(
+            f"{url}/v1/credentials/{CRED}/rotate",
+            json={"reason": "dashboard test"},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        wait_until(
+            url,
+            "the second rotation and the disable of the first key",
+            lambda s: (
+                sample(s, "rotator_rotations_total", credential=CRED, result="succeeded") >= 2
+                and sample(s, "rotator_revocations_total", credential=CRED, step="disable") >= 1
+                and sample(s, "rotator_revocations_pending", credential=CRED) == 1
+            ),
+        )
+        yield url
     finally:
-        app.close()
+        daemon.stop()
         sbx.stop()
 
 
@@ -206,19 +301,15 @@ class LivePrometheus:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
-    """Prometheus scraping (every 1 s) the metrics of a rotator that rotated against a sandbox."""
+    """Prometheus scraping (every 1 s) a running rotator daemon that rotated against a sandbox."""
     tmp = tmp_path_factory.mktemp("dashboard")
-    registry = CollectorRegistry()
-    filler = _fill_metrics(tmp, Metrics(registry))
-    next(filler)
-    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    daemon = _run_daemon(tmp)
+    target = next(daemon).removeprefix("http://")
     port = _free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "rotator", "static_configs": [{"targets": [f"127.0.0.1:{httpd.server_port}"]}]}
-        ],
+        "scrape_configs": [{"job_name": "rotator", "static_configs": [{"targets": [target]}]}],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed below
@@ -253,39 +344,36 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
             proc.kill()
             proc.wait()
         log.close()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
-        filler.close()
+        daemon.close()
 
 
 @pytest.mark.real
 @pytest.mark.parametrize("expr", TARGETS)
 def test_panel_query_returns_data(live: LivePrometheus, expr: str) -> None:
     """The panel's query, as Grafana would send it for the credential, returns a non-empty result."""
-    result = live.wait_for_data(expand(expr, grafana_regex(CRED)))
+    result = live.wait_for_data(expand(expr, grafana_regex(*CREDENTIALS)))
     assert all("value" in series for series in result)
 
 
 @pytest.mark.real
 def test_credential_variable_lists_the_credential(live: LivePrometheus) -> None:
-    """The credential variable's label_values query finds the rotated credential."""
+    """The credential variable's label_values query finds both rotated credentials."""
     live.wait_for_data("rotator_key_created_timestamp_seconds")
     response = httpx.get(
         f"{live.url}/api/v1/label/credential/values",
         params={"match[]": "rotator_key_created_timestamp_seconds"},
         timeout=5,
     )
-    assert response.json()["data"] == [CRED]
+    assert response.json()["data"] == sorted(CREDENTIALS)
 
 
 @pytest.mark.real
-def test_key_age_panel_shows_a_fresh_key(live: LivePrometheus) -> None:
-    """The key-age query yields the real age of the key just minted (seconds, not 0 and not years)."""
+def test_key_age_panel_shows_fresh_keys(live: LivePrometheus) -> None:
+    """The key-age query yields the real age of the keys just minted (seconds, not 0 and not years)."""
     expr = next(e for where, e in _targets() if where == "Key age vs max age / A")
-    [series] = live.wait_for_data(expand(expr, grafana_regex(CRED)))
-    assert series["metric"] == {"credential": CRED}
-    assert -5 < float(series["value"][1]) < 600  # minted seconds ago (the fake clock moved on only afterwards)
+    series = live.wait_for_data(expand(expr, grafana_regex(*CREDENTIALS)))
+    assert sorted(s["metric"]["credential"] for s in series) == sorted(CREDENTIALS)
+    assert all(-5 < float(s["value"][1]) < 600 for s in series)
 
 
 @pytest.mark.real
@@ -304,12 +392,23 @@ def test_alert_rules_evaluate_against_scraped_series(live: LivePrometheus) -> No
         assert time.monotonic() < live.deadline, f"rules not evaluated in time: {evaluated}"
         time.sleep(0.05)
     assert evaluated == {r["alert"]: "ok" for r in rules}
-    # This rotator runs without leader election (rotator_leader is 0), which the rules must notice on
-    # live data; nothing else is wrong with a credential that just rotated.
-    active = live.wait_for_data('ALERTS{alertname="RotatorNoLeader"}')
-    assert active[0]["metric"]["alertstate"] == "pending"
-    everything = live.query("ALERTS")["data"]["result"]
-    assert sorted({a["metric"]["alertname"] for a in everything}) == ["RotatorNoLeader"]
+    # Nothing is wrong with a daemon that just rotated: once every rule has been evaluated on the
+    # scraped data, no alert is pending or firing.
+    data_seen = time.time()
+    for _ in range(200):
+        groups = httpx.get(f"{live.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        times = [_epoch(r["lastEvaluation"]) for g in groups for r in g["rules"]]
+        if min(times) > data_seen:
+            break
+        assert time.monotonic() < live.deadline, "rules not evaluated again in time"
+        time.sleep(0.05)
+    assert live.query("ALERTS")["data"]["result"] == []
+
+
+def _epoch(rfc3339: str) -> float:
+    """Prometheus' RFC 3339 times (nanoseconds, Z) as Unix seconds."""
+    whole = re.sub(r"\.\d+", "", rfc3339).replace("Z", "+00:00")
+    return dt.datetime.fromisoformat(whole).timestamp()  # rounded down: a lower bound is what the caller needs
 
 
 def test_expand_substitutes_every_variable_form() -> None:
@@ -325,13 +424,16 @@ def test_expand_substitutes_every_variable_form() -> None:
 @pytest.mark.parametrize(
     ("expr", "expected"),
     [
-        pytest.param("sum(rotator_rotations_total)", 2.0, id="two-rotations"),
+        pytest.param('sum(rotator_rotations_total{credential="icr-pull",result="succeeded"})', 2.0, id="icr-twice"),
+        pytest.param('sum(rotator_rotations_total{credential="hub-pull",result="succeeded"})', 1.0, id="hub-once"),
         pytest.param("sum(rotator_registry_rate_limited_total)", 1.0, id="one-429"),
-        pytest.param('sum(rotator_provider_requests_total{code="503"})', 1.0, id="one-iam-503"),
-        pytest.param('sum(rotator_revocations_total{step="disable"})', 1.0, id="one-disable"),
-        pytest.param("sum(rotator_revocations_pending)", 1.0, id="one-delete-pending"),
-        pytest.param("sum(rotator_secrets_managed)", 3.0, id="three-target-secrets"),
+        pytest.param('sum(rotator_provider_requests_total{provider="ibm-iam",code="503"})', 1.0, id="one-iam-503"),
+        pytest.param('sum(rotator_revocations_total{credential="icr-pull",step="disable"})', 1.0, id="one-disable"),
+        pytest.param('sum(rotator_revocations_pending{credential="icr-pull"})', 1.0, id="one-delete-pending"),
+        pytest.param("sum(rotator_secrets_managed)", 6.0, id="six-target-secrets"),
         pytest.param("sum(rotator_secrets_out_of_sync)", 0.0, id="none-out-of-sync"),
+        pytest.param("count(rotator_registry_quota_limit > 0)", 1.0, id="hub-quota-reported"),
+        pytest.param("sum(rotator_leader)", 1.0, id="one-leader"),
     ],
 )
 def test_scraped_values_match_what_happened(live: LivePrometheus, expr: str, expected: float) -> None:
