@@ -83,6 +83,9 @@ _MESSAGES = {
 }
 
 
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
 class HubError(Exception):
     """An error to answer in Docker Hub's shape: ``fields``/``text`` for 400, ``detail`` otherwise."""
 
@@ -244,7 +247,7 @@ class DockerHubApiEmulator:
         self._write_password_file()
 
     # -- plumbing --------------------------------------------------------------------------------
-    def _route(self, handler: Callable[[web.Request], Awaitable[web.Response]], *methods: str) -> Any:
+    def _route(self, handler: _Handler, *methods: str) -> _Handler:
         """Rate limit, method check and error mapping around one handler; never a bare 500."""
 
         async def wrapped(request: web.Request) -> web.Response:

@@ -202,7 +202,8 @@ class DockerHubRegistryEmulator(RegistryEmulator):
           pulls counted in the current window; ``DELETE`` resets them.
         - ``POST /dockerhub_registry/deny-new-tokens {"enabled": true}``: tokens created after this moment
           fail at the token endpoint (older ones and passwords still pass); ``false`` lifts it.
-        - ``POST /dockerhub_registry/images {"repository": "ns/repo:tag", "format": "oci"|"docker"}``.
+        - ``POST /dockerhub_registry/images {"repository": "ns/repo:tag", "format": "oci"|"docker"}``; a new
+          repository is private unless ``PUT /dockerhub_api/repositories`` says otherwise.
         - ``POST /dockerhub_registry/challenge`` as the sandbox registry's.
         """
         prefix = f"/{self.name}"
@@ -235,9 +236,9 @@ class DockerHubRegistryEmulator(RegistryEmulator):
             raise _bad_request("expected a JSON object")
         current = self.limits.settings()
         values = {k: body.get(k, current[k]) for k in current}
-        if not all(v is None or _positive(v) for k, v in values.items() if k != "window_s"):
+        if not all(v is None or _is_count(v) for k, v in values.items() if k != "window_s"):
             raise _bad_request('"limit" and "anonymous_limit" must be whole numbers >= 0 or null')
-        if not _positive(values["window_s"]) or values["window_s"] < 1:
+        if not _is_count(values["window_s"]) or values["window_s"] < 1:
             raise _bad_request('"window_s" must be a whole number >= 1')
         self.limits.limit, self.limits.anonymous_limit = values["limit"], values["anonymous_limit"]
         self.limits.window_s = values["window_s"]
@@ -266,7 +267,7 @@ class DockerHubRegistryEmulator(RegistryEmulator):
         return web.Response(status=204)
 
 
-def _positive(value: Any) -> bool:
+def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
