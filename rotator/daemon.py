@@ -178,7 +178,8 @@ class Worker:
                 else:
                     ticket.state = "stopped" if outcome.result == "stopped" else "failed"
                 ticket.detail = outcome.detail
-                self._schedule_after(outcome.next_at)
+                # A finished rotation leaves revocations due later: the next pass right away computes when.
+                self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
             finally:
                 if ticket.state in ("queued", "running"):
                     ticket.state = "stopped"
@@ -197,16 +198,19 @@ class Worker:
                 )
         elif kind == "tick":
             outcome = reconciler.run(None, should_continue=self.daemon.may_act)
-            self._schedule_after(outcome.next_at)
+            self._schedule_after(outcome.next_at if outcome.result not in ("succeeded", "failed") else None, now=True)
 
-    def _schedule_after(self, next_at: dt.datetime | None) -> None:
+    def _schedule_after(self, next_at: dt.datetime | None, *, now: bool = False) -> None:
         settings = self.daemon.app.settings
-        now = dt.datetime.now(dt.UTC)
-        at = now + settings.daemon.resync
+        current = dt.datetime.now(dt.UTC)
+        if now:
+            self.daemon.schedule_tick(self.name, current + dt.timedelta(milliseconds=200))
+            return
+        at = current + settings.daemon.resync
         if next_at is not None:
             jitter = settings.credential(self.name).schedule.jitter.total_seconds() * random.random()
             at = min(at, next_at + dt.timedelta(seconds=jitter))
-        self.daemon.schedule_tick(self.name, max(at, now + dt.timedelta(milliseconds=200)))
+        self.daemon.schedule_tick(self.name, max(at, current + dt.timedelta(milliseconds=200)))
 
 
 class Daemon:
@@ -424,6 +428,8 @@ class Daemon:
         self.server = start_server(self, self.registry, self.settings)
 
     def start(self) -> None:
+        for cred in self.settings.credentials:
+            self.metrics.init_credential(cred.name, cred.registry.server)
         self.scheduler.start()
         if self.settings.daemon.leader_election:
             self._start_election()

@@ -42,6 +42,9 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.last_failure = gauge(
+            "rotator_last_failure_timestamp_seconds", "When the last rotation failed (0: never).", ("credential",)
+        )
         self.last_success = gauge(
             "rotator_last_success_timestamp_seconds", "When the last rotation succeeded.", ("credential",)
         )
@@ -114,6 +117,13 @@ class Metrics:
         self.build_info = gauge("rotator_build_info", "Build information.", ("version", "python"))
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
+    def init_credential(self, credential: str, registry: str) -> None:
+        """Create the result series at zero, so the first failure is an increase alerts can see."""
+        for result in ("succeeded", "failed"):
+            self.rotations.labels(credential, result)
+        for result in ("ok", "rejected", "inconclusive"):
+            self.verifications.labels(credential, registry, result)
+
     # -- hooks the adapters and the reconciler call -----------------------------------------------
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         credential = str(fields.get("credential", ""))
@@ -167,6 +177,8 @@ class Metrics:
             due_at = journal.backoff_until
         self.next_rotation.labels(credential).set(_ts(due_at) if due_at else dt.datetime.now(dt.UTC).timestamp())
         self.last_success.labels(credential).set(_ts(journal.last_success_at))
+        failures = [r.finished_at for r in journal.history if r.result == "failed"]
+        self.last_failure.labels(credential).set(_ts(max(failures)) if failures else 0)
         rotation = journal.rotation
         self.rotation_in_progress.labels(credential).set(1 if rotation else 0)
         self.rotation_waiting.labels(credential).set(1 if rotation and rotation.waiting else 0)

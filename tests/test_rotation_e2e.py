@@ -281,7 +281,7 @@ def test_check_reports_a_forbidden_admin_key(sandbox: SandboxProcess, tmp_path: 
 
 
 def test_leaked_key_is_disabled_without_waiting_for_grace(sandbox: SandboxProcess, tmp_path: Path) -> None:
-    """An emergency rotation for a leaked key disables that key on the next pass; other retired keys keep their grace."""
+    """A key reported leaked is disabled on the next pass; other retired keys keep their grace period."""
     clock = FakeClock()
     app = make_app(write_config(tmp_path, sandbox), clock=clock)
     try:

@@ -68,8 +68,13 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
     args += ["--checks", "all", "--max-examples", "30", "--seed", "20261129", "--workers", "1"]
     args += ["--generation-database", "none", "--no-color", "--max-failures", "5"]
     env = os.environ | {"ROTATOR_API_TOKEN": token}
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
+    for _ in range(3):
+        result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        output = result.stdout + result.stderr
+        # CPython 3.11.7's ast module can crash inside schemathesis under load ("AST constructor
+        # recursion depth mismatch", an interpreter bug unrelated to our server): run it again.
+        if "AST constructor recursion depth mismatch" not in output:
+            break
     assert result.returncode == 0, output[-6000:]
     assert "Selected: 7/7" in output and "Tested: 7" in output
     assert control.requests, "no generated rotation request got through with the valid token"
