@@ -25,13 +25,21 @@ from urllib.parse import quote
 
 import httpx
 
-from rotator.adapters.iam import IamTokenSource, OnRequest, retry_after_seconds
+from rotator.adapters import http
+from rotator.adapters.http import (
+    OnRequest,
+    bearer_headers,
+    call_refreshing,
+    retry_after_seconds,
+    retryable_error,
+    scrubbed,
+)
+from rotator.adapters.iam import IamTokenSource
 from rotator.adapters.kubernetes import TargetState
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
     PermanentError,
-    RateLimited,
     RotatorError,
     TargetRefusedError,
     TransientError,
@@ -261,63 +269,43 @@ class CodeEngineSink:
         secret: RegistryAuth | None = None,
     ) -> httpx.Response:
         """One Code Engine request, retried by the policy; a 401 refreshes the token once."""
-        expected = tuple(ok)
         scrub = [*([secret.password] if secret else [])]
         query = {"version": self._version, **(params or {})}
 
-        def attempt() -> httpx.Response:
-            response = self._send(operation, method, url, query, json, headers, fresh=False)
-            if response.status_code == 401:
-                response = self._send(operation, method, url, query, json, headers, fresh=True)
-            if response.status_code not in expected:
-                raise error_for(operation, self._where(target), response, [*scrub, *self._tokens.secrets])
-            return response
+        def send_once(fresh: bool) -> httpx.Response:
+            token = self._tokens.token(force=fresh)
+            return http.send(
+                self._client,
+                self._on_request,
+                "Code Engine",
+                operation,
+                method,
+                url,
+                params=query,
+                json=json,
+                headers=bearer_headers(token, headers),
+            )
 
-        return self._retry.call(attempt, operation=f"codeengine.{operation}")
-
-    def _send(
-        self,
-        operation: str,
-        method: str,
-        url: str,
-        params: dict[str, str],
-        json: Any,
-        headers: dict[str, str] | None,
-        *,
-        fresh: bool,
-    ) -> httpx.Response:
-        token = self._tokens.token(force=fresh)
-        all_headers = {"Accept": "application/json", "Authorization": f"Bearer {token.reveal()}", **(headers or {})}
-        try:
-            response = self._client.request(method, url, params=params, json=json, headers=all_headers)
-        except httpx.TimeoutException as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"Code Engine {operation}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"Code Engine {operation}: connection failed ({type(exc).__name__})") from None
-        self._count(operation, method, response.status_code)
-        return response
-
-    def _count(self, operation: str, method: str, status: int) -> None:
-        if self._on_request is not None:
-            self._on_request(operation, method, status)
+        return call_refreshing(
+            self._retry,
+            f"codeengine.{operation}",
+            send_once,
+            ok,
+            lambda response: error_for(operation, self._where(target), response, [*scrub, *self._tokens.secrets]),
+        )
 
 
 def error_for(operation: str, where: str, response: httpx.Response, scrub: list[SecretStr]) -> RotatorError:
     """THE status mapping for Code Engine; ``scrub`` values never show in the message."""
     status = response.status_code
-    code, message = _handbook_error(response)
-    for value in scrub:
-        message = message.replace(value.reveal(), "***")
-    message = message[:300]
+    code, raw_message = _handbook_error(response)
+    message = scrubbed(raw_message, scrub)
     text = f"Code Engine {operation} {where}: HTTP {status}" + (f" {code}" if code else "")
     text += f": {message}" if message else ""
     project = where.split("/", 1)[0]
-    if status == 429:
-        return RateLimited(text, retry_after=retry_after_seconds(response))
-    if status >= 500 or status == 408:
-        return TransientError(text)
+    retryable = retryable_error(status, text, lambda: retry_after_seconds(response))
+    if retryable is not None:
+        return retryable
     if status == 401:
         return UnauthorizedError(f"{text}; IAM's token was refused, check the API key")
     if status == 403:

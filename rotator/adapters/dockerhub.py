@@ -42,14 +42,21 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import jwt
 
+from rotator.adapters import http
+from rotator.adapters.http import (
+    OnRequest,
+    bearer_headers,
+    call_refreshing,
+    retry_after_seconds,
+    retryable_error,
+    scrubbed,
+)
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
     NotOwnedError,
     PermanentError,
-    RateLimited,
     RotatorError,
-    TransientError,
     UnauthorizedError,
 )
 from rotator.model import KeyInfo, MintedKey, SecretStr
@@ -69,8 +76,6 @@ _ROTATION_RE = re.compile(r"[A-Za-z0-9._:]{1,40}-[A-Za-z0-9._:]{1,40}")
 _OAT_SCOPE_RE = re.compile(r"[a-z][a-z-]{0,62}")
 _REPOSITORY_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*/(?:\*|[a-z0-9]+(?:[._-][a-z0-9]+)*)")
 _LIMIT_WORDS = ("maximum number", "limit reached", "too many tokens")
-
-OnRequest = Callable[[str, str, int], None]  # (operation, method, status; 0 = no response)
 
 
 def token_label(credential: str, rotation_id: str) -> str:
@@ -297,24 +302,14 @@ class DockerHubProvider:
         ok: Iterable[int] = (200,),
     ) -> httpx.Response:
         """One Hub API request, retried by the policy; a 401 signs in again once."""
-        expected = tuple(ok)
 
-        def attempt() -> httpx.Response:
-            response = self._authorized(operation, method, path, params, json, fresh=False)
-            if response.status_code == 401:
-                response = self._authorized(operation, method, path, params, json, fresh=True)
-            if response.status_code not in expected:
-                raise self._error_for(operation, response)
-            return response
+        def send_once(fresh: bool) -> httpx.Response:
+            headers = bearer_headers(self._access_token(force=fresh))
+            return self._send(operation, method, self._base + path, params=params, json=json, headers=headers)
 
-        return self._retry.call(attempt, operation=f"dockerhub.{operation}")
-
-    def _authorized(
-        self, operation: str, method: str, path: str, params: dict[str, str] | None, json: Any, *, fresh: bool
-    ) -> httpx.Response:
-        token = self._access_token(force=fresh)
-        headers = {"Accept": "application/json", "Authorization": f"Bearer {token.reveal()}"}
-        return self._send(operation, method, self._base + path, params=params, json=json, headers=headers)
+        return call_refreshing(
+            self._retry, f"dockerhub.{operation}", send_once, ok, lambda response: self._error_for(operation, response)
+        )
 
     def _access_token(self, *, force: bool) -> SecretStr:
         with self._jwt_lock:
@@ -338,33 +333,16 @@ class DockerHubProvider:
         return _Jwt(value=SecretStr(value), refresh_at=started + REFRESH_FRACTION * _lifetime(value))
 
     def _send(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"Docker Hub {operation}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            self._count(operation, method, 0)
-            raise TransientError(f"Docker Hub {operation}: connection failed ({type(exc).__name__})") from None
-        self._count(operation, method, response.status_code)
-        return response
-
-    def _count(self, operation: str, method: str, status: int) -> None:
-        if self._on_request is not None:
-            self._on_request(operation, method, status)
+        return http.send(self._client, self._on_request, "Docker Hub", operation, method, url, **kwargs)
 
     def _error_for(self, operation: str, response: httpx.Response) -> RotatorError:
         """THE status mapping for Docker Hub (sign-in and the access-token API)."""
         status = response.status_code
-        message = _hub_message(response)
-        for secret in [self._secret, *([self._jwt.value] if self._jwt else [])]:
-            message = message.replace(secret.reveal(), "***")
-        message = message[:300]
+        message = scrubbed(_hub_message(response), [self._secret, *([self._jwt.value] if self._jwt else [])])
         text = f"Docker Hub {operation}: HTTP {status}" + (f": {message}" if message else "")
-        if status == 429:
-            return RateLimited(text, retry_after=_retry_after(response))
-        if status >= 500 or status == 408:
-            return TransientError(text)
+        retryable = retryable_error(status, text, lambda: _retry_after(response))
+        if retryable is not None:
+            return retryable
         if operation == "sign_in" and status in (400, 401, 403):
             who = f"{self._docker_id!r}"
             return UnauthorizedError(
@@ -444,18 +422,7 @@ def _retry_after(response: httpx.Response, now: Callable[[], float] = time.time)
             when = None
         if when is not None:
             return max(0.0, when - _server_now(response, now))
-    raw = response.headers.get("Retry-After")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        date = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, date.timestamp() - _server_now(response, now))
+    return retry_after_seconds(response, now=lambda: _server_now(response, now))
 
 
 def _server_now(response: httpx.Response, now: Callable[[], float]) -> float:
