@@ -170,9 +170,10 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
         "state": {"kind": "configmap", "name": "rotator-state"},
         "daemon": {
             "leader_election": True,
-            "lease_duration": "3s",
-            "renew_deadline": "2s",
-            "retry_period": "500ms",
+            # Short enough for a quick takeover, long enough that a loaded CI machine does not lose the lease.
+            "lease_duration": "6s",
+            "renew_deadline": "4s",
+            "retry_period": "1s",
             "resync": "1h",
         },
     }
@@ -215,10 +216,11 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     leader.stop(signal.SIGKILL)
     sandbox.clear_faults()
 
-    wait_for(lambda: lease_holder() == follower.identity, "the follower to take the lease", timeout=10)
+    wait_for(lambda: lease_holder() == follower.identity, "the follower to take the lease", timeout=20)
     done = wait_for(
         lambda: (j := store.load("icr-pull")).rotation is None and j.last_result.rotation_id == in_flight and j,
         "the follower to finish the same rotation",
+        timeout=30,
     )
     assert done.last_result.result == "succeeded"
     minted = [k for k in iam_keys(sandbox) if k["name"].startswith("rotator-icr-pull-")]
