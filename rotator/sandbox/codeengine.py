@@ -32,8 +32,6 @@ Where IBM's behaviour is unconfirmed (§9) the emulator picks one and says so he
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import functools
 import json
@@ -45,10 +43,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
 from aiohttp import web
 
 from rotator.sandbox.base import Context, read_json
+from rotator.sandbox.ibm_common import (
+    HANDBOOK_CODES,
+    BearerError,
+    Caller,
+    TokenProblem,
+    decode_page_token,
+    encode_page_token,
+    handbook_response,
+    iam_caller,
+)
 
 DEFAULT_SECRET_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 50
@@ -86,20 +93,16 @@ REQUIRED_DATA = {
 PROPS_FORMATS = ("service_access", "service_operator")
 
 _CODE_FOR_STATUS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
+    **HANDBOOK_CODES,
     409: "already_exists",
     412: "precondition_failed",
     413: "request_too_large",
     428: "precondition_required",
-    429: "too_many_requests",
-    500: "internal_server_error",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
+}
+_TOKEN_MESSAGES: dict[TokenProblem, str] = {
+    "missing": "Authorization header missing or not a Bearer token.",
+    "invalid": "The IAM access token is not valid or has expired.",
+    "not_iam": "The token is not an IAM access token.",
 }
 
 
@@ -188,12 +191,6 @@ class SecretRecord:
         return body
 
 
-@dataclass(frozen=True)
-class Caller:
-    iam_id: str
-    account_id: str
-
-
 _Handler = Callable[["CodeEngineEmulator", web.Request, Caller], Awaitable[web.Response]]
 _Route = Callable[["CodeEngineEmulator", web.Request], Awaitable[web.Response]]
 
@@ -279,25 +276,16 @@ class CodeEngineEmulator:
         target: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> web.Response:
-        trace = uuid.uuid4().hex
         error: dict[str, Any] = {"code": code, "message": message, "more_info": MORE_INFO}
         if target is not None:
             error["target"] = {"name": target, "type": "field"}
-        body = {"errors": [error], "trace": trace, "status_code": status}
-        return web.json_response(body, status=status, headers={"X-Request-Id": trace, **(headers or {})})
+        return handbook_response(status, error, trace_header="X-Request-Id", headers=headers)
 
     def _caller(self, request: web.Request) -> Caller:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise CeError(401, "Authorization header missing or not a Bearer token.")
         try:
-            claims = jwt.decode(token.strip(), self.ctx.signer.key.public_key(), algorithms=["RS256"], leeway=1)
-        except jwt.PyJWTError:
-            raise CeError(401, "The IAM access token is not valid or has expired.") from None
-        account = claims.get("account")
-        if claims.get("realmid") != "iam" or not isinstance(account, dict) or "iam_id" not in claims:
-            raise CeError(401, "The token is not an IAM access token.")
-        return Caller(iam_id=str(claims["iam_id"]), account_id=str(account.get("bss", "")))
+            return iam_caller(request, self.ctx.signer)
+        except BearerError as exc:
+            raise CeError(401, _TOKEN_MESSAGES[exc.problem]) from None
 
     def _project(self, request: web.Request, caller: Caller) -> ProjectRecord:
         project_id = request.match_info["project_id"]
@@ -462,16 +450,13 @@ def _page_limit(raw: str | None) -> int:
 
 
 def _encode_start(name: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"n": name}).encode()).decode().rstrip("=")
+    return encode_page_token(json.dumps({"n": name}))
 
 
 def _decode_start(token: str) -> str:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if isinstance(data, dict) and isinstance(data.get("n"), str):
-            return str(data["n"])
-    except (binascii.Error, ValueError):
-        pass
+    data = decode_page_token(token)
+    if isinstance(data, dict) and isinstance(data.get("n"), str):
+        return str(data["n"])
     raise _bad("invalid_start", "The start token is not valid; take it from the next object of a list response.")
 
 

@@ -25,8 +25,6 @@ and says so here (the adapter in ``rotator/adapters/iam.py`` relies only on what
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import functools
 import hashlib
@@ -43,6 +41,16 @@ import jwt
 from aiohttp import web
 
 from rotator.sandbox.base import Context, read_json
+from rotator.sandbox.ibm_common import (
+    HANDBOOK_CODES,
+    BearerError,
+    Caller,
+    TokenProblem,
+    decode_page_token,
+    encode_page_token,
+    handbook_response,
+    iam_caller,
+)
 
 GRANT_APIKEY = "urn:ibm:params:oauth:grant-type:apikey"
 DEFAULT_TOKEN_LIFETIME_S = 3600
@@ -52,18 +60,11 @@ EXPIRES_AT_FORMAT = "%Y-%m-%dT%H:%M%z"
 
 # Real message codes for the situations where one has been observed (protocols.md §1.3, §2.3).
 _KNOWN_MESSAGE_CODES = {"not_found": "BXNIM0102E", "missing": "BXNIM0109E", "invalid": "BXNIM0106E"}
-_CODE_FOR_STATUS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    429: "too_many_requests",
-    500: "internal_server_error",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
+_CODE_FOR_STATUS = {**HANDBOOK_CODES, 409: "conflict"}
+_TOKEN_MESSAGES: dict[TokenProblem, str] = {
+    "missing": "Authorization header missing or not a Bearer token.",
+    "invalid": "Provided authorization token is not valid or has expired.",
+    "not_iam": "Provided token is not an IAM access token.",
 }
 
 
@@ -220,12 +221,6 @@ class ServiceIdRecord:
         }
 
 
-@dataclass(frozen=True)
-class Caller:
-    iam_id: str
-    account_id: str
-
-
 _H = TypeVar("_H", bound=Callable[..., Awaitable[web.Response]])
 
 
@@ -356,13 +351,8 @@ class IamEmulator:
     def _handbook(
         self, status: int, code: str, message_code: str, message: str, headers: dict[str, str] | None = None
     ) -> web.Response:
-        trace = uuid.uuid4().hex
-        body = {
-            "errors": [{"code": code, "message_code": message_code, "message": message}],
-            "status_code": status,
-            "trace": trace,
-        }
-        return web.json_response(body, status=status, headers={"Transaction-Id": trace, **(headers or {})})
+        error = {"code": code, "message_code": message_code, "message": message}
+        return handbook_response(status, error, trace_header="Transaction-Id", headers=headers)
 
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> web.Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
@@ -473,19 +463,10 @@ class IamEmulator:
 
     # -- authentication and authorization ---------------------------------------------------------
     def _caller(self, request: web.Request) -> Caller:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise IamApiError(401, "Authorization header missing or not a Bearer token.")
         try:
-            # iat/exp are whole seconds; a 1 s leeway keeps a token valid for at least its lifetime.
-            claims = jwt.decode(token.strip(), self.ctx.signer.key.public_key(), algorithms=["RS256"], leeway=1)
-        except jwt.PyJWTError:
-            raise IamApiError(401, "Provided authorization token is not valid or has expired.") from None
-        account = claims.get("account")
-        if claims.get("realmid") != "iam" or not isinstance(account, dict) or "iam_id" not in claims:
-            raise IamApiError(401, "Provided token is not an IAM access token.")
-        return Caller(iam_id=str(claims["iam_id"]), account_id=str(account.get("bss", "")))
+            return iam_caller(request, self.ctx.signer)
+        except BearerError as exc:
+            raise IamApiError(401, _TOKEN_MESSAGES[exc.problem]) from None
 
     def _may_manage(self, caller: Caller, iam_id: str) -> bool:
         if caller.iam_id == iam_id:
@@ -843,16 +824,11 @@ class _ListQuery:
 
 
 def _encode_token(offset: int, filters: dict[str, str], account_id: str) -> str:
-    raw = json.dumps({"o": offset, "f": filters, "c": account_id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_page_token(json.dumps({"o": offset, "f": filters, "c": account_id}, separators=(",", ":")))
 
 
 def _decode_token(token: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        if isinstance(data, dict) and isinstance(data.get("o"), int) and isinstance(data.get("f"), dict):
-            return data
-    except (binascii.Error, ValueError):
-        pass
+    data = decode_page_token(token)
+    if isinstance(data, dict) and isinstance(data.get("o"), int) and isinstance(data.get("f"), dict):
+        return data
     raise _invalid("Property: pagetoken")
