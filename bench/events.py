@@ -30,29 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rotator.adapters.kubernetes import api_client_for  # noqa: E402
-from rotator.sandbox.control import SandboxProcess  # noqa: E402
+from rotator.sandbox.control import SandboxProcess, iam_provider_config, labelled_kubernetes_target  # noqa: E402
 
 
 def credential(ep: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "name": name,
-        "provider": {
-            "kind": "ibm-iam",
-            "endpoint": ep["iam"],
-            "account_id": ep["account_id"],
-            "service_id": ep["service_id"],
-            "apikey": {"file": ep["admin_apikey_file"]},
-        },
+        "provider": iam_provider_config(ep),
         "registry": {"server": ep["registry_host"], "images": ep["images"][:1]},
         "schedule": {"interval": "1d", "health_check": "5m"},
         "max_age": "30d",
-        "targets": {
-            "kubernetes": {
-                "secret_name": name,
-                "namespaces": {"selector": ep["namespace_label"]},
-                "service_accounts": ["default"],
-            }
-        },
+        "targets": {"kubernetes": labelled_kubernetes_target(ep, name)},
     }
 
 

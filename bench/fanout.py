@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from rotator import logs  # noqa: E402
 from rotator.app import App  # noqa: E402
 from rotator.policy import Request  # noqa: E402
-from rotator.sandbox.control import SandboxProcess  # noqa: E402
+from rotator.sandbox.control import SandboxProcess, iam_provider_config  # noqa: E402
 from rotator.settings import load  # noqa: E402
 
 LABEL = ("bench.rotator.example.com/target", "yes")
@@ -52,13 +52,7 @@ def config(tmp: Path, sbx: SandboxProcess, concurrency: int, names: list[str] | 
         "credentials": [
             {
                 "name": "bench",
-                "provider": {
-                    "kind": "ibm-iam",
-                    "endpoint": ep["iam"],
-                    "account_id": ep["account_id"],
-                    "service_id": ep["service_id"],
-                    "apikey": {"file": ep["admin_apikey_file"]},
-                },
+                "provider": iam_provider_config(ep),
                 "registry": {"server": ep["registry_host"], "images": ep["images"][:1]},
                 "schedule": {"interval": "1d"},
                 "max_age": "30d",

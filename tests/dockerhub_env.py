@@ -14,7 +14,7 @@ from rotation_env import read_secret
 from rotator import dockerconfig
 from rotator.adapters.registry import RegistryVerifier
 from rotator.model import RegistryAuth, SecretStr
-from rotator.sandbox.control import SandboxProcess
+from rotator.sandbox.control import SandboxProcess, labelled_kubernetes_target
 
 CRED = "hub-pull"
 SECRET = "hub-pull"
@@ -51,13 +51,7 @@ def write_config(
         "max_age": "1d",
         "grace_period": "1h",
         "delete_after": "1h",
-        "targets": {
-            "kubernetes": {
-                "secret_name": SECRET,
-                "namespaces": {"selector": ep["namespace_label"]},
-                "service_accounts": ["default"],
-            }
-        },
+        "targets": {"kubernetes": labelled_kubernetes_target(ep, SECRET)},
     }
     cred.update(overrides)
     doc = {

@@ -104,3 +104,25 @@ class SandboxProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# -- rotator config pieces pointing at a sandbox (tests, benchmarks) ---------------------------------
+def iam_provider_config(endpoints: dict[str, Any]) -> dict[str, Any]:
+    """A credential's ``provider``: the keys of the sandbox's target service ID, managed with the admin key."""
+    return {
+        "kind": "ibm-iam",
+        "endpoint": endpoints["iam"],
+        "account_id": endpoints["account_id"],
+        "service_id": endpoints["service_id"],
+        "apikey": {"file": endpoints["admin_apikey_file"]},
+    }
+
+
+def labelled_kubernetes_target(endpoints: dict[str, Any], secret_name: str) -> dict[str, Any]:
+    """A credential's ``targets.kubernetes``: ``secret_name`` in every namespace carrying the sandbox's
+    label, referenced from the ``default`` service account."""
+    return {
+        "secret_name": secret_name,
+        "namespaces": {"selector": endpoints["namespace_label"]},
+        "service_accounts": ["default"],
+    }
