@@ -198,7 +198,7 @@ class Worker:
                 )
         elif kind == "tick":
             outcome = reconciler.run(None, should_continue=self.daemon.may_act)
-            self._schedule_after(outcome.next_at if outcome.result not in ("succeeded", "failed") else None, now=True)
+            self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
 
     def _schedule_after(self, next_at: dt.datetime | None, *, now: bool = False) -> None:
         settings = self.daemon.app.settings
