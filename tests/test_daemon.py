@@ -259,3 +259,27 @@ def test_rotate_endpoint_drives_a_real_rotation(sandbox: SandboxProcess, tmp_pat
     status = httpx.get(f"{base}/v1/credentials", headers=viewer).json()["credentials"][0]
     assert status["last_result"]["rotation_id"] == rotation_id
     assert after not in json.dumps(status) and before not in json.dumps(status)
+
+
+def test_idle_daemon_sends_nothing(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
+    """With nothing due, the daemon makes no IAM, registry or Kubernetes requests beyond its open watches."""
+    config = write_config(tmp_path, sandbox, top={"daemon": {"resync": "1h"}})
+    daemons.append(Daemon(config))
+    wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+
+    def counts() -> tuple[int, int, int]:
+        kube = [r for r in sandbox.requests("kubernetes") if "watch" not in r["query"]]
+        return len(sandbox.requests("iam")), len(sandbox.requests("registry")), len(kube)
+
+    # Settled: the counts hold still for a second (the passes right after the rotation are done).
+    settled: list[tuple[int, int, int]] = []
+
+    def still() -> bool:
+        settled.append(counts())
+        return len(settled) > 20 and settled[-1] == settled[-21]
+
+    wait_for(still, "the daemon to settle")
+    quiet_until = time.monotonic() + 3
+    while time.monotonic() < quiet_until:  # an observation window: nothing may happen in it
+        assert counts() == settled[-1], "an idle daemon sent requests"
+        time.sleep(0.05)
