@@ -369,9 +369,8 @@ class KubernetesSink:
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
         """Undo our write: delete a secret only rotator's entry lives in, else drop our entry."""
-        from kubernetes.client.exceptions import ApiException
 
-        for _ in range(CONFLICT_RETRIES):
+        def attempt() -> None:
             obj = self._read_secret(target)
             if obj is None:
                 return
@@ -380,33 +379,25 @@ class KubernetesSink:
                 return
             raw = base64.b64decode((obj.get("data") or {}).get(".dockerconfigjson") or "")
             remaining = dockerconfig.without(raw, server)
-            try:
-                if state.managed and not dockerconfig.parse(remaining).get("auths"):
-                    rv = obj["metadata"]["resourceVersion"]
-                    self.core.delete_namespaced_secret(
-                        target.name, target.namespace, body={"preconditions": {"resourceVersion": rv}}
-                    )
-                else:
-                    obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
-                    self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
-                return
-            except ApiException as exc:
-                if exc.status == 409:
-                    continue
-                if exc.status == 404:
-                    return
-                raise map_api_error(exc, f"restore secret {target.namespace}/{target.name}") from None
-        raise TransientError(f"restore secret {target.namespace}/{target.name}: still conflicting")
+            if state.managed and not dockerconfig.parse(remaining).get("auths"):
+                rv = obj["metadata"]["resourceVersion"]
+                self.core.delete_namespaced_secret(
+                    target.name, target.namespace, body={"preconditions": {"resourceVersion": rv}}
+                )
+            else:
+                obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
+                self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+
+        _until_no_conflict(f"restore secret {target.namespace}/{target.name}", attempt)
 
     def _ensure_service_accounts(self, target: TargetRef) -> None:
         for account in target.service_accounts:
             self._ensure_service_account(target, account)
 
     def _ensure_service_account(self, target: TargetRef, account: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         what = f"patch serviceaccount {target.namespace}/{account}"
-        for _ in range(CONFLICT_RETRIES):
+
+        def attempt() -> None:
             try:
                 response = self._call(
                     lambda: self.core.read_namespaced_service_account(
@@ -421,18 +412,11 @@ class KubernetesSink:
             if any(ref.get("name") == target.name for ref in pulls):
                 return
             obj["imagePullSecrets"] = [*pulls, {"name": target.name}]
-            try:
-                self._remember(
-                    self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
-                )
-                return
-            except ApiException as exc:
-                if exc.status == 409:
-                    continue
-                if exc.status == 404:
-                    return
-                raise map_api_error(exc, what) from None
-        raise TransientError(f"{what}: still conflicting after {CONFLICT_RETRIES} attempts")
+            self._remember(
+                self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
+            )
+
+        _until_no_conflict(what, attempt)
 
     def check_writable(self, targets: list[TargetRef]) -> list[str]:
         """Server-side dry-run writes (nothing persists); the targets that would be refused."""
@@ -495,3 +479,21 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
         elif raw not in labels:
             return False
     return True
+
+
+def _until_no_conflict(what: str, attempt: Callable[[], None]) -> None:
+    """Run ``attempt`` (a read, then a write that fails with 409 when someone wrote in between) until it
+    goes through: a 409 reads and tries again, a 404 (the object went away) ends it; bounded."""
+    from kubernetes.client.exceptions import ApiException
+
+    for _ in range(CONFLICT_RETRIES):
+        try:
+            attempt()
+            return
+        except ApiException as exc:
+            if exc.status == 409:
+                continue
+            if exc.status == 404:
+                return
+            raise map_api_error(exc, what) from None
+    raise TransientError(f"{what}: still conflicting after {CONFLICT_RETRIES} attempts")
