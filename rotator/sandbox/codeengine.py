@@ -45,17 +45,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from rotator.sandbox import ibm_common
 from rotator.sandbox.base import Context, read_json
-from rotator.sandbox.ibm_common import (
-    HANDBOOK_CODES,
-    BearerError,
-    Caller,
-    TokenProblem,
-    decode_page_token,
-    encode_page_token,
-    handbook_response,
-    iam_caller,
-)
+from rotator.sandbox.ibm_common import Caller
 
 DEFAULT_SECRET_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 50
@@ -93,27 +85,26 @@ REQUIRED_DATA = {
 PROPS_FORMATS = ("service_access", "service_operator")
 
 _CODE_FOR_STATUS = {
-    **HANDBOOK_CODES,
+    **ibm_common.HANDBOOK_CODES,
     409: "already_exists",
     412: "precondition_failed",
     413: "request_too_large",
     428: "precondition_required",
 }
-_TOKEN_MESSAGES: dict[TokenProblem, str] = {
+_TOKEN_MESSAGES: dict[ibm_common.TokenProblem, str] = {
     "missing": "Authorization header missing or not a Bearer token.",
     "invalid": "The IAM access token is not valid or has expired.",
     "not_iam": "The token is not an IAM access token.",
 }
 
 
-class CeError(Exception):
-    """An API error to answer in the handbook shape."""
+class CeError(ibm_common.HandbookError):
+    """A Code Engine API error; ``target`` names the offending field."""
+
+    codes = _CODE_FOR_STATUS
 
     def __init__(self, status: int, message: str, *, code: str | None = None, target: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code or _CODE_FOR_STATUS.get(status, "error")
+        super().__init__(status, message, code=code)
         self.target = target
 
 
@@ -279,12 +270,12 @@ class CodeEngineEmulator:
         error: dict[str, Any] = {"code": code, "message": message, "more_info": MORE_INFO}
         if target is not None:
             error["target"] = {"name": target, "type": "field"}
-        return handbook_response(status, error, trace_header="X-Request-Id", headers=headers)
+        return ibm_common.handbook_response(status, error, trace_header="X-Request-Id", headers=headers)
 
     def _caller(self, request: web.Request) -> Caller:
         try:
-            return iam_caller(request, self.ctx.signer)
-        except BearerError as exc:
+            return ibm_common.iam_caller(request, self.ctx.signer)
+        except ibm_common.BearerError as exc:
             raise CeError(401, _TOKEN_MESSAGES[exc.problem]) from None
 
     def _project(self, request: web.Request, caller: Caller) -> ProjectRecord:
@@ -450,11 +441,11 @@ def _page_limit(raw: str | None) -> int:
 
 
 def _encode_start(name: str) -> str:
-    return encode_page_token(json.dumps({"n": name}))
+    return ibm_common.encode_page_token(json.dumps({"n": name}))
 
 
 def _decode_start(token: str) -> str:
-    data = decode_page_token(token)
+    data = ibm_common.decode_page_token(token)
     if isinstance(data, dict) and isinstance(data.get("n"), str):
         return str(data["n"])
     raise _bad("invalid_start", "The start token is not valid; take it from the next object of a list response.")

@@ -40,17 +40,9 @@ from urllib.parse import parse_qs, urlencode
 import jwt
 from aiohttp import web
 
+from rotator.sandbox import ibm_common
 from rotator.sandbox.base import Context, read_json
-from rotator.sandbox.ibm_common import (
-    HANDBOOK_CODES,
-    BearerError,
-    Caller,
-    TokenProblem,
-    decode_page_token,
-    encode_page_token,
-    handbook_response,
-    iam_caller,
-)
+from rotator.sandbox.ibm_common import Caller
 
 GRANT_APIKEY = "urn:ibm:params:oauth:grant-type:apikey"
 DEFAULT_TOKEN_LIFETIME_S = 3600
@@ -60,22 +52,21 @@ EXPIRES_AT_FORMAT = "%Y-%m-%dT%H:%M%z"
 
 # Real message codes for the situations where one has been observed (protocols.md §1.3, §2.3).
 _KNOWN_MESSAGE_CODES = {"not_found": "BXNIM0102E", "missing": "BXNIM0109E", "invalid": "BXNIM0106E"}
-_CODE_FOR_STATUS = {**HANDBOOK_CODES, 409: "conflict"}
-_TOKEN_MESSAGES: dict[TokenProblem, str] = {
+_CODE_FOR_STATUS = {**ibm_common.HANDBOOK_CODES, 409: "conflict"}
+_TOKEN_MESSAGES: dict[ibm_common.TokenProblem, str] = {
     "missing": "Authorization header missing or not a Bearer token.",
     "invalid": "Provided authorization token is not valid or has expired.",
     "not_iam": "Provided token is not an IAM access token.",
 }
 
 
-class IamApiError(Exception):
-    """An Identity API error to answer in the handbook shape."""
+class IamApiError(ibm_common.HandbookError):
+    """An Identity API error; ``kind`` picks a real IAM message code where one is known."""
+
+    codes = _CODE_FOR_STATUS
 
     def __init__(self, status: int, message: str, *, code: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code or _CODE_FOR_STATUS.get(status, "error")
+        super().__init__(status, message, code=code)
         self.message_code = _KNOWN_MESSAGE_CODES.get(kind or "", f"BXNIM9{status:03d}E")
 
 
@@ -352,7 +343,7 @@ class IamEmulator:
         self, status: int, code: str, message_code: str, message: str, headers: dict[str, str] | None = None
     ) -> web.Response:
         error = {"code": code, "message_code": message_code, "message": message}
-        return handbook_response(status, error, trace_header="Transaction-Id", headers=headers)
+        return ibm_common.handbook_response(status, error, trace_header="Transaction-Id", headers=headers)
 
     def error_response(self, status: int, message: str, *, retry_after: int | None = None) -> web.Response:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
@@ -464,8 +455,8 @@ class IamEmulator:
     # -- authentication and authorization ---------------------------------------------------------
     def _caller(self, request: web.Request) -> Caller:
         try:
-            return iam_caller(request, self.ctx.signer)
-        except BearerError as exc:
+            return ibm_common.iam_caller(request, self.ctx.signer)
+        except ibm_common.BearerError as exc:
             raise IamApiError(401, _TOKEN_MESSAGES[exc.problem]) from None
 
     def _may_manage(self, caller: Caller, iam_id: str) -> bool:
@@ -824,11 +815,11 @@ class _ListQuery:
 
 
 def _encode_token(offset: int, filters: dict[str, str], account_id: str) -> str:
-    return encode_page_token(json.dumps({"o": offset, "f": filters, "c": account_id}, separators=(",", ":")))
+    return ibm_common.encode_page_token(json.dumps({"o": offset, "f": filters, "c": account_id}, separators=(",", ":")))
 
 
 def _decode_token(token: str) -> dict[str, Any]:
-    data = decode_page_token(token)
+    data = ibm_common.decode_page_token(token)
     if isinstance(data, dict) and isinstance(data.get("o"), int) and isinstance(data.get("f"), dict):
         return data
     raise _invalid("Property: pagetoken")

@@ -11,7 +11,7 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jwt
 from aiohttp import web
@@ -39,6 +39,18 @@ TokenProblem = Literal["missing", "invalid", "not_iam"]
 class Caller:
     iam_id: str
     account_id: str
+
+
+class HandbookError(Exception):
+    """An API error to answer in the handbook shape; ``codes`` maps a status to its default ``code``."""
+
+    codes: ClassVar[dict[int, str]] = HANDBOOK_CODES
+
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or self.codes.get(status, "error")
 
 
 class BearerError(Exception):
