@@ -26,14 +26,6 @@ from urllib.parse import quote
 import httpx
 
 from rotator.adapters import http
-from rotator.adapters.http import (
-    OnRequest,
-    bearer_headers,
-    call_refreshing,
-    retry_after_seconds,
-    retryable_error,
-    scrubbed,
-)
 from rotator.adapters.iam import IamTokenSource
 from rotator.adapters.kubernetes import TargetState
 from rotator.errors import (
@@ -75,7 +67,7 @@ class CodeEngineSink:
         client: httpx.Client,
         retry: RetryPolicy | None = None,
         on_write: WriteHook | None = None,
-        on_request: OnRequest | None = None,
+        on_request: http.OnRequest | None = None,
         version: str = API_VERSION,
     ) -> None:
         self.target = target
@@ -283,10 +275,10 @@ class CodeEngineSink:
                 url,
                 params=query,
                 json=json,
-                headers=bearer_headers(token, headers),
+                headers=http.bearer_headers(token, headers),
             )
 
-        return call_refreshing(
+        return http.call_refreshing(
             self._retry,
             f"codeengine.{operation}",
             send_once,
@@ -299,11 +291,11 @@ def error_for(operation: str, where: str, response: httpx.Response, scrub: list[
     """THE status mapping for Code Engine; ``scrub`` values never show in the message."""
     status = response.status_code
     code, raw_message = _handbook_error(response)
-    message = scrubbed(raw_message, scrub)
+    message = http.scrubbed(raw_message, scrub)
     text = f"Code Engine {operation} {where}: HTTP {status}" + (f" {code}" if code else "")
     text += f": {message}" if message else ""
     project = where.split("/", 1)[0]
-    retryable = retryable_error(status, text, lambda: retry_after_seconds(response))
+    retryable = http.retryable_error(status, text, lambda: http.retry_after_seconds(response))
     if retryable is not None:
         return retryable
     if status == 401:

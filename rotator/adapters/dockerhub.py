@@ -43,14 +43,6 @@ import httpx
 import jwt
 
 from rotator.adapters import http
-from rotator.adapters.http import (
-    OnRequest,
-    bearer_headers,
-    call_refreshing,
-    retry_after_seconds,
-    retryable_error,
-    scrubbed,
-)
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
@@ -137,7 +129,7 @@ class DockerHubProvider:
         repositories: Iterable[str] = (),
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
-        on_request: OnRequest | None = None,
+        on_request: http.OnRequest | None = None,
         page_size: int = 100,
     ) -> None:
         if not 1 <= page_size <= 100:
@@ -304,10 +296,10 @@ class DockerHubProvider:
         """One Hub API request, retried by the policy; a 401 signs in again once."""
 
         def send_once(fresh: bool) -> httpx.Response:
-            headers = bearer_headers(self._access_token(force=fresh))
+            headers = http.bearer_headers(self._access_token(force=fresh))
             return self._send(operation, method, self._base + path, params=params, json=json, headers=headers)
 
-        return call_refreshing(
+        return http.call_refreshing(
             self._retry, f"dockerhub.{operation}", send_once, ok, lambda response: self._error_for(operation, response)
         )
 
@@ -338,9 +330,9 @@ class DockerHubProvider:
     def _error_for(self, operation: str, response: httpx.Response) -> RotatorError:
         """THE status mapping for Docker Hub (sign-in and the access-token API)."""
         status = response.status_code
-        message = scrubbed(_hub_message(response), [self._secret, *([self._jwt.value] if self._jwt else [])])
+        message = http.scrubbed(_hub_message(response), [self._secret, *([self._jwt.value] if self._jwt else [])])
         text = f"Docker Hub {operation}: HTTP {status}" + (f": {message}" if message else "")
-        retryable = retryable_error(status, text, lambda: _retry_after(response))
+        retryable = http.retryable_error(status, text, lambda: _retry_after(response))
         if retryable is not None:
             return retryable
         if operation == "sign_in" and status in (400, 401, 403):
@@ -422,7 +414,7 @@ def _retry_after(response: httpx.Response, now: Callable[[], float] = time.time)
             when = None
         if when is not None:
             return max(0.0, when - _server_now(response, now))
-    return retry_after_seconds(response, now=lambda: _server_now(response, now))
+    return http.retry_after_seconds(response, now=lambda: _server_now(response, now))
 
 
 def _server_now(response: httpx.Response, now: Callable[[], float]) -> float:

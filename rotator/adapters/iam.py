@@ -26,14 +26,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 
 from rotator.adapters import http
-from rotator.adapters.http import (
-    OnRequest,
-    bearer_headers,
-    call_refreshing,
-    retry_after_seconds,
-    retryable_error,
-    scrubbed,
-)
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
@@ -104,7 +96,7 @@ class IamTokenSource:
         base_url: str,
         apikey: SecretStr,
         client: httpx.Client,
-        on_request: OnRequest | None = None,
+        on_request: http.OnRequest | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._apikey = apikey
@@ -161,7 +153,7 @@ class IamProvider:
         admin_apikey: SecretStr,
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
-        on_request: OnRequest | None = None,
+        on_request: http.OnRequest | None = None,
         page_size: int = 100,
     ) -> None:
         if not 1 <= page_size <= 100:
@@ -337,10 +329,10 @@ class IamProvider:
                 self._base + path,
                 params=params,
                 json=json,
-                headers=bearer_headers(token, headers),
+                headers=http.bearer_headers(token, headers),
             )
 
-        return call_refreshing(
+        return http.call_refreshing(
             self._retry,
             f"iam.{operation}",
             send_once,
@@ -353,9 +345,9 @@ def error_for(operation: str, response: httpx.Response, scrub: list[SecretStr]) 
     """THE status mapping for IAM (token endpoint and Identity API); ``scrub`` values never show."""
     status = response.status_code
     code, raw_message = _iam_error(response)
-    message = scrubbed(raw_message, scrub)
+    message = http.scrubbed(raw_message, scrub)
     text = f"IAM {operation}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-    retryable = retryable_error(status, text, lambda: retry_after_seconds(response))
+    retryable = http.retryable_error(status, text, lambda: http.retry_after_seconds(response))
     if retryable is not None:
         return retryable
     if status in (401, 403) or "BXNIM0415E" in code:
