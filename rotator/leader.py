@@ -126,11 +126,15 @@ class LeaseElector:
             try:
                 self.coordination.create_namespaced_lease(self.namespace, body, _preload_content=False)
             except ApiException as exc:
-                if exc.status == 409:  # another replica created it first
+                if exc.status != 409:
+                    raise
+                # Another replica created it first: learn who holds it now rather than a period later.
+                lease = self._read()
+                if lease is None:
                     return
-                raise
-            self._won(now)
-            return
+            else:
+                self._won(now)
+                return
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, str(spec.get("renewTime")))

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import POLL_S
 
 from rotator.adapters.dockerhub import DockerHubProvider, parse_label, token_label
 from rotator.errors import NotFoundError, NotOwnedError, RateLimited, TransientError, UnauthorizedError
@@ -55,7 +56,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+        time.sleep(POLL_S)
 
 
 # -- the label marker -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import POLL_S
 from structlog.testing import capture_logs
 
 from rotator.adapters.iam import IamProvider, key_name, key_tag, parse_marker
@@ -77,7 +78,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+        time.sleep(POLL_S)
 
 
 # -- the happy path ---------------------------------------------------------------------------------

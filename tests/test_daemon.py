@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from polling import POLL_S, wait_for
 from rotation_env import (
     SECRET,
     core,
@@ -28,19 +29,7 @@ from rotation_env import (
 from rotator.adapters.state import ConfigMapStateStore
 from rotator.sandbox.control import SandboxProcess
 
-DEADLINE_S = 15.0
 API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    """Poll ``condition`` until it returns something truthy (bounded in time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Daemon:
@@ -200,8 +189,16 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     leader_name = wait_for(lease_holder, "a lease holder")
     leader = next(d for d in daemons if d.identity == leader_name)
     follower = next(d for d in daemons if d.identity != leader_name)
-    refused = httpx.post(f"{follower.api()}/v1/credentials/icr-pull/rotate", headers=API_AUTH)
-    assert refused.status_code == 503 and refused.json()["leader"] == leader_name
+    follower_api = follower.api()
+
+    def follower_names_leader() -> bool:
+        refused = httpx.post(f"{follower_api}/v1/credentials/icr-pull/rotate", headers=API_AUTH)
+        if refused.status_code == 429:  # polled past the mutation rate limit: wait for a token
+            return False
+        assert refused.status_code == 503, refused.text
+        return bool(refused.json()["leader"] == leader_name)
+
+    wait_for(follower_names_leader, "the follower to answer 503 naming the leader", timeout=30)
 
     # Slow the writes down so the rotation can be caught in flight, then ask for one.
     sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], "latency_ms": 800})
@@ -282,4 +279,4 @@ def test_idle_daemon_sends_nothing(sandbox: SandboxProcess, tmp_path: Path, daem
     quiet_until = time.monotonic() + 3
     while time.monotonic() < quiet_until:  # an observation window: nothing may happen in it
         assert counts() == settled[-1], "an idle daemon sent requests"
-        time.sleep(0.05)
+        time.sleep(POLL_S)

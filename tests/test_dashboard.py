@@ -25,6 +25,7 @@ import pytest
 import yaml
 from conftest import start_sandbox
 from monitoring_env import BUILTIN_SERIES, PROMETHEUS, REPO, exported_names, referenced_metrics
+from polling import POLL_S
 from prometheus_client.parser import text_string_to_metric_families
 from rotation_env import CRED, write_config
 
@@ -208,7 +209,7 @@ class RotatorDaemon:
                 if line.startswith("{") and '"api.listening"' in line:
                     event = json.loads(line)
                     return f"http://{event['host']}:{event['port']}"
-            time.sleep(0.05)
+            time.sleep(POLL_S)
         raise AssertionError("the daemon's HTTP API did not start")
 
     def stop(self) -> None:
@@ -229,7 +230,7 @@ def wait_until(
     deadline = time.monotonic() + START_DEADLINE_S
     while not check(samples := scrape(url)):
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {sorted(k[0] for k in samples)}"
-        time.sleep(0.05)
+        time.sleep(POLL_S)
 
 
 def _run_daemon(tmp: Path) -> Generator[str, None, None]:
@@ -295,7 +296,7 @@ class LivePrometheus:
                 return result
             if time.monotonic() > self.deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(POLL_S)
         raise AssertionError(f"no data for {expr!r} within {DATA_DEADLINE_S} s: {last}")
 
 
@@ -334,7 +335,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.05)
+            time.sleep(POLL_S)
         yield LivePrometheus(url=url, deadline=time.monotonic() + DATA_DEADLINE_S)
     finally:
         proc.terminate()
@@ -390,7 +391,7 @@ def test_alert_rules_evaluate_against_scraped_series(live: LivePrometheus) -> No
         if len(evaluated) == len(rules) and all(h != "unknown" for h in evaluated.values()):
             break
         assert time.monotonic() < live.deadline, f"rules not evaluated in time: {evaluated}"
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     assert evaluated == {r["alert"]: "ok" for r in rules}
     # Nothing is wrong with a daemon that just rotated: once every rule has been evaluated on the
     # scraped data, no alert is pending or firing.
@@ -401,7 +402,7 @@ def test_alert_rules_evaluate_against_scraped_series(live: LivePrometheus) -> No
         if min(times) > data_seen:
             break
         assert time.monotonic() < live.deadline, "rules not evaluated again in time"
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     assert live.query("ALERTS")["data"]["result"] == []
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from polling import POLL_S
 from realstack import (
     NGINX_BIN,
     REGISTRY_BIN,
@@ -415,7 +416,7 @@ def test_429_storm_holds_the_rotation_without_revoking_then_it_completes(stack: 
             if waiting is None and rotation is not None and rotation.waiting:
                 waiting = status(config)["rotation_in_progress"]
                 assert key_record(stack.sandbox, old_id)["disabled"] is False
-            time.sleep(0.05)
+            time.sleep(POLL_S)
         assert stack.journal().rotation is not None
         assert stack.current_key_id() == old_id
         assert key_record(stack.sandbox, old_id)["disabled"] is False

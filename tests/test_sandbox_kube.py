@@ -18,6 +18,7 @@ import httpx
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+from polling import POLL_S
 
 from rotator.sandbox.control import SandboxProcess
 
@@ -90,7 +91,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+        time.sleep(POLL_S)
 
 
 def stats(sbx: SandboxProcess) -> dict[str, Any]:
