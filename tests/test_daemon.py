@@ -280,3 +280,36 @@ def test_idle_daemon_sends_nothing(sandbox: SandboxProcess, tmp_path: Path, daem
     while time.monotonic() < quiet_until:  # an observation window: nothing may happen in it
         assert counts() == settled[-1], "an idle daemon sent requests"
         time.sleep(POLL_S)
+
+
+def test_sigterm_mid_rotation_finishes_the_step_and_leaves_a_resumable_journal(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """SIGTERM during distribution: the step completes, the process exits 0, and a rerun finishes the rotation."""
+    from rotation_env import pulls, run_rotator
+
+    from rotator.adapters.state import FileStateStore
+
+    config = write_config(tmp_path, sandbox, top={"daemon": {"resync": "1h", "shutdown_grace": "20s"}})
+    daemons.append(daemon := Daemon(config))
+    before = wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+    store = FileStateStore(tmp_path / "state")
+    sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], "latency_ms": 800})
+    core(sandbox).patch_namespaced_secret(
+        SECRET, "team-a", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+    )
+    wait_for(
+        lambda: (j := store.load("icr-pull")).rotation is not None and j.rotation.phase == "distributing",
+        "the rotation to reach distribution",
+    )
+    assert daemon.stop(signal.SIGTERM) == 0
+    sandbox.clear_faults()
+    journal = store.load("icr-pull")  # parses: not corrupted
+    phase = journal.rotation.phase if journal.rotation else "done"
+    assert phase in ("distributed", "stored_verified", "done"), f"stopped inside a step: {phase}"
+    assert run_rotator("reconcile", "icr-pull", "-c", str(config)).returncode == 0
+    finished = store.load("icr-pull")
+    assert finished.rotation is None and finished.last_result is not None
+    assert finished.last_result.result == "succeeded"
+    after = stored_password(sandbox, "team-a")
+    assert after is not None and after != before and pulls(sandbox, after) == "ok"
