@@ -42,11 +42,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import jwt
 
-from rotator.adapters import http
+from rotator.adapters import http, ownership
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
-    NotOwnedError,
     PermanentError,
     RotatorError,
     UnauthorizedError,
@@ -188,12 +187,7 @@ class DockerHubProvider:
         return MintedKey(info=info, value=SecretStr(value))
 
     def list_owned(self, *, credential: str) -> list[KeyInfo]:
-        owned: list[KeyInfo] = []
-        for info in self._list_tokens():
-            marker = parse_label(info.name)
-            if info.owned and marker is not None and marker[0] == credential:
-                owned.append(info)
-        return owned
+        return ownership.owned_by(self._list_tokens(), credential, lambda k: parse_label(k.name))
 
     def get(self, key_id: str) -> KeyInfo | None:
         try:
@@ -235,17 +229,10 @@ class DockerHubProvider:
         return f"{self._wire.collection}/{quote(key_id, safe='')}"
 
     def _owned_or_refuse(self, key_id: str, operation: str) -> KeyInfo:
-        info = self.get(key_id)
-        if info is None:
-            raise NotFoundError(f"{operation}: {self._wire.noun} {key_id} not found")
-        self._refuse_unless_owned(info, operation)
-        return info
+        return ownership.owned_or_refuse(self.get, key_id, operation, self._wire.noun)
 
     def _refuse_unless_owned(self, info: KeyInfo, operation: str) -> None:
-        if not info.owned:
-            raise NotOwnedError(
-                f"{operation}: {self._wire.noun} {info.id} ({info.name!r}) is not rotator's; not touching it"
-            )
+        ownership.refuse_unless_owned(info, operation, self._wire.noun)
 
     def _key_info(self, data: Any, *, operation: str) -> KeyInfo:
         wire = self._wire

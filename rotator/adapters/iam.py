@@ -25,11 +25,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
-from rotator.adapters import http
+from rotator.adapters import http, ownership
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
-    NotOwnedError,
     PermanentError,
     RotatorError,
     UnauthorizedError,
@@ -140,6 +139,9 @@ class IamTokenSource:
         return _Token(value=SecretStr(value), refresh_at=started + REFRESH_FRACTION * float(lifetime))
 
 
+NOUN = "API key"
+
+
 class IamProvider:
     kind = "ibm-iam"
     username = "iamapikey"
@@ -197,12 +199,7 @@ class IamProvider:
         return MintedKey(info=info, value=SecretStr(value))
 
     def list_owned(self, *, credential: str) -> list[KeyInfo]:
-        owned: list[KeyInfo] = []
-        for info in self._list_keys():
-            marker = parse_marker(info.name, info.description)
-            if info.owned and marker is not None and marker[0] == credential:
-                owned.append(info)
-        return owned
+        return ownership.owned_by(self._list_keys(), credential, lambda k: parse_marker(k.name, k.description))
 
     def get(self, key_id: str) -> KeyInfo | None:
         try:
@@ -254,16 +251,11 @@ class IamProvider:
 
     # -- ownership ---------------------------------------------------------------------------------
     def _owned_or_refuse(self, key_id: str, operation: str) -> KeyInfo:
-        info = self.get(key_id)
-        if info is None:
-            raise NotFoundError(f"{operation}: API key {key_id} not found")
-        self._refuse_unless_owned(info, operation)
-        return info
+        return ownership.owned_or_refuse(self.get, key_id, operation, NOUN)
 
     @staticmethod
     def _refuse_unless_owned(info: KeyInfo, operation: str) -> None:
-        if not info.owned:
-            raise NotOwnedError(f"{operation}: API key {info.id} ({info.name!r}) is not rotator's; not touching it")
+        ownership.refuse_unless_owned(info, operation, NOUN)
 
     def _key_info(self, data: Any, *, operation: str) -> KeyInfo:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
