@@ -81,17 +81,23 @@ def run_rotator(
     return result
 
 
-_CLIENTS: dict[str, Any] = {}
+_CLIENTS: dict[tuple[str, str], Any] = {}
+
+
+def api_client(sbx: SandboxProcess) -> Any:
+    """One ApiClient per sandbox, reused. Keyed by URL *and* token: a later sandbox may get the same free
+    port, and a client cached for the old one would present a token the new one never issued."""
+    key = (sbx.endpoints["kubernetes"], sbx.endpoints["kubernetes_token"])
+    if key not in _CLIENTS:
+        _CLIENTS[key] = api_client_for(*key)
+    return _CLIENTS[key]
 
 
 def core(sbx: SandboxProcess) -> Any:
-    """A CoreV1Api for the sandbox (one ApiClient per sandbox, reused)."""
+    """A CoreV1Api for the sandbox."""
     from kubernetes import client
 
-    url = sbx.endpoints["kubernetes"]
-    if url not in _CLIENTS:
-        _CLIENTS[url] = api_client_for(url, sbx.endpoints["kubernetes_token"])
-    return client.CoreV1Api(_CLIENTS[url])
+    return client.CoreV1Api(api_client(sbx))
 
 
 def read_secret(sbx: SandboxProcess, namespace: str, name: str = SECRET) -> dict[str, Any] | None:

@@ -176,9 +176,9 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
 
     def lease_holder() -> str:
         from kubernetes import client
-        from rotation_env import _CLIENTS
+        from rotation_env import api_client
 
-        coordination = client.CoordinationV1Api(_CLIENTS[sandbox.endpoints["kubernetes"]])
+        coordination = client.CoordinationV1Api(api_client(sandbox))
         lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
         return str(lease.spec.holder_identity or "")
 
