@@ -333,7 +333,7 @@ class _Node:
         self.errors = errors
         self.data: dict[str, Any] = data if isinstance(data, dict) else {}
         if not isinstance(data, dict):
-            errors.add(path or "(top level)", f"expected a mapping, got {_show(data)}")
+            errors.add(path or "(top level)", f"expected a mapping, got {_show(data, path)}")
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -352,7 +352,7 @@ class _Node:
         try:
             return convert(self.data[key])
         except (ValueError, TypeError) as exc:
-            self.errors.add(self.at(key), f"{_show(self.data[key])} {exc}", example)
+            self.errors.add(self.at(key), f"{_show(self.data[key], self.at(key))} {exc}", example)
             return None
 
     def child(self, key: str, *, required: bool = True) -> _Node | None:
@@ -363,7 +363,14 @@ class _Node:
         return _Node(self.data[key], self.at(key), self.errors)
 
 
-def _show(value: Any) -> str:
+_SECRET_PATH = re.compile(r"(apikey|password|secret|token)(\.|$)", re.IGNORECASE)
+
+
+def _show(value: Any, path: str = "") -> str:
+    """The bad value for an error message; never the value of a field that holds a credential."""
+    # The field itself (apikey: "...") or its child (apikey.env: ...): look at the last two names.
+    if _SECRET_PATH.search(".".join(path.split(".")[-2:])):
+        return "(value hidden)"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -288,3 +288,11 @@ def test_missing_key_file_says_which_field_and_path(tmp_path: Path) -> None:
     cfg = load(tmp_path, with_change("credentials[0].provider.apikey", {"file": "nope/apikey"}))
     with pytest.raises(ConfigError, match=r"credentials\[0\]\.provider\.apikey: cannot read .*nope/apikey"):
         cfg.credential("icr-pull").provider.apikey.load()
+
+
+def test_an_inline_key_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    """A key written inline is rejected, and the error message does not contain the key."""
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, with_change("credentials[0].provider.apikey", "AbCdEf0123456789-inline-key"))
+    assert "credentials[0].provider.apikey" in str(info.value)
+    assert "AbCdEf0123456789-inline-key" not in str(info.value)
