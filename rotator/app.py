@@ -20,8 +20,8 @@ from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.imageref import registry_for_server
 from rotator.metrics import Metrics
 from rotator.policy import Policy
-from rotator.ports import StateStore
-from rotator.reconcile import Clock, EventHook, Reconciler
+from rotator.ports import Clock, StateStore
+from rotator.reconcile import EventHook, Reconciler
 from rotator.retrying import RetryPolicy
 from rotator.settings import CredentialSettings, DockerHubProviderSettings, IamProviderSettings, Settings
 

@@ -78,6 +78,16 @@ class TargetRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TargetState:
+    """A target as read: whether the secret exists, our entry, and why we would refuse it."""
+
+    exists: bool
+    entry: RegistryAuth | None = None
+    refused: str = ""
+    managed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class VerifyResult:
     """Outcome of a pull check: ok, rejected (the credential is bad), or inconclusive."""
 

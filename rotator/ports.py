@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from rotator.journal import CredentialJournal, Vault
-from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, VerifyResult
+from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 
 
 class Clock(Protocol):
@@ -59,15 +59,21 @@ class SecretSink(Protocol):
     """Where pull secrets live (Kubernetes, Code Engine)."""
 
     name: str
+    # What the current fan-out does (reason, message, warning), for sinks that record events on what they write.
+    activity: tuple[str, str, bool] | None
 
     def resolve_targets(self) -> list[TargetRef]: ...
 
-    def read_entry(self, target: TargetRef, server: str) -> RegistryAuth | None:
-        """Our registry entry in the target as stored, None when the secret or entry is absent."""
+    def in_scope(self, target: TargetRef) -> bool:
+        """Whether the config selects this target right now (events name targets the config may not)."""
+        ...
+
+    def read_state(self, target: TargetRef, server: str) -> TargetState:
+        """The target as stored: exists, our entry (as the kubelet would read it), refusal reason."""
         ...
 
     def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
-        """Create or merge our entry, keeping other entries; "created", "updated" or "unchanged"."""
+        """Create or merge our entry, keeping other entries; "created", "updated", "unchanged" or "skipped"."""
         ...
 
     def remove_entry(self, target: TargetRef, server: str) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from rotator import logs
 from rotator.errors import (
@@ -29,7 +29,7 @@ from rotator.faultpoint import boundary
 from rotator.journal import CredentialJournal, KeyRef, Result, Retired, Rotation, Vault
 from rotator.model import RegistryAuth, SecretStr, TargetRef, VerifyResult
 from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
-from rotator.ports import CredentialProvider, RegistryVerifier, StateStore
+from rotator.ports import Clock, CredentialProvider, RegistryVerifier, SecretSink, StateStore
 
 # A rotation waits this long after an inconclusive verification before checking again (the default of
 # ``Reconciler(inconclusive_retry=...)``, set from ``registry.recheck_interval``).
@@ -37,24 +37,6 @@ INCONCLUSIVE_RETRY = dt.timedelta(seconds=30)
 # Before anything is distributed, give up (and delete the new key) after this many inconclusive checks.
 MAX_INCONCLUSIVE_BEFORE_DISTRIBUTION = 5
 MAX_REDISTRIBUTIONS = 3
-
-
-class Sink(Protocol):
-    name: str
-
-    def resolve_targets(self) -> list[TargetRef]: ...
-
-    def read_state(self, target: TargetRef, server: str) -> Any: ...
-
-    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str: ...
-
-    def remove_entry(self, target: TargetRef, server: str) -> None: ...
-
-
-class Clock(Protocol):
-    def now(self) -> dt.datetime: ...
-
-    def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -94,7 +76,7 @@ class Reconciler:
         username: str,
         images: tuple[str, ...],
         provider: CredentialProvider,
-        sinks: list[Sink],
+        sinks: list[SecretSink],
         verifier: RegistryVerifier,
         store: StateStore,
         policy: Policy,
@@ -179,8 +161,7 @@ class Reconciler:
             if journal.rotation is not None or not vault.current:
                 return {t.key: "deferred" for t in targets}
             # Events name targets by namespace; only those the config selects right now are written.
-            in_scope = {t.key for t in targets if getattr(self.sinks[t.sink], "in_scope", lambda _: True)(t)}
-            targets = [t for t in targets if t.key in in_scope]
+            targets = [t for t in targets if self.sinks[t.sink].in_scope(t)]
             auth = self._auth(vault.current)
             key_id = journal.current.id if journal.current else "?"
             self._activity("PullSecretHealed", f"{self.credential} entry put back to the current key {key_id}")
@@ -295,8 +276,7 @@ class Reconciler:
     def _activity(self, reason: str, message: str, *, warning: bool = False) -> None:
         """What the next fan-out does, for the Events sinks record on the secrets they write."""
         for sink in self.sinks.values():
-            if hasattr(sink, "activity"):
-                sink.activity = (reason, message, warning)
+            sink.activity = (reason, message, warning)
 
     def _auth(self, value: str) -> RegistryAuth:
         return RegistryAuth(server=self.server, username=self.username, password=SecretStr(value))

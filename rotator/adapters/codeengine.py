@@ -27,7 +27,6 @@ import httpx
 
 from rotator.adapters import http
 from rotator.adapters.iam import IamTokenSource
-from rotator.adapters.kubernetes import TargetState
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
@@ -38,7 +37,7 @@ from rotator.errors import (
     UnauthorizedError,
 )
 from rotator.imageref import ImageRefError, registry_for_server
-from rotator.model import RegistryAuth, SecretStr, TargetRef
+from rotator.model import RegistryAuth, SecretStr, TargetRef, TargetState
 from rotator.retrying import RetryPolicy
 from rotator.settings import CodeEngineTarget
 
@@ -79,10 +78,14 @@ class CodeEngineSink:
         self._on_request = on_request
         self._version = version
         self._endpoints = {p.project_id: p.endpoint.rstrip("/") for p in target.projects}
+        self.activity: tuple[str, str, bool] | None = None  # Code Engine has no events to record it in
 
     # -- targets -------------------------------------------------------------------------------
     def resolve_targets(self) -> list[TargetRef]:
         return [TargetRef(sink=self.name, namespace=pid, name=self.target.secret_name) for pid in self._endpoints]
+
+    def in_scope(self, target: TargetRef) -> bool:
+        return target.namespace in self._endpoints and target.name == self.target.secret_name
 
     def service_account_missing(self, target: TargetRef) -> list[str]:
         """Code Engine has no service accounts to reference the secret (``rotator plan`` asks every sink)."""

@@ -15,7 +15,6 @@ import collections
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from rotator.errors import (
     TransientError,
     UnauthorizedError,
 )
-from rotator.model import RegistryAuth, TargetRef
+from rotator.model import RegistryAuth, TargetRef, TargetState
 from rotator.retrying import RetryPolicy
 from rotator.settings import KubernetesSettings, KubernetesTarget
 
@@ -97,16 +96,6 @@ def map_api_error(exc: Exception, what: str) -> Exception:
     if status == 404:
         return NotFoundError(text)
     return PermanentError(text)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TargetState:
-    """A target as read: whether the secret exists, our entry, and why we would refuse it."""
-
-    exists: bool
-    entry: RegistryAuth | None = None
-    refused: str = ""
-    managed: bool = False
 
 
 class KubernetesSink:
