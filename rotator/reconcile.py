@@ -121,6 +121,9 @@ class Reconciler:
         """
         with self._lock, self.store.lock(self.credential):
             started = self.clock.now()
+            # Targets as read this pass; only a step that writes them (heal) makes a fresh read necessary,
+            # so disabling, deleting or sweeping keys does not re-read every secret.
+            views: list[TargetView] | None = None
             for _ in range(max_steps):
                 if should_continue is not None and not should_continue():
                     return Outcome(result="stopped", detail="stopped between steps (shutdown or lost leadership)")
@@ -129,7 +132,9 @@ class Reconciler:
                 for value in (vault.current, vault.pending):
                     if value:
                         logs.register_secret(value)
-                obs = self._observe(journal, vault, request)
+                if journal.rotation is None and views is None:
+                    views = self.read_targets(self.targets())
+                obs = self._observe(journal, vault, request, views)
                 action = plan(obs, self.policy)
                 if action.kind == "idle":
                     return Outcome(result="idle", next_at=action.until)
@@ -147,6 +152,8 @@ class Reconciler:
                     continue
                 if action.kind == "start":
                     request = None  # consumed
+                if action.kind == "heal":
+                    views = None
                 outcome = self._act(action, journal, vault)
                 if outcome is not None:
                     return outcome  # one rotation per pass; what is due next comes on the next pass
@@ -197,7 +204,9 @@ class Reconciler:
 
         return list(self._pool.map(read, targets))
 
-    def _observe(self, journal: CredentialJournal, vault: Vault, request: Request | None) -> Observation:
+    def _observe(
+        self, journal: CredentialJournal, vault: Vault, request: Request | None, views: list[TargetView] | None
+    ) -> Observation:
         now = self.clock.now()
         obs = Observation(
             journal=journal,
@@ -206,22 +215,20 @@ class Reconciler:
             vault_has_pending=bool(vault.pending),
             vault_has_current=bool(vault.current),
         )
-        if journal.rotation is not None:
+        if journal.rotation is not None or views is None:
             return obs
-        views = self.read_targets(self.targets())
         current = vault.current
-        out_of_sync = tuple(
-            v.target.key for v in views if not v.refused and (v.entry is None or v.entry.password.reveal() != current)
-        )
-        stale_refused = tuple(
-            v.target.key for v in views if v.refused and v.entry is not None and v.entry.password.reveal() != current
-        )
+
+        def stale(view: TargetView) -> bool:  # does not hold the current key
+            return view.entry is None or view.entry.password.reveal() != current
+
+        out_of_sync = tuple(v.target.key for v in views if not v.refused and stale(v))
+        stale_refused = tuple(v.target.key for v in views if v.refused and v.entry is not None and stale(v))
         per_sink: dict[str, list[int]] = {name: [0, 0] for name in self.sinks}
         for view in views:
             counts = per_sink[view.target.sink]
             counts[0] += 1
-            if view.refused or view.entry is None or view.entry.password.reveal() != current:
-                counts[1] += 1
+            counts[1] += 1 if view.refused or stale(view) else 0
         self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()})
         owned = self.provider.list_owned(credential=self.credential)
         unknown = [k for k in owned if k.id not in journal.known_key_ids()]
