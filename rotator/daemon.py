@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from rotator import logs
+from rotator.adapters.kubernetes import KubernetesSink
 from rotator.app import App
 from rotator.errors import NotFoundError, RotatorError
 from rotator.metrics import Metrics
@@ -230,6 +231,8 @@ class Daemon:
         self.elector: Any = None
         self.watches: list[ResourceWatch] = []
         self.server: Any = None
+        self._kube: dict[str, KubernetesSink] | None = None
+        self._selections: list[Selection] = []
         self._store_ok = (0.0, False)
 
     # -- DaemonControl --------------------------------------------------------------------------
@@ -333,11 +336,9 @@ class Daemon:
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
         version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        if resource != "namespaces" and any(
-            getattr(s, "wrote", lambda _: False)(version) for s in self._kube_sinks().values()
-        ):
+        if resource != "namespaces" and any(s.wrote(version) for s in self._kube_sinks().values()):
             return  # our own write coming back
-        for trigger in route(resource, event, obj, self._selections()):
+        for trigger in route(resource, event, obj, self._selections):
             self._dispatch(trigger)
 
     def _dispatch(self, trigger: Trigger) -> None:
@@ -357,16 +358,16 @@ class Daemon:
                 sink.clear_rotate_annotation(trigger.target)
             worker.request(reason=trigger.reason, emergency=False, leaked_key_id=None)
 
-    def _kube_sinks(self) -> dict[str, Any]:
-        sinks = {}
-        for cred in self.settings.credentials:
-            for sink in self.app.reconciler(cred.name).sinks.values():
-                if sink.name == "kubernetes":
-                    sinks[cred.name] = sink
-        return sinks
-
-    def _selections(self) -> list[Selection]:
-        return [Selection(name, sink.matches, sink.target_for) for name, sink in self._kube_sinks().items()]
+    def _kube_sinks(self) -> dict[str, KubernetesSink]:
+        """Each credential's Kubernetes sink (built once; every watch event consults them)."""
+        if self._kube is None:
+            self._kube = {}
+            for cred in self.settings.credentials:
+                for sink in self.app.reconciler(cred.name).sinks.values():
+                    if isinstance(sink, KubernetesSink):
+                        self._kube[cred.name] = sink
+            self._selections = [Selection(n, s.matches, s.target_for) for n, s in self._kube.items()]
+        return self._kube
 
     def _start_watches(self) -> None:
         from kubernetes import client
