@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from rotator.ports import Clock, StateStore
 from rotator.reconcile import EventHook, Reconciler
 from rotator.retrying import RetryPolicy
 from rotator.settings import CredentialSettings, DockerHubProviderSettings, IamProviderSettings, Settings
+from rotator.status import credential_status
 
 
 @dataclass
@@ -203,6 +205,16 @@ class App:
                 inconclusive_retry=cred.registry.recheck_interval,
             )
         return self._reconcilers[name]
+
+    def status(self, name: str, now: dt.datetime) -> dict[str, Any]:
+        """``rotator status --json`` for one credential (the CLI and the HTTP API show the same)."""
+        return credential_status(name, self.store.load(name), self.policy(self.settings.credential(name)), now)
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._events is not None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from rotator import logs, settings
 from rotator.app import App
-from rotator.errors import ConfigError, RotatorError
+from rotator.errors import RotatorError
 from rotator.policy import Request
-from rotator.status import credential_status, render_text
+from rotator.status import render_text
 
 
 def _load(args: argparse.Namespace) -> settings.Settings:
@@ -30,16 +30,11 @@ def _names(cfg: settings.Settings, name: str | None) -> list[str]:
 
 
 def rotate(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    app = App(cfg)
-    try:
-        reconciler = app.reconciler(args.name)
+    with App(_load(args)) as app:
         journal = app.store.load(args.name)
         # An unfinished rotation (a crashed run) is finished first; it is the rotation asked for.
         request = None if journal.rotation else Request(reason="manual (rotator rotate)")
-        outcome = reconciler.run(request, wait_budget=args.wait)
-    finally:
-        app.close()
+        outcome = app.reconciler(args.name).run(request, wait_budget=args.wait)
     if outcome.result == "succeeded":
         print(f"rotated {args.name}: rotation {outcome.rotation_id} succeeded" + _detail(outcome.detail))
         return 0
@@ -53,9 +48,8 @@ def rotate(args: argparse.Namespace) -> int:
 def reconcile(args: argparse.Namespace) -> int:
     """One pass without asking for a rotation: finish one in flight, heal drift, revoke what is due."""
     cfg = _load(args)
-    app = App(cfg)
     code = 0
-    try:
+    with App(cfg) as app:
         for name in _names(cfg, args.name):
             worst = 0
             for _ in range(20):  # each pass ends after a finished rotation; go on until nothing is due
@@ -65,8 +59,6 @@ def reconcile(args: argparse.Namespace) -> int:
                 if outcome.result not in ("succeeded", "failed"):
                     break
             code = max(code, worst)
-    finally:
-        app.close()
     return code
 
 
@@ -76,15 +68,9 @@ def _detail(detail: str) -> str:
 
 def status(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    app = App(cfg)
     now = dt.datetime.now(dt.UTC)
-    try:
-        statuses = [
-            credential_status(name, app.store.load(name), app.policy(cfg.credential(name)), now)
-            for name in _names(cfg, args.name)
-        ]
-    finally:
-        app.close()
+    with App(cfg) as app:
+        statuses = [app.status(name, now) for name in _names(cfg, args.name)]
     print(json.dumps(statuses, indent=2) if args.json else render_text(statuses, now))
     return 0
 
@@ -92,9 +78,8 @@ def status(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     """What a rotation would do now, read-only."""
     cfg = _load(args)
-    app = App(cfg)
     out: list[dict[str, Any]] = []
-    try:
+    with App(cfg) as app:
         for name in _names(cfg, args.name):
             cred = cfg.credential(name)
             reconciler = app.reconciler(name)
@@ -112,8 +97,8 @@ def plan(args: argparse.Namespace) -> int:
                     actions.append(f"create {where}")
                 else:
                     actions.append(f"update {where} (entry {cred.registry.server})")
-            for sink in app.sinks(cred):
-                for target in targets:
+            for sink in reconciler.sinks.values():
+                for target in (t for t in targets if t.sink == sink.name):
                     for account in sink.service_account_missing(target):
                         actions.append(f"add {target.name} to serviceaccount {target.namespace}/{account}")
             if journal.current:
@@ -124,8 +109,6 @@ def plan(args: argparse.Namespace) -> int:
             if journal.rotation:
                 actions.insert(0, f"first finish rotation {journal.rotation.id} (phase {journal.rotation.phase})")
             out.append({"credential": name, "actions": actions, "vault_has_current": bool(vault.current)})
-    finally:
-        app.close()
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -139,7 +122,6 @@ def plan(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """Config valid, IAM reachable and allowed, targets readable and writable, registry reachable."""
     cfg = _load(args)
-    app = App(cfg)
     failures = 0
 
     def report(ok: bool, what: str, detail: str = "") -> None:
@@ -148,7 +130,7 @@ def check(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
 
     report(True, f"config {cfg.source}", f"{len(cfg.credentials)} credential(s)")
-    try:
+    with App(cfg) as app:
         try:
             app.store.check()
             report(True, "state store")
@@ -171,17 +153,13 @@ def check(args: argparse.Namespace) -> int:
                     f"{name}: {len(views)} target(s) readable",
                     "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
                 )
-                for sink in app.sinks(cred):
+                for sink in reconciler.sinks.values():
                     denied = sink.check_writable([t for t in targets if t.sink == sink.name])
                     report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
             except RotatorError as exc:
                 report(False, f"{name}: targets", str(exc))
             reachable, detail = _registry_reachable(app, cred.registry.server)
             report(reachable, f"{name}: registry {cred.registry.server}", detail)
-    except ConfigError as exc:
-        report(False, "config", str(exc))
-    finally:
-        app.close()
     return 0 if failures == 0 else 1
 
 

@@ -36,7 +36,6 @@ from rotator.metrics import Metrics
 from rotator.model import TargetRef
 from rotator.policy import Request
 from rotator.reconcile import new_rotation_id
-from rotator.status import credential_status
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
 log = logs.get("rotator.daemon")
@@ -262,10 +261,7 @@ class Daemon:
 
     def credentials(self) -> list[dict[str, Any]]:
         now = dt.datetime.now(dt.UTC)
-        return [
-            credential_status(c.name, self.app.store.load(c.name), self.app.policy(c), now)
-            for c in self.settings.credentials
-        ]
+        return [self.app.status(c.name, now) for c in self.settings.credentials]
 
     def request_rotation(
         self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None

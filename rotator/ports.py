@@ -80,6 +80,14 @@ class SecretSink(Protocol):
         """Undo a create (delete a secret rotator created) or drop our entry."""
         ...
 
+    def check_writable(self, targets: list[TargetRef]) -> list[str]:
+        """For ``rotator check``: the targets a write would be refused on, without writing."""
+        ...
+
+    def service_account_missing(self, target: TargetRef) -> list[str]:
+        """For ``rotator plan``: listed service accounts that do not reference the secret yet."""
+        ...
+
 
 class StateStore(Protocol):
     """Durable journal (no secrets) and vault (key values) per credential."""
