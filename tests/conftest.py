@@ -19,6 +19,8 @@ import pytest
 from rotator import logs
 from rotator.sandbox.control import SandboxProcess
 
+pytest_plugins = ["masked"]  # failing assertions show credential values as fingerprints
+
 LOG_DIR = Path(os.environ.get("ROTATOR_TEST_LOG_DIR") or tempfile.mkdtemp(prefix="rotator-test-logs-"))
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 os.environ["ROTATOR_TEST_LOG_DIR"] = str(LOG_DIR)

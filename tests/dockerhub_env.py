@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import yaml
+from masked import masked
 from rotation_env import read_secret
 
 from rotator import dockerconfig
@@ -74,7 +75,7 @@ def stored_entry(sbx: SandboxProcess, namespace: str) -> RegistryAuth | None:
 
 def stored_password(sbx: SandboxProcess, namespace: str) -> str | None:
     entry = stored_entry(sbx, namespace)
-    return entry.password.reveal() if entry else None
+    return masked(entry.password.reveal()) if entry else None
 
 
 def hub_tokens(sbx: SandboxProcess) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import yaml
+from masked import masked
 
 from rotator import dockerconfig
 from rotator.adapters.kubernetes import api_client_for
@@ -122,7 +123,7 @@ def stored_password(sbx: SandboxProcess, namespace: str) -> str | None:
     if obj is None:
         return None
     entry = dockerconfig.entry(stored_doc(obj), sbx.endpoints["registry_host"])
-    return entry.password.reveal() if entry else None
+    return masked(entry.password.reveal()) if entry else None
 
 
 def iam_keys(sbx: SandboxProcess) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from rotation_env import (
     write_config,
 )
 
-from rotator.adapters.state import ConfigMapStateStore
+from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.sandbox.control import SandboxProcess
 
 API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
@@ -88,11 +88,24 @@ def namespace(sbx: SandboxProcess, name: str, *, labelled: bool = True) -> None:
     core(sbx).create_namespace({"metadata": {"name": name, "labels": labels}})
 
 
+def first_rotation_done(sbx: SandboxProcess, tmp_path: Path) -> str:
+    """Waits until the daemon's first rotation is over (not just under way) and returns the credential it stored.
+
+    Its distribution writes the namespaces one by one, so a secret that already holds the new value does not
+    mean the rotation is done; a test that acts on a half-finished first rotation races with it.
+    """
+    store = FileStateStore(tmp_path / "state")
+    wait_for(lambda: (j := store.load("icr-pull")).rotation is None and j.last_result is not None, "the first rotation")
+    current = stored_password(sbx, "team-a")
+    assert current is not None and all(stored_password(sbx, ns) == current for ns in ("team-b", "team-c"))
+    return current
+
+
 def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
     """New namespace, drift, deletion, a stripped service account, an annotation and a 410 are all handled."""
     config = write_config(tmp_path, sandbox, top={"daemon": {"watch_timeout": "1s", "resync": "1h"}})
     daemons.append(daemon := Daemon(config))
-    current = wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+    current = first_rotation_done(sandbox, tmp_path)
 
     namespace(sandbox, "team-d")
     assert wait_for(lambda: stored_password(sandbox, "team-d") == current, "secret in the new namespace")
@@ -234,7 +247,7 @@ def test_rotate_endpoint_drives_a_real_rotation(sandbox: SandboxProcess, tmp_pat
     top = {"server": {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}}
     config = write_config(tmp_path, sandbox, top=top)
     daemons.append(daemon := Daemon(config))
-    before = wait_for(lambda: stored_password(sandbox, "team-a"), "the first rotation")
+    before = first_rotation_done(sandbox, tmp_path)
     base = daemon.api()
     operator = {"Authorization": "Bearer operator-token-0123456789", "Idempotency-Key": "change-42"}
     assert httpx.post(f"{base}/v1/credentials/icr-pull/rotate").status_code == 401
@@ -262,7 +275,7 @@ def test_idle_daemon_sends_nothing(sandbox: SandboxProcess, tmp_path: Path, daem
     """With nothing due, the daemon makes no IAM, registry or Kubernetes requests beyond its open watches."""
     config = write_config(tmp_path, sandbox, top={"daemon": {"resync": "1h"}})
     daemons.append(Daemon(config))
-    wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+    first_rotation_done(sandbox, tmp_path)
 
     def counts() -> tuple[int, int, int]:
         kube = [r for r in sandbox.requests("kubernetes") if "watch" not in r["query"]]
@@ -288,11 +301,9 @@ def test_sigterm_mid_rotation_finishes_the_step_and_leaves_a_resumable_journal(
     """SIGTERM during distribution: the step completes, the process exits 0, and a rerun finishes the rotation."""
     from rotation_env import pulls, run_rotator
 
-    from rotator.adapters.state import FileStateStore
-
     config = write_config(tmp_path, sandbox, top={"daemon": {"resync": "1h", "shutdown_grace": "20s"}})
     daemons.append(daemon := Daemon(config))
-    before = wait_for(lambda: stored_password(sandbox, "team-c"), "the first rotation")
+    before = first_rotation_done(sandbox, tmp_path)  # a SIGTERM inside the first rotation would be taken for this one
     store = FileStateStore(tmp_path / "state")
     sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], "latency_ms": 800})
     core(sandbox).patch_namespaced_secret(

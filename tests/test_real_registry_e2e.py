@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from masked import masked
 from polling import POLL_S
 from realstack import (
     NGINX_BIN,
@@ -148,7 +149,7 @@ def stored_key(stack: Stack, namespace: str) -> str | None:
     if obj is None:
         return None
     entry = dockerconfig.entry(stored_doc(obj), stack.host)
-    return entry.password.reveal() if entry else None
+    return masked(entry.password.reveal()) if entry else None
 
 
 def authfile(stack: Stack, namespace: str, name: str) -> Path:
