@@ -19,6 +19,7 @@ from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.imageref import registry_for_server
+from rotator.livesecret import LiveSecret
 from rotator.metrics import Metrics
 from rotator.policy import Policy
 from rotator.ports import Clock, StateStore
@@ -100,7 +101,7 @@ class App:
                 base_url=p.endpoint,
                 account_id=p.account_id,
                 service_id=p.service_id,
-                admin_apikey=p.apikey.load(),
+                admin_apikey=LiveSecret(p.apikey.load, field=p.apikey.field_path),
                 client=self.http,
                 retry=self.retry_policy(),
                 on_request=self.hooks.get("provider_request"),
@@ -115,7 +116,7 @@ class App:
         return DockerHubProvider(
             base_url=p.endpoint,
             username=p.username,
-            secret=p.password.load(),
+            secret=LiveSecret(p.password.load, field=p.password.field_path),
             token_type=p.token_type,
             org=p.org,
             scopes=p.scopes,
@@ -165,7 +166,8 @@ class App:
         else:
             own = cred.provider.endpoint if isinstance(cred.provider, IamProviderSettings) else None
             iam = target.iam_endpoint or own or "https://iam.cloud.ibm.com"
-            tokens = IamTokenSource(base_url=iam, apikey=target.apikey.load(), client=self.http)
+            apikey = LiveSecret(target.apikey.load, field=target.apikey.field_path)
+            tokens = IamTokenSource(base_url=iam, apikey=apikey, client=self.http)
         return CodeEngineSink(
             target,
             credential=cred.name,

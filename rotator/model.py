@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -29,6 +30,17 @@ class SecretStr:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+SecretReader = Callable[[], SecretStr]
+"""Gives a secret's current value; a source that can change (a mounted file) is read on every call."""
+
+
+def secret_reader(secret: SecretStr | SecretReader) -> SecretReader:
+    """A fixed value or a reader, as a reader: adapters take either."""
+    if isinstance(secret, SecretStr):
+        return lambda: secret
+    return secret
 
 
 @dataclass(frozen=True, kw_only=True)

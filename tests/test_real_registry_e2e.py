@@ -14,7 +14,6 @@ import base64
 import hashlib
 import itertools
 import json
-import os
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from logtail import LogTail
 from masked import masked
 from polling import POLL_S
 from realstack import (
@@ -203,28 +203,6 @@ def status(config: Path) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)[0]
     return data
-
-
-class LogTail:
-    """The suite's in-process structlog JSON lines written after this object was made."""
-
-    def __init__(self) -> None:
-        self.path = Path(os.environ["ROTATOR_TEST_LOG_DIR"]) / "in-process.jsonl"
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
-
-    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        with open(self.path, "rb") as stream:
-            stream.seek(self.offset)
-            lines = stream.read().decode(errors="replace").splitlines()
-        out = []
-        for line in lines:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if item.get("event") == event and all(item.get(k) == v for k, v in match.items()):
-                out.append(item)
-        return out
 
 
 @dataclass

@@ -50,7 +50,7 @@ from rotator.errors import (
     RotatorError,
     UnauthorizedError,
 )
-from rotator.model import KeyInfo, MintedKey, SecretStr
+from rotator.model import KeyInfo, MintedKey, SecretReader, SecretStr, secret_reader
 from rotator.retrying import RetryPolicy
 
 DEFAULT_ENDPOINT = "https://hub.docker.com"
@@ -121,7 +121,7 @@ class DockerHubProvider:
         *,
         base_url: str = DEFAULT_ENDPOINT,
         username: str,
-        secret: SecretStr,
+        secret: SecretStr | SecretReader,
         token_type: str = "personal",  # noqa: S107 - a kind of token, not a secret
         org: str | None = None,
         scopes: Iterable[str] | None = None,
@@ -137,7 +137,8 @@ class DockerHubProvider:
         self._repositories = tuple(repositories)
         self._base = base_url.rstrip("/")
         self._docker_id = username
-        self._secret = secret
+        self._read_secret = secret_reader(secret)
+        self._secret: SecretStr | None = None  # the value last used, for scrubbing
         self._token_type = token_type
         self._org = org
         # The registry username that goes with a minted token.
@@ -298,6 +299,8 @@ class DockerHubProvider:
             return cached.value
 
     def _sign_in(self) -> _Jwt:
+        # Read the secret for every sign-in: a token rotated in its mounted Secret takes effect without a restart.
+        self._secret = self._read_secret()
         body = {"identifier": self._docker_id, "secret": self._secret.reveal()}
         started = time.monotonic()
         response = self._send("sign_in", "POST", self._base + "/v2/auth/token", json=body)
@@ -317,7 +320,8 @@ class DockerHubProvider:
     def _error_for(self, operation: str, response: httpx.Response) -> RotatorError:
         """THE status mapping for Docker Hub (sign-in and the access-token API)."""
         status = response.status_code
-        message = http.scrubbed(_hub_message(response), [self._secret, *([self._jwt.value] if self._jwt else [])])
+        used = [*([self._secret] if self._secret is not None else []), *([self._jwt.value] if self._jwt else [])]
+        message = http.scrubbed(_hub_message(response), used)
         text = f"Docker Hub {operation}: HTTP {status}" + (f": {message}" if message else "")
         retryable = http.retryable_error(status, text, lambda: _retry_after(response))
         if retryable is not None:

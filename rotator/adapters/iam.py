@@ -33,7 +33,7 @@ from rotator.errors import (
     RotatorError,
     UnauthorizedError,
 )
-from rotator.model import KeyInfo, MintedKey, SecretStr
+from rotator.model import KeyInfo, MintedKey, SecretReader, SecretStr, secret_reader
 from rotator.retrying import RetryPolicy
 
 OWNED_PREFIX = "rotator-"
@@ -93,12 +93,13 @@ class IamTokenSource:
         self,
         *,
         base_url: str,
-        apikey: SecretStr,
+        apikey: SecretStr | SecretReader,
         client: httpx.Client,
         on_request: http.OnRequest | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._apikey = apikey
+        self._read_apikey = secret_reader(apikey)
+        self._apikey: SecretStr | None = None  # the value last used, for scrubbing
         self._client = client
         self._on_request = on_request
         self._token: _Token | None = None
@@ -107,7 +108,7 @@ class IamTokenSource:
     @property
     def secrets(self) -> list[SecretStr]:
         """The key and the cached token, for scrubbing error messages."""
-        return [self._apikey, *([self._token.value] if self._token else [])]
+        return [*([self._apikey] if self._apikey is not None else []), *([self._token.value] if self._token else [])]
 
     def token(self, *, force: bool = False) -> SecretStr:
         """A valid access token; ``force`` fetches a new one (after a 401)."""
@@ -118,7 +119,9 @@ class IamTokenSource:
             return cached.value
 
     def _fetch(self) -> _Token:
-        form = {"grant_type": GRANT_APIKEY, "apikey": self._apikey.reveal(), "response_type": "cloud_iam"}
+        # Read the key for every new token: an admin key rotated in its mounted Secret takes effect without a restart.
+        apikey = self._apikey = self._read_apikey()
+        form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
         started = time.monotonic()
         response = http.send(
             self._client,
@@ -131,7 +134,7 @@ class IamTokenSource:
             headers={"Accept": "application/json"},
         )
         if response.status_code != 200:
-            raise error_for("token", response, [self._apikey])
+            raise error_for("token", response, [apikey])
         data = response.json()
         value, lifetime = data.get("access_token"), data.get("expires_in")
         if not isinstance(value, str) or not value or not isinstance(lifetime, int | float):
@@ -152,7 +155,7 @@ class IamProvider:
         base_url: str,
         account_id: str,
         service_id: str,
-        admin_apikey: SecretStr,
+        admin_apikey: SecretStr | SecretReader,
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
         on_request: http.OnRequest | None = None,
@@ -164,7 +167,6 @@ class IamProvider:
         self._account_id = account_id
         self._service_id = service_id
         self._iam_id = f"iam-{service_id}"
-        self._apikey = admin_apikey
         self._own_client = client is None
         self._client = client or httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
         self._retry = retry or RetryPolicy()
