@@ -186,6 +186,8 @@ class App:
             delete_after=cred.delete_after,
             window_cron=cred.schedule.window_cron,
             window_duration=cred.schedule.window_duration,
+            backoff_base=cred.schedule.retry_backoff,
+            backoff_cap=cred.schedule.retry_backoff_max,
         )
 
     def reconciler(self, name: str) -> Reconciler:

@@ -34,7 +34,7 @@ from rotator.app import App
 from rotator.errors import NotFoundError, RotatorError
 from rotator.metrics import Metrics
 from rotator.model import TargetRef
-from rotator.policy import Request
+from rotator.policy import Request, backoff
 from rotator.reconcile import new_rotation_id
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
@@ -79,6 +79,7 @@ class Worker:
         self.heals: dict[str, TargetRef] = {}
         self.tickets: collections.deque[RotationTicket] = collections.deque()
         self.running: RotationTicket | None = None
+        self.errors_in_a_row = 0
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
@@ -152,11 +153,27 @@ class Worker:
             try:
                 self._handle(kind, item)
             except RotatorError as exc:
-                log.error("worker.failed", credential=self.name, work=kind, error=str(exc))
+                retry_in = self._retry_later(exc)
+                log.error("worker.failed", credential=self.name, work=kind, error=str(exc), retry_in=retry_in)
             except Exception as exc:  # the daemon never dies of one failed pass
+                retry_in = self._retry_later(exc)
                 log.exception("worker.crashed", credential=self.name, work=kind, error=type(exc).__name__)
+            else:
+                if kind in ("rotate", "tick"):
+                    self.errors_in_a_row = 0
+                    self.daemon.metrics.last_pass.labels(self.name).set_to_current_time()
             finally:
                 self.daemon.observe(self.name)
+
+    def _retry_later(self, exc: BaseException) -> float:
+        """A pass that raised scheduled nothing after it: without this tick the credential would wait for
+        the next cluster event or request. The wait doubles with each failure in a row (the credential's
+        retry_backoff .. retry_backoff_max), so a revoked admin key is not hammered."""
+        self.errors_in_a_row += 1
+        self.daemon.metrics.pass_errors.labels(self.name, type(exc).__name__).inc()
+        delay = backoff(self.errors_in_a_row, self.daemon.app.policy(self.daemon.settings.credential(self.name)))
+        self.daemon.schedule_tick(self.name, dt.datetime.now(dt.UTC) + delay, keep_earlier=True)
+        return delay.total_seconds()
 
     def _handle(self, kind: str, item: Any) -> None:
         reconciler = self.daemon.app.reconciler(self.name)
@@ -180,6 +197,10 @@ class Worker:
                 ticket.detail = outcome.detail
                 # A finished rotation leaves revocations due later: the next pass right away computes when.
                 self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
+            except Exception as exc:  # the pass could not run: the request failed, and says why
+                ticket.state = "failed"
+                ticket.detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
+                raise
             finally:
                 if ticket.state in ("queued", "running"):
                     ticket.state = "stopped"
@@ -319,9 +340,15 @@ class Daemon:
         except Exception as exc:
             log.warning("metrics.observe_failed", credential=name, error=type(exc).__name__)
 
-    def schedule_tick(self, name: str, at: dt.datetime) -> None:
+    def schedule_tick(self, name: str, at: dt.datetime, *, keep_earlier: bool = False) -> None:
+        """The credential's next pass at ``at`` (one pending tick per credential); ``keep_earlier`` leaves a
+        tick that is already due sooner in place (a retry must not postpone a revocation that is due)."""
         if self.stopping.is_set():
             return
+        if keep_earlier:
+            pending = self.scheduler.get_job(f"tick-{name}")
+            if pending is not None and pending.next_run_time is not None and pending.next_run_time <= at:
+                return
         self.scheduler.add_job(self.workers[name].tick, "date", run_date=at, id=f"tick-{name}", replace_existing=True)
 
     def _on_leadership(self, leading: bool) -> None:

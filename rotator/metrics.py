@@ -2,7 +2,7 @@
 
 Timestamps are exported as ``*_timestamp_seconds`` so that alerts are ``time() - x`` arithmetic.
 Labels stay low-cardinality: credential, sink, registry, result, method, code, provider,
-operation. Never a namespace, a key id or a value.
+operation, error (an exception class name). Never a namespace, a key id or a value.
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ class Metrics:
         self.provider_requests = counter(
             "rotator_provider_requests", "Requests to credential providers.", ("provider", "operation", "code")
         )
+        self.pass_errors = counter(
+            "rotator_pass_errors",
+            "Passes (rotations, reconciles, heals) that could not run, by error class; each is retried with backoff.",
+            ("credential", "error"),
+        )
+        self.last_pass = gauge(
+            "rotator_last_pass_success_timestamp_seconds",
+            "When a reconcile or rotation pass last ran to its end (start-up time until the first one).",
+            ("credential",),
+        )
         self.retries = counter("rotator_retries", "Retried transient failures, by operation.", ("operation",))
         self.revocations = counter("rotator_revocations", "Keys disabled or deleted.", ("credential", "step"))
         self.heals = counter("rotator_secret_heals", "Targets put back to the current key.", ("credential",))
@@ -123,6 +133,7 @@ class Metrics:
             self.rotations.labels(credential, result)
         for result in ("ok", "rejected", "inconclusive"):
             self.verifications.labels(credential, registry, result)
+        self.last_pass.labels(credential).set_to_current_time()
 
     # -- hooks the adapters and the reconciler call -----------------------------------------------
     def on_event(self, name: str, fields: dict[str, Any]) -> None:

@@ -136,6 +136,10 @@ class ScheduleSettings:
     window_duration: dt.timedelta | None = None
     # How often the current key is checked at the registry (HEAD only); a rejected key rotates at once.
     health_check: dt.timedelta | None = dt.timedelta(minutes=5)
+    # After a failed rotation, or a pass that could not run (provider refused the admin key, API down):
+    # the next try waits retry_backoff, doubling each time, at most retry_backoff_max.
+    retry_backoff: dt.timedelta = dt.timedelta(minutes=1)
+    retry_backoff_max: dt.timedelta = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,11 +671,15 @@ def _registry(node: _Node) -> RegistrySettings | None:
 def _schedule(node: _Node | None) -> ScheduleSettings:
     if node is None:
         return ScheduleSettings(interval=dt.timedelta(days=1))
-    node.known("interval", "cron", "jitter", "window", "health_check")
+    node.known("interval", "cron", "jitter", "window", "health_check", "retry_backoff", "retry_backoff_max")
     interval = node.value("interval", _positive_duration, example="24h", default=None)
     cron = node.value("cron", _cron, example="0 3 * * *", default=None)
     jitter = node.value("jitter", _duration, example="5m", default=dt.timedelta(0))
     health = node.value("health_check", _duration, example="5m", default=dt.timedelta(minutes=5))
+    backoff = node.value("retry_backoff", _positive_duration, example="1m", default=dt.timedelta(minutes=1))
+    backoff_max = node.value("retry_backoff_max", _positive_duration, example="1h", default=dt.timedelta(hours=1))
+    if backoff and backoff_max and backoff_max < backoff:
+        node.errors.add(node.at("retry_backoff_max"), "must not be shorter than retry_backoff", "retry_backoff_max: 1h")
     if interval is not None and cron is not None:
         node.errors.add(node.path, "give interval or cron, not both", "interval: 24h")
     if interval is None and cron is None and "interval" not in node.data and "cron" not in node.data:
@@ -689,6 +697,8 @@ def _schedule(node: _Node | None) -> ScheduleSettings:
         window_cron=window_cron,
         window_duration=window_duration,
         health_check=health if health else None,
+        retry_backoff=backoff or dt.timedelta(minutes=1),
+        retry_backoff_max=backoff_max or dt.timedelta(hours=1),
     )
 
 

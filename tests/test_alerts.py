@@ -75,6 +75,7 @@ def test_there_are_the_expected_alerts() -> None:
             "RotatorNoLeader",
             "RotatorSplitBrain",
             "RotatorRotationFailing",
+            "RotatorPassesFailing",
             "RotatorCredentialTooOld",
             "RotatorRotationOverdue",
             "RotatorRevocationOverdue",

@@ -324,3 +324,30 @@ def test_sigterm_mid_rotation_finishes_the_step_and_leaves_a_resumable_journal(
     assert finished.last_result.result == "succeeded"
     after = stored_password(sandbox, "team-a")
     assert after is not None and after != before and pulls(sandbox, after) == "ok"
+
+
+def test_pass_that_cannot_run_is_retried_with_backoff_and_counted(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """IAM refuses rotator's own key (400): each pass fails, is counted and retried after a growing
+    wait, with no event or request to wake it; once IAM takes the key again, the first rotation completes."""
+    from monitoring_env import sample, scrape
+
+    sandbox.set_faults("iam", {"path_prefix": "/identity/token", "error_status": 400, "error_rate": 1.0})
+    schedule = {"interval": "1h", "retry_backoff": "1s", "retry_backoff_max": "2s"}
+    config = write_config(tmp_path, sandbox, schedule=schedule, top={"daemon": {"resync": "1h"}})
+    daemons.append(daemon := Daemon(config))
+    base = daemon.api()
+
+    def errors() -> float:
+        return sample(scrape(base), "rotator_pass_errors_total", credential="icr-pull")
+
+    wait_for(lambda: errors() >= 3, "three failed passes (two of them retries nobody asked for)")
+    failures = [e for e in daemon.events() if e.get("event") == "worker.failed"]
+    assert [f["retry_in"] for f in failures[:3]] == [1.0, 2.0, 2.0], "backoff doubles from 1s, capped at 2s"
+    assert all("IAM token" in f["error"] for f in failures)
+    started = sample(scrape(base), "rotator_last_pass_success_timestamp_seconds", credential="icr-pull")
+
+    sandbox.clear_faults()
+    first_rotation_done(sandbox, tmp_path)
+    assert sample(scrape(base), "rotator_last_pass_success_timestamp_seconds", credential="icr-pull") > started

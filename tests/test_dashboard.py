@@ -24,9 +24,8 @@ import httpx
 import pytest
 import yaml
 from conftest import start_sandbox
-from monitoring_env import BUILTIN_SERIES, PROMETHEUS, REPO, exported_names, referenced_metrics
+from monitoring_env import BUILTIN_SERIES, PROMETHEUS, REPO, exported_names, referenced_metrics, sample, scrape
 from polling import POLL_S
-from prometheus_client.parser import text_string_to_metric_families
 from rotation_env import CRED, write_config
 
 from rotator.sandbox.control import SandboxProcess
@@ -169,22 +168,6 @@ def _config(tmp: Path, sbx: SandboxProcess, tokens: Path) -> Path:
     path = tmp / "rotator-dashboard.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """The daemon's /metrics as {(sample name, labels): value}."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 class RotatorDaemon:

@@ -68,6 +68,8 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cred.registry.username == "iamapikey"
     assert cred.registry.recheck_interval == dt.timedelta(seconds=30)
     assert cred.delete_after == dt.timedelta(days=1)
+    assert cred.schedule.retry_backoff == dt.timedelta(minutes=1)
+    assert cred.schedule.retry_backoff_max == dt.timedelta(hours=1)
     assert cfg.kubernetes.concurrency == 16
 
 
@@ -107,6 +109,18 @@ def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             with_change("credentials[0].schedule", {"cron": "61 * * * *"}),
             "credentials[0].schedule.cron: '61 * * * *' is not a 5-field cron expression",
             id="bad-cron",
+        ),
+        pytest.param(
+            with_change(
+                "credentials[0].schedule", {"interval": "1d", "retry_backoff": "10m", "retry_backoff_max": "5m"}
+            ),
+            "credentials[0].schedule.retry_backoff_max: must not be shorter than retry_backoff",
+            id="backoff-max-below-backoff",
+        ),
+        pytest.param(
+            with_change("credentials[0].schedule", {"interval": "1d", "retry_backoff": "0s"}),
+            "credentials[0].schedule.retry_backoff:",
+            id="zero-backoff",
         ),
         pytest.param(
             with_change("credentials[0].schedule", {"interval": "60d"}),
