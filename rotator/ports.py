@@ -27,6 +27,9 @@ class CredentialProvider(Protocol):
 
     kind: str  # "ibm-iam" | "dockerhub"
     username: str  # the registry username that goes with the key ("iamapikey", a Docker ID)
+    # True when identify() answers for any value, so None means "none of the keys we manage" (IAM);
+    # False when it cannot tell (Docker Hub): then no unknown key is swept while a target holds such a value.
+    identifies_values: bool
 
     def mint(self, *, credential: str, rotation_id: str) -> MintedKey: ...
 

@@ -233,16 +233,27 @@ class Reconciler:
         owned = self.provider.list_owned(credential=self.credential)
         unknown = [k for k in owned if k.id not in journal.known_key_ids()]
         held: set[str] = set()
+        untold = 0  # targets holding, under our username, a value the provider cannot name
         if unknown:
-            for value in {v.entry.password.reveal() for v in views if v.entry is not None} - {current}:
+            for username, value in {(v.entry.username, v.entry.password.reveal()) for v in views if v.entry} - {
+                (self.username, current)
+            }:
                 info = self.provider.identify(SecretStr(value))
                 if info is not None:
                     held.add(info.id)
+                elif not self.provider.identifies_values and username == self.username:
+                    untold += 1
+        sweepable = orphans([(k.id, k.created_at) for k in unknown], journal, held, now, self.policy.orphan_window)
+        if untold and sweepable:
+            # Any unknown key may be the one those targets hold (a lost journal leaves every secret holding one):
+            # never revoke a key a target may still hold. The sweep resumes once they hold the current key.
+            self.log.info("orphans.held_back", orphans=len(sweepable), unidentified_values=untold)
+            sweepable = ()
         return replace(
             obs,
             out_of_sync=out_of_sync if current else None,
             stale_refused=stale_refused,
-            orphans=orphans([(k.id, k.created_at) for k in unknown], journal, held, now, self.policy.orphan_window),
+            orphans=sweepable,
         )
 
     # -- acting ----------------------------------------------------------------------------------

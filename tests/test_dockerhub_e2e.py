@@ -4,6 +4,7 @@ sign-in failure, Hub API 429 during the mint, and the orphan sweep with ``identi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rotation_env import FakeClock, core, make_app, read_secret, run_rotator
 
 from rotator.adapters.dockerhub import DockerHubProvider
 from rotator.adapters.kubernetes import KubernetesSink
+from rotator.errors import RotatorError
 from rotator.model import RegistryAuth, SecretStr, TargetRef
 from rotator.policy import Request
 from rotator.retrying import RetryPolicy
@@ -237,3 +239,44 @@ def test_plan_and_check_describe_the_docker_hub_provider(sandbox: SandboxProcess
     assert "may manage organization access tokens of acme" in check.stdout
     assert len(hub_tokens(sandbox)) == before
     assert registry_pulls(sandbox)["get"] == 0
+
+
+def test_lost_state_never_sweeps_the_token_the_secrets_hold(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """The state store is lost (a new ConfigMap, a wiped volume): the token in every secret is now owned but
+    unknown, and Docker Hub cannot say which token a value is. It must not be swept while secrets hold it,
+    even when the rotation that replaces it fails; once a rotation replaced it everywhere, it is swept."""
+    import shutil
+
+    clock = FakeClock()
+    config = write_config(tmp_path, sandbox, schedule={"interval": "1d"}, max_age="30d", grace_period="0s")
+    app = make_app(config, clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="setup")).result == "succeeded"
+        old = stored_password(sandbox, "team-a")
+        assert old is not None
+        old_id = token_id_of(sandbox, old)
+    finally:
+        app.close()
+    shutil.rmtree(tmp_path / "state")
+    clock.advance(11 * 60)  # past the orphan window: only "held by a target" protects the token now
+    org = sandbox.endpoints["dockerhub_org"]
+    mint = {"path_prefix": f"/v2/orgs/{org}/access-tokens", "methods": ["POST"], "error_status": 400}
+    sandbox.set_faults("dockerhub_api", {**mint, "error_count": 1000})
+    app = make_app(config, clock=clock)
+    try:
+        with contextlib.suppress(RotatorError):  # the bootstrap rotation cannot mint: failed or raised
+            app.reconciler(CRED).run()
+        assert token(sandbox, old_id)["deleted"] is False, "the token every secret holds was swept"
+        assert all(stored_password(sandbox, ns) == old for ns in TEAMS)
+        assert pulls(sandbox, old) == "ok"
+
+        sandbox.clear_faults()
+        clock.advance(2 * 60)  # past the backoff the failed bootstrap rotation set
+        assert app.reconciler(CRED).run().result == "succeeded"
+        new = stored_password(sandbox, "team-a")
+        assert new is not None and new != old and pulls(sandbox, new) == "ok"
+        app.reconciler(CRED).run()
+        assert token(sandbox, old_id)["deleted"] is True, "replaced everywhere, the unknown token is swept"
+        assert [t["id"] for t in live_owned(sandbox)] == [token_id_of(sandbox, new)]
+    finally:
+        app.close()

@@ -18,9 +18,11 @@ label fits Docker's 100 characters. Mutations GET the token first and refuse (``
 before any mutating request when it is not rotator's.
 
 ``identify`` always answers None: the Hub API cannot look a token up by its value (only signing in
-with it would tell, and rotator does not use rotated tokens to talk to the Hub API). The reconciler
-copes: a token the journal does not know and whose holder cannot be told is swept only after the
-orphan window, and a minting run that died before recording its token deletes it and mints again.
+with it would tell, and rotator does not use rotated tokens to talk to the Hub API), so the provider
+says ``identifies_values = False``. The reconciler copes: while any target holds, under our username,
+a value other than the current one, no unknown token is swept (after a lost journal every secret holds
+one); otherwise an unknown token is swept only after the orphan window, and a minting run that died
+before recording its token deletes it and mints again.
 
 Every HTTP status maps to ``rotator.errors`` in ``_error_for`` (the one place). Retries happen only
 in ``RetryPolicy.call`` around one request (plus one sign-in refresh on 401); a 429 is honoured
@@ -115,6 +117,7 @@ class _Kind:
 
 class DockerHubProvider:
     kind = "dockerhub"
+    identifies_values = False
 
     def __init__(
         self,

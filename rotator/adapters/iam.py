@@ -147,6 +147,7 @@ NOUN = "API key"
 
 class IamProvider:
     kind = "ibm-iam"
+    identifies_values = True
     username = "iamapikey"
 
     def __init__(
