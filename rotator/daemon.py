@@ -32,7 +32,7 @@ from rotator import logs
 from rotator.adapters.kubernetes import KubernetesSink
 from rotator.app import App
 from rotator.errors import NotFoundError, RotatorError
-from rotator.metrics import Metrics
+from rotator.metrics import Metrics, pass_error_reason
 from rotator.model import TargetRef
 from rotator.policy import Request, backoff
 from rotator.reconcile import new_rotation_id
@@ -154,7 +154,14 @@ class Worker:
                 self._handle(kind, item)
             except RotatorError as exc:
                 retry_in = self._retry_later(exc)
-                log.error("worker.failed", credential=self.name, work=kind, error=str(exc), retry_in=retry_in)
+                log.error(
+                    "worker.failed",
+                    credential=self.name,
+                    work=kind,
+                    reason=pass_error_reason(exc),
+                    error=str(exc),
+                    retry_in=retry_in,
+                )
             except Exception as exc:  # the daemon never dies of one failed pass
                 retry_in = self._retry_later(exc)
                 log.exception("worker.crashed", credential=self.name, work=kind, error=type(exc).__name__)
@@ -170,7 +177,7 @@ class Worker:
         the next cluster event or request. The wait doubles with each failure in a row (the credential's
         retry_backoff .. retry_backoff_max), so a revoked admin key is not hammered."""
         self.errors_in_a_row += 1
-        self.daemon.metrics.pass_errors.labels(self.name, type(exc).__name__).inc()
+        self.daemon.metrics.pass_errors.labels(self.name, pass_error_reason(exc)).inc()
         delay = backoff(self.errors_in_a_row, self.daemon.app.policy(self.daemon.settings.credential(self.name)))
         self.daemon.schedule_tick(self.name, dt.datetime.now(dt.UTC) + delay, keep_earlier=True)
         return delay.total_seconds()

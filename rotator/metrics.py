@@ -2,7 +2,7 @@
 
 Timestamps are exported as ``*_timestamp_seconds`` so that alerts are ``time() - x`` arithmetic.
 Labels stay low-cardinality: credential, sink, registry, result, method, code, provider,
-operation, error (an exception class name). Never a namespace, a key id or a value.
+operation, reason. Never a namespace, a key id or a value.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rotator import __version__
+from rotator.errors import LockedError, RotatorError, StateError, TransientError, UnauthorizedError
 from rotator.journal import CredentialJournal
 from rotator.policy import Policy, due
+
+# rotator_pass_errors_total's reason label: a fixed set, so every series exists at zero from the start.
+PASS_ERROR_REASONS = ("unauthorized", "transient", "state", "permanent", "unexpected")
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -112,8 +116,9 @@ class Metrics:
         )
         self.pass_errors = counter(
             "rotator_pass_errors",
-            "Passes (rotations, reconciles, heals) that could not run, by error class; each is retried with backoff.",
-            ("credential", "error"),
+            "Passes (rotations, reconciles, heals, health checks) that could not run, by reason; each is retried "
+            "with backoff.",
+            ("credential", "reason"),
         )
         self.last_pass = gauge(
             "rotator_last_pass_success_timestamp_seconds",
@@ -133,6 +138,8 @@ class Metrics:
             self.rotations.labels(credential, result)
         for result in ("ok", "rejected", "inconclusive"):
             self.verifications.labels(credential, registry, result)
+        for reason in PASS_ERROR_REASONS:
+            self.pass_errors.labels(credential, reason)
         self.last_pass.labels(credential).set_to_current_time()
 
     # -- hooks the adapters and the reconciler call -----------------------------------------------
@@ -197,3 +204,14 @@ class Metrics:
         deadlines = [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
         known = [d for d in deadlines if d is not None]
         self.revocation_deadline.labels(credential).set(_ts(min(known)) if known else 0)
+
+
+def pass_error_reason(exc: BaseException) -> str:
+    """The ``reason`` label for an exception that ended a pass."""
+    if isinstance(exc, UnauthorizedError):
+        return "unauthorized"  # the provider refused rotator's own key
+    if isinstance(exc, TransientError):
+        return "transient"  # an API kept failing past its retries
+    if isinstance(exc, StateError | LockedError):
+        return "state"
+    return "permanent" if isinstance(exc, RotatorError) else "unexpected"

@@ -340,12 +340,12 @@ def test_pass_that_cannot_run_is_retried_with_backoff_and_counted(
     base = daemon.api()
 
     def errors() -> float:
-        return sample(scrape(base), "rotator_pass_errors_total", credential="icr-pull")
+        return sample(scrape(base), "rotator_pass_errors_total", credential="icr-pull", reason="unauthorized")
 
     wait_for(lambda: errors() >= 3, "three failed passes (two of them retries nobody asked for)")
     failures = [e for e in daemon.events() if e.get("event") == "worker.failed"]
     assert [f["retry_in"] for f in failures[:3]] == [1.0, 2.0, 2.0], "backoff doubles from 1s, capped at 2s"
-    assert all("IAM token" in f["error"] for f in failures)
+    assert all("IAM token" in f["error"] and f["reason"] == "unauthorized" for f in failures)
     started = sample(scrape(base), "rotator_last_pass_success_timestamp_seconds", credential="icr-pull")
 
     sandbox.clear_faults()

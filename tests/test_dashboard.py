@@ -125,6 +125,7 @@ def test_dashboard_has_the_required_panels() -> None:
         "Time to revocation deadline",
         "Leader",
         "Provider request errors",
+        "Since last successful pass",
     } <= titles
 
 

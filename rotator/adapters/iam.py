@@ -345,8 +345,8 @@ def error_for(operation: str, response: httpx.Response, scrub: list[SecretStr]) 
     retryable = http.retryable_error(status, text, lambda: http.retry_after_seconds(response))
     if retryable is not None:
         return retryable
-    if status in (401, 403) or "BXNIM0415E" in code:
-        return UnauthorizedError(text)
+    if status in (401, 403) or "BXNIM0415E" in code or (operation == "token" and status == 400):
+        return UnauthorizedError(text)  # a 400 from the token service: it refused the key (deleted, disabled, wrong)
     if status == 404:
         return NotFoundError(text)
     lowered = message.lower()
