@@ -80,6 +80,7 @@ class Worker:
         self.tickets: collections.deque[RotationTicket] = collections.deque()
         self.running: RotationTicket | None = None
         self.errors_in_a_row = 0
+        self.failing: dict[str, Any] | None = None
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
@@ -168,6 +169,7 @@ class Worker:
             else:
                 if kind in ("rotate", "tick"):
                     self.errors_in_a_row = 0
+                    self.failing = None
                     self.daemon.metrics.last_pass.labels(self.name).set_to_current_time()
             finally:
                 self.daemon.observe(self.name)
@@ -176,10 +178,20 @@ class Worker:
         """A pass that raised scheduled nothing after it: without this tick the credential would wait for
         the next cluster event or request. The wait doubles with each failure in a row (the credential's
         retry_backoff .. retry_backoff_max), so a revoked admin key is not hammered."""
+        now = dt.datetime.now(dt.UTC)
         self.errors_in_a_row += 1
-        self.daemon.metrics.pass_errors.labels(self.name, pass_error_reason(exc)).inc()
+        reason = pass_error_reason(exc)
+        self.daemon.metrics.pass_errors.labels(self.name, reason).inc()
         delay = backoff(self.errors_in_a_row, self.daemon.app.policy(self.daemon.settings.credential(self.name)))
-        self.daemon.schedule_tick(self.name, dt.datetime.now(dt.UTC) + delay, keep_earlier=True)
+        self.daemon.schedule_tick(self.name, now + delay, keep_earlier=True)
+        # What the status API shows until a pass runs to its end again (errors are scrubbed of secrets).
+        self.failing = {
+            "since": (self.failing or {}).get("since", now.isoformat(timespec="seconds")),
+            "failures_in_a_row": self.errors_in_a_row,
+            "reason": reason,
+            "detail": str(exc) if isinstance(exc, RotatorError) else type(exc).__name__,
+            "next_retry_at": (now + delay).isoformat(timespec="seconds"),
+        }
         return delay.total_seconds()
 
     def _handle(self, kind: str, item: Any) -> None:
@@ -289,7 +301,10 @@ class Daemon:
 
     def credentials(self) -> list[dict[str, Any]]:
         now = dt.datetime.now(dt.UTC)
-        return [self.app.status(c.name, now) for c in self.settings.credentials]
+        return [
+            {**self.app.status(c.name, now), "passes_failing": self.workers[c.name].failing}
+            for c in self.settings.credentials
+        ]
 
     def request_rotation(
         self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotator import __version__
+from rotator.metrics import PASS_ERROR_REASONS
 
 REASON_MAX = 1024  # characters of a rotation reason
 KEY_ID_MAX = 256
@@ -127,6 +128,18 @@ def _schemas() -> dict[str, Any]:
                 "rotation_in_progress": {"type": "object", "nullable": True},
                 "revocations_pending": {"type": "array", "items": {"type": "object"}},
                 "last_result": {"type": "object", "nullable": True},
+                "passes_failing": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "Set while passes for the credential fail before they can act (null otherwise).",
+                    "properties": {
+                        "since": {"type": "string"},
+                        "failures_in_a_row": {"type": "integer"},
+                        "reason": {"type": "string", "enum": list(PASS_ERROR_REASONS)},
+                        "detail": {"type": "string"},
+                        "next_retry_at": {"type": "string"},
+                    },
+                },
             },
         },
         "CredentialList": {

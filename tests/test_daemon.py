@@ -335,7 +335,10 @@ def test_pass_that_cannot_run_is_retried_with_backoff_and_counted(
 
     sandbox.set_faults("iam", {"path_prefix": "/identity/token", "error_status": 400, "error_rate": 1.0})
     schedule = {"interval": "1h", "retry_backoff": "1s", "retry_backoff_max": "2s"}
-    config = write_config(tmp_path, sandbox, schedule=schedule, top={"daemon": {"resync": "1h"}})
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text("operator-token-0123456789 alice rotate\n")
+    server = {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}
+    config = write_config(tmp_path, sandbox, schedule=schedule, top={"daemon": {"resync": "1h"}, "server": server})
     daemons.append(daemon := Daemon(config))
     base = daemon.api()
 
@@ -347,7 +350,19 @@ def test_pass_that_cannot_run_is_retried_with_backoff_and_counted(
     assert [f["retry_in"] for f in failures[:3]] == [1.0, 2.0, 2.0], "backoff doubles from 1s, capped at 2s"
     assert all("IAM token" in f["error"] and f["reason"] == "unauthorized" for f in failures)
     started = sample(scrape(base), "rotator_last_pass_success_timestamp_seconds", credential="icr-pull")
+    failing = credential_status(base)["passes_failing"]
+    assert failing["reason"] == "unauthorized" and failing["failures_in_a_row"] >= 3
+    assert "IAM token" in failing["detail"] and failing["next_retry_at"] >= failing["since"]
 
     sandbox.clear_faults()
     first_rotation_done(sandbox, tmp_path)
     assert sample(scrape(base), "rotator_last_pass_success_timestamp_seconds", credential="icr-pull") > started
+    assert credential_status(base)["passes_failing"] is None
+
+
+def credential_status(base: str) -> dict[str, Any]:
+    """The daemon's GET /v1/credentials entry for the one credential."""
+    response = httpx.get(f"{base}/v1/credentials", headers=API_AUTH, timeout=5)
+    assert response.status_code == 200, response.text
+    entry: dict[str, Any] = response.json()["credentials"][0]
+    return entry
