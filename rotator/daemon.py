@@ -79,8 +79,7 @@ class Worker:
         self.heals: dict[str, TargetRef] = {}
         self.tickets: collections.deque[RotationTicket] = collections.deque()
         self.running: RotationTicket | None = None
-        self.errors_in_a_row = 0
-        self.failing: dict[str, Any] | None = None
+        self.failing: dict[str, Any] | None = None  # the current streak of passes that could not run
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
@@ -168,7 +167,6 @@ class Worker:
                 log.exception("worker.crashed", credential=self.name, work=kind, error=type(exc).__name__)
             else:
                 if kind in ("rotate", "tick"):
-                    self.errors_in_a_row = 0
                     self.failing = None
                     self.daemon.metrics.last_pass.labels(self.name).set_to_current_time()
             finally:
@@ -179,15 +177,16 @@ class Worker:
         the next cluster event or request. The wait doubles with each failure in a row (the credential's
         retry_backoff .. retry_backoff_max), so a revoked admin key is not hammered."""
         now = dt.datetime.now(dt.UTC)
-        self.errors_in_a_row += 1
+        streak = self.failing or {"since": now.isoformat(timespec="seconds"), "failures_in_a_row": 0}
+        failures = streak["failures_in_a_row"] + 1
         reason = pass_error_reason(exc)
         self.daemon.metrics.pass_errors.labels(self.name, reason).inc()
-        delay = backoff(self.errors_in_a_row, self.daemon.app.policy(self.daemon.settings.credential(self.name)))
+        delay = backoff(failures, self.daemon.app.policy(self.daemon.settings.credential(self.name)))
         self.daemon.schedule_tick(self.name, now + delay, keep_earlier=True)
         # What the status API shows until a pass runs to its end again (errors are scrubbed of secrets).
         self.failing = {
-            "since": (self.failing or {}).get("since", now.isoformat(timespec="seconds")),
-            "failures_in_a_row": self.errors_in_a_row,
+            "since": streak["since"],
+            "failures_in_a_row": failures,
             "reason": reason,
             "detail": str(exc) if isinstance(exc, RotatorError) else type(exc).__name__,
             "next_retry_at": (now + delay).isoformat(timespec="seconds"),

@@ -38,6 +38,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from rotator.sandbox.registry_store import DOCKER_LIST, DOCKER_MANIFEST, IMAGE_FLAVOURS, OCI_INDEX, OCI_MANIFEST
 from rotator.sandbox.tokens import TokenSigner
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -45,24 +46,7 @@ NGINX_BIN = "/usr/sbin/nginx"
 SKOPEO_BIN = "/usr/bin/skopeo"
 START_TIMEOUT_S = 10.0
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_ACCEPT = ", ".join(
-    (
-        OCI_MANIFEST,
-        "application/vnd.oci.image.index.v1+json",
-        DOCKER_MANIFEST,
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    )
-)
-_FLAVOURS = {
-    "oci": (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip"),
-    "docker": (
-        DOCKER_MANIFEST,
-        "application/vnd.docker.container.image.v1+json",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    ),
-}
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 
 
 def require(*binaries: str) -> None:
@@ -146,12 +130,10 @@ def bcrypt_htpasswd(users: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class RegistryProcess:
-    proc: subprocess.Popen[bytes]
+class _Listening:
+    """A real component listening on 127.0.0.1:``port``."""
+
     port: int
-    workdir: Path
-    log_path: Path
 
     @property
     def host(self) -> str:
@@ -160,6 +142,14 @@ class RegistryProcess:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
+
+
+@dataclass
+class RegistryProcess(_Listening):
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
 
     @classmethod
     def start(
@@ -266,7 +256,7 @@ def _ssha(password: str) -> str:
 
 
 @dataclass
-class NginxProxy:
+class NginxProxy(_Listening):
     workdir: Path
     upstream: str
     port: int
@@ -275,14 +265,6 @@ class NginxProxy:
     proc: subprocess.Popen[bytes] | None = None
     generation: int = 0
     _without: set[str] = field(default_factory=set)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     @property
     def conf_path(self) -> Path:
@@ -500,7 +482,7 @@ def build_image(label: str, flavour: str = "oci", *, filler_bytes: int = 0) -> t
 
     ``filler_bytes`` of random data make the layer that large (to exercise body-size limits).
     """
-    manifest_type, config_type, layer_type = _FLAVOURS[flavour]
+    manifest_type, config_type, layer_type = IMAGE_FLAVOURS[flavour]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         files = {"label.txt": label.encode()}

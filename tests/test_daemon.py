@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from daemon_env import Daemon
 from polling import POLL_S, wait_for
 from rotation_env import (
     SECRET,
@@ -30,48 +27,6 @@ from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.sandbox.control import SandboxProcess
 
 API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
-
-
-class Daemon:
-    def __init__(self, config: Path, *, identity: str = "replica-a") -> None:
-        log_dir = Path(os.environ.get("ROTATOR_TEST_LOG_DIR", "/tmp"))
-        self.log_path = log_dir / f"daemon-{identity}-{uuid.uuid4().hex[:8]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rotator", "--log-format", "json", "run", "-c", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "POD_NAME": identity},
-        )
-        self.identity = identity
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
-
-    def api(self) -> str:
-        """The HTTP API's base URL, from the daemon's ``api.listening`` log line."""
-        line = wait_for(
-            lambda: next((e for e in self.events() if e.get("event") == "api.listening"), None), "the HTTP API"
-        )
-        return f"http://{line['host']}:{line['port']}"
-
-    def logged(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.events())
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

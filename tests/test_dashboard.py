@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from conftest import start_sandbox
+from daemon_env import Daemon
 from monitoring_env import BUILTIN_SERIES, PROMETHEUS, REPO, exported_names, referenced_metrics, sample, scrape
 from polling import POLL_S
 from rotation_env import CRED, write_config
@@ -171,42 +169,6 @@ def _config(tmp: Path, sbx: SandboxProcess, tokens: Path) -> Path:
     return path
 
 
-class RotatorDaemon:
-    """``rotator run`` in a child process, logging JSON where the suite's leak scan looks."""
-
-    def __init__(self, config: Path) -> None:
-        log_dir = Path(os.environ.get("ROTATOR_TEST_LOG_DIR", "/tmp"))
-        self.log_path = log_dir / f"daemon-dashboard-{uuid.uuid4().hex[:8]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rotator", "--log-format", "json", "run", "-c", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "POD_NAME": "dashboard-test"},
-        )
-
-    def url(self) -> str:
-        """The HTTP API's base URL, from the ``api.listening`` log line."""
-        for _ in range(int(START_DEADLINE_S / 0.05)):
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if line.startswith("{") and '"api.listening"' in line:
-                    event = json.loads(line)
-                    return f"http://{event['host']}:{event['port']}"
-            time.sleep(POLL_S)
-        raise AssertionError("the daemon's HTTP API did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 def wait_until(
     url: str, what: str, check: Callable[[dict[tuple[str, frozenset[tuple[str, str]]], float]], bool]
 ) -> None:
@@ -226,9 +188,9 @@ def _run_daemon(tmp: Path) -> Generator[str, None, None]:
     tokens.chmod(0o600)
     sbx.set_faults("registry", {"path_prefix": "/v2/", "methods": ["HEAD"], "error_status": 429, "error_count": 1})
     sbx.set_faults("iam", {"path_prefix": "/v1/apikeys", "methods": ["POST"], "error_status": 503, "error_count": 1})
-    daemon = RotatorDaemon(_config(tmp, sbx, tokens))
+    daemon = Daemon(_config(tmp, sbx, tokens), identity="dashboard-test")
     try:
-        url = daemon.url()
+        url = daemon.api()
         wait_until(
             url,
             "the first rotations",

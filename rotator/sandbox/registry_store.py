@@ -25,8 +25,8 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 
-# Layer and config media types per manifest flavour (used to build seeded images).
-_FLAVOURS = {
+# Layer and config media types per manifest flavour (seeded images here; tests/realstack.py's pushed ones).
+IMAGE_FLAVOURS = {
     "oci": (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip"),
     "docker": (
         DOCKER_MANIFEST,
@@ -230,7 +230,7 @@ class Store:
     def seed_image(self, reference: str, flavour: str) -> str:
         """Build a tiny image (config + one gzip layer) and tag it; returns the manifest digest."""
         name, _, tag = reference.rpartition(":")
-        manifest_type, config_type, layer_type = _FLAVOURS[flavour]
+        manifest_type, config_type, layer_type = IMAGE_FLAVOURS[flavour]
         layer, diff_id = _layer(name)
         config = json.dumps(
             {
