@@ -38,6 +38,10 @@ def _auth_errors() -> dict[str, Any]:
     return {
         "401": _error("No bearer token, a malformed Authorization header, or an unknown token.", headers=_WWW_AUTH),
         "403": _error("The token is valid but not allowed this access."),
+        "429": _error(
+            "Too many failed authentications from this address: no token is checked until Retry-After.",
+            headers=_RETRY_AFTER,
+        ),
         "503": _error("The authority that checks tokens could not be reached.", headers=_RETRY_AFTER),
     }
 
@@ -196,7 +200,10 @@ def _rotate_operation(*, leaked: bool) -> dict[str, Any]:
             "413": _error("The body is larger than the limit."),
             "415": _error("A body that is not application/json."),
             "422": _error("The Idempotency-Key was used before with a different body."),
-            "429": _error("Too many rotation requests from this caller.", headers=_RETRY_AFTER),
+            "429": _error(
+                "Too many rotation requests from this caller, or failed authentications from this address.",
+                headers=_RETRY_AFTER,
+            ),
             "503": _error(
                 "Not the leader (the body names it), or the token authority is unreachable.", headers=_RETRY_AFTER
             ),
@@ -222,7 +229,8 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
             "title": "rotator",
             "version": __version__,
             "description": "Status and on-demand rotation of registry pull credentials. Errors are "
-            '`{"error": "...", "detail": ...}`; an unknown path is 404 and a wrong method 405.',
+            '`{"error": "...", "detail": ...}`; an unknown path is 404, a wrong method 405, a request that '
+            "does not parse (bad header bytes, headers over 8190 bytes) 400.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -239,7 +247,13 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
                         "200": {"description": "Alive.", "content": {_JSON: {"schema": _ref("Health")}}},
                         "503": _error("Not alive."),
                     },
-                }
+                },
+                "head": {
+                    "operationId": "healthzHead",
+                    "summary": "Liveness without a body, for probes that send HEAD.",
+                    "security": [],
+                    "responses": {"200": {"description": "Alive."}, "503": {"description": "Not alive."}},
+                },
             },
             "/readyz": {
                 "get": {

@@ -8,9 +8,16 @@ daemon's threads do; every call into the daemon (``DaemonControl``) and into the
 a traceback. One ``http.request`` line is logged per request (method, route template, status,
 principal, duration): never a header, so never the bearer token.
 
-Mutating endpoints are rate limited per principal (token bucket) and honour ``Idempotency-Key``:
-the same key from the same principal for the same credential answers the rotation it first
-started (``joined: true``) for ``server.idempotency_ttl``, in a bounded LRU.
+Mutating endpoints are rate limited per principal (token bucket), charged only when a rotation is
+started or joined (not for a bad body, a bad name, an unknown credential), and honour
+``Idempotency-Key``: the same key from the same principal for the same credential answers the
+rotation it first started (``joined: true``) for ``server.idempotency_ttl``, in a bounded LRU.
+
+Tokens are checked only while the caller's address has failure budget left (``AUTH_FAILURE_BURST``,
+refilled at ``AUTH_FAILURE_PER_MINUTE``): each check takes one unit and a token that proves valid
+gives it back, so a client guessing tokens causes at most the burst of TokenReviews at once and then
+gets 429 with ``Retry-After`` without any review being sent. The listener itself (malformed requests,
+header timeout, TLS) is ``rotator/apitransport.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from rotator import logs, openapi
+from rotator import apitransport, logs, openapi
 from rotator.apiauth import Access, Authenticator, AuthUnavailable, Principal, build_authenticator
 from rotator.errors import NotFoundError, RotatorError, TransientError
 from rotator.model import SecretStr
@@ -50,6 +57,10 @@ START_TIMEOUT_S = 10.0
 IDEMPOTENCY_ENTRIES = 10_000
 RATE_BUCKETS = 10_000
 WORKERS = 8
+# Per source address: ten tokens may be tried at once (a client with a few stale tokens recovers
+# without waiting), then one every two seconds, so a guesser costs the apiserver 30 TokenReviews a minute.
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURE_PER_MINUTE = 30.0
 PRINCIPAL = web.RequestKey("principal", str)
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 b64token
 _IDEMPOTENCY_KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)
@@ -98,19 +109,30 @@ class RateLimiter:
 
     def take(self, principal: str) -> float:
         """0 when the request may go ahead, else the seconds until it could."""
-        now = self.clock()
-        tokens, at = self._buckets.get(principal, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        tokens, now = self._level(principal)
         wait = 0.0
         if tokens >= 1:
             tokens -= 1
         else:
             wait = (1 - tokens) / self.rate
+        self._store(principal, tokens, now)
+        return wait
+
+    def refund(self, principal: str) -> None:
+        """Give back what ``take`` charged for a request that turned out not to count."""
+        tokens, now = self._level(principal)
+        self._store(principal, min(self.burst, tokens + 1), now)
+
+    def _level(self, principal: str) -> tuple[float, float]:
+        now = self.clock()
+        tokens, at = self._buckets.get(principal, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate), now
+
+    def _store(self, principal: str, tokens: float, now: float) -> None:
         self._buckets[principal] = (tokens, now)
         self._buckets.move_to_end(principal)
         while len(self._buckets) > RATE_BUCKETS:
             self._buckets.popitem(last=False)
-        return wait
 
 
 class IdempotencyStore:
@@ -182,6 +204,8 @@ class ApiServer:
         self.authenticator = authenticator
         self.shutdown_timeout = shutdown_timeout
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst, clock)
+        self.auth_failures = RateLimiter(AUTH_FAILURE_PER_MINUTE, AUTH_FAILURE_BURST, clock)
+        self.tls = apitransport.ReloadingTls(settings.tls.cert_file, settings.tls.key_file) if settings.tls else None
         self.idempotency = IdempotencyStore(settings.idempotency_ttl.total_seconds(), clock)
         self.document = openapi.document(metrics_public=settings.metrics_public)
         self.address: tuple[str, int] | None = None
@@ -214,7 +238,8 @@ class ApiServer:
     def url(self) -> str:
         assert self.address is not None
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -237,9 +262,10 @@ class ApiServer:
     async def _listen(self) -> None:
         self._idempotency_lock = asyncio.Lock()
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.on_response_prepare.append(apitransport.drop_server_banner)
         app.add_routes(
             [
-                web.get("/healthz", self._healthz, allow_head=False),
+                web.get("/healthz", self._healthz),  # HEAD too: load balancers probe with it
                 web.get("/readyz", self._readyz, allow_head=False),
                 web.get("/metrics", self._metrics, allow_head=False),
                 web.get("/openapi.json", self._openapi, allow_head=False),
@@ -249,16 +275,17 @@ class ApiServer:
                 web.get("/v1/rotations/{id}", self._get_rotation, allow_head=False),
             ]
         )
-        runner = web.AppRunner(
+        runner = apitransport.HardenedRunner(
             app,
-            handle_signals=False,
+            header_timeout=self.settings.header_timeout.total_seconds(),
             access_log=None,
             logger=_protocol_logger(),
             shutdown_timeout=self.shutdown_timeout,
         )
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
+        ssl_context = self.tls.context if self.tls else None
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -338,12 +365,18 @@ class ApiServer:
 
     async def _authenticate(self, request: web.Request) -> Principal:
         token = _bearer(request)
+        source = request.remote or ""
+        wait = self.auth_failures.take(source)  # reserved before the check, so concurrent guesses count too
+        if wait > 0:
+            raise ApiError(429, "too many failed authentications from this address", headers=self._retry_after(wait))
         try:
             principal = await self._auth_call(self.authenticator.authenticate, token)
         except AuthUnavailable as exc:
+            self.auth_failures.refund(source)
             raise self._unavailable(exc) from None
         if principal is None:
             raise ApiError(401, "invalid bearer token", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'})
+        self.auth_failures.refund(source)
         request[PRINCIPAL] = principal.name
         return principal
 
@@ -431,9 +464,6 @@ class ApiServer:
     async def _request_rotation(self, request: web.Request, *, leaked: bool) -> web.Response:
         name = request.match_info["name"]
         principal = await self._authorize(request, Access(verb="rotate", credential=name))
-        wait = self.limiter.take(principal.name)
-        if wait > 0:
-            raise ApiError(429, "too many rotation requests", headers=self._retry_after(wait))
         fields = await _read_body(request, LEAK_FIELDS if leaked else ROTATE_FIELDS)
         key = _idempotency_key(request)
         if len(name) > 253 or not _CREDENTIAL_NAME.match(name):
@@ -447,10 +477,20 @@ class ApiServer:
                 headers=self._retry_after(FOLLOWER_RETRY_AFTER),
             )
         fingerprint = hashlib.sha256(json.dumps([leaked, fields], sort_keys=True).encode()).hexdigest()
+        # Charged here, once the request is well-formed; given back when it starts or joins nothing.
+        wait = self.limiter.take(principal.name)
+        if wait > 0:
+            raise ApiError(429, "too many rotation requests", headers=self._retry_after(wait))
         assert self._idempotency_lock is not None
-        # One at a time with a key, so two racing requests with the same key cannot both start one.
-        async with self._idempotency_lock if key else contextlib.nullcontext():
-            rotation_id, joined, replay = await self._start_or_replay(principal, name, key, fingerprint, fields, leaked)
+        try:
+            # One at a time with a key, so two racing requests with the same key cannot both start one.
+            async with self._idempotency_lock if key else contextlib.nullcontext():
+                rotation_id, joined, replay = await self._start_or_replay(
+                    principal, name, key, fingerprint, fields, leaked
+                )
+        except ApiError:
+            self.limiter.refund(principal.name)
+            raise
         log.info(
             "api.rotation_requested",
             credential=name,

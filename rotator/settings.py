@@ -229,6 +229,8 @@ class StateSettings:
 
 
 AUTH_MODES = ("token-file", "kubernetes", "disabled")
+# The audience callers' projected service-account tokens are minted for (deploy/examples/caller-pod.yaml).
+KUBERNETES_AUDIENCE = "rotator"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,9 +243,20 @@ class ApiAuthSettings:
 
     mode: str = "disabled"  # "token-file" | "kubernetes" | "disabled"
     file: Path | None = None  # token-file: lines "<token> <principal> <read|rotate>"
-    audiences: tuple[str, ...] = ()  # kubernetes: TokenReview audiences (empty: the apiserver's)
+    # kubernetes: TokenReview audiences; a token must be issued for one of them. The parser defaults
+    # this to (KUBERNETES_AUDIENCE,) in kubernetes mode, so a token minted for the apiserver (or for
+    # another service) cannot be replayed here. Empty: the apiserver's own audiences.
+    audiences: tuple[str, ...] = ()
     cache_ttl: dt.timedelta = dt.timedelta(seconds=10)  # kubernetes: review results kept this long
     namespace: str = "rotator-system"  # kubernetes: namespace of the SubjectAccessReview
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """The API listener's certificate chain and key (PEM), re-read when either file changes."""
+
+    cert_file: Path
+    key_file: Path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +264,10 @@ class ServerSettings:
     listen: str = "0.0.0.0:8080"  # host:port, [v6]:port; port 0 picks a free one
     metrics_public: bool = True
     auth: ApiAuthSettings = field(default_factory=ApiAuthSettings)
+    tls: TlsSettings | None = None  # plain HTTP when unset
+    # A request's headers must arrive within this long (from the connection or its first byte), so a
+    # client trickling headers (slowloris) cannot hold a connection open.
+    header_timeout: dt.timedelta = dt.timedelta(seconds=10)
     # Token bucket per principal on the mutating endpoints.
     rate_per_minute: float = 10.0
     rate_burst: int = 5
@@ -950,7 +967,8 @@ def _daemon(node: _Node | None) -> DaemonSettings:
 def _api_auth(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) -> ApiAuthSettings:
     default_mode = "kubernetes" if kubernetes.in_cluster else "disabled"
     if node is None:
-        return ApiAuthSettings(mode=default_mode, namespace=kubernetes.namespace)
+        audiences = (KUBERNETES_AUDIENCE,) if default_mode == "kubernetes" else ()
+        return ApiAuthSettings(mode=default_mode, namespace=kubernetes.namespace, audiences=audiences)
     node.known("mode", "file", "audiences", "cache_ttl", "namespace")
     mode = node.value("mode", _string, example="token-file", default=default_mode) or default_mode
     if mode not in AUTH_MODES:
@@ -963,10 +981,11 @@ def _api_auth(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings
         node.errors.add(node.at("file"), "is required with mode token-file", "/etc/rotator/api-tokens")
     if mode != "token-file" and file is not None:
         node.errors.add(node.at("file"), f"is only used with mode token-file, not {mode}")
+    default_audiences = (KUBERNETES_AUDIENCE,) if mode == "kubernetes" else ()
     return ApiAuthSettings(
         mode=mode,
         file=file,
-        audiences=node.value("audiences", _list_of(_string), example="[rotator]", default=()) or (),
+        audiences=node.value("audiences", _list_of(_string), example="[rotator]", default=default_audiences) or (),
         cache_ttl=node.value("cache_ttl", _duration, example="10s", default=dt.timedelta(seconds=10))
         or dt.timedelta(0),
         namespace=node.value("namespace", _namespace_name, example="rotator-system", default=kubernetes.namespace)
@@ -977,7 +996,7 @@ def _api_auth(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings
 def _server(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) -> ServerSettings:
     if node is None:
         return ServerSettings(auth=_api_auth(None, base_dir, kubernetes))
-    node.known("listen", "metrics_public", "auth", "rate_limit", "idempotency_ttl")
+    node.known("listen", "metrics_public", "auth", "tls", "header_timeout", "rate_limit", "idempotency_ttl")
     listen = node.value("listen", _listen, example="0.0.0.0:8080", default="0.0.0.0:8080") or "0.0.0.0:8080"
     public = node.value("metrics_public", _bool, example="true", default=True)
     auth = _api_auth(node.child("auth", required=False), base_dir, kubernetes)
@@ -988,6 +1007,7 @@ def _server(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) 
         per_minute = limit.value("per_minute", _positive_number, example="10", default=10.0) or 10.0
         burst = limit.value("burst", _int_range(1, 10_000), example="5", default=5) or 5
     ttl = node.value("idempotency_ttl", _positive_duration, example="24h", default=dt.timedelta(hours=24))
+    header_timeout = node.value("header_timeout", _positive_duration, example="10s", default=None)
     return ServerSettings(
         listen=listen,
         metrics_public=public is not False,
@@ -995,7 +1015,20 @@ def _server(node: _Node | None, base_dir: Path, kubernetes: KubernetesSettings) 
         rate_per_minute=per_minute,
         rate_burst=burst,
         idempotency_ttl=ttl or dt.timedelta(hours=24),
+        tls=_tls(node.child("tls", required=False), base_dir),
+        header_timeout=header_timeout or ServerSettings().header_timeout,
     )
+
+
+def _tls(node: _Node | None, base_dir: Path) -> TlsSettings | None:
+    if node is None:
+        return None
+    node.known("cert_file", "key_file")
+    paths = []
+    for key, example in (("cert_file", "/etc/rotator/tls/tls.crt"), ("key_file", "/etc/rotator/tls/tls.key")):
+        raw = node.value(key, _string, example=example)
+        paths.append(Path(raw) if raw and Path(raw).is_absolute() else base_dir / (raw or ""))
+    return TlsSettings(cert_file=paths[0], key_file=paths[1])
 
 
 def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:

@@ -611,7 +611,7 @@ def test_non_json_body_is_415(api: Api, content_type: str) -> None:
     [
         pytest.param("GET", "/v1/credentials/icr-pull/rotate", "POST", id="get-rotate"),
         pytest.param("DELETE", "/v1/credentials", "GET", id="delete-credentials"),
-        pytest.param("PUT", "/healthz", "GET", id="put-healthz"),
+        pytest.param("PUT", "/healthz", "GET,HEAD", id="put-healthz"),
         pytest.param("POST", "/v1/rotations/rot-1", "GET", id="post-rotation"),
     ],
 )

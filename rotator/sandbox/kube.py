@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from rotator.sandbox import kube_types as types
-from rotator.sandbox.kube_auth import Attributes, Authorizer, Rule, User
+from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User
 from rotator.sandbox.kube_list import Lister
 from rotator.sandbox.kube_rest import Call, Rest, respond
 from rotator.sandbox.kube_review import Reviews
@@ -131,10 +131,10 @@ class KubeEmulator:
             if request.path in PUBLIC_PATHS:
                 return None
             raise unauthorized()
-        user = self.auth.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
+        found = self.auth.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if found is None:
             raise unauthorized()
-        return user
+        return found[0]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         user = self._authenticate(request)
@@ -248,7 +248,8 @@ class KubeEmulator:
 
     async def _admin_add_token(self, request: web.Request) -> web.Response:
         """Body: {"user": "name", "groups": [...], "rules": [{verbs, apiGroups, resources, namespaces,
-        resourceNames, nonResourceURLs}], "token": optional}. Answers the token and the user."""
+        resourceNames, nonResourceURLs}], "token": optional, "audiences": optional (default: the API
+        server's)}. Answers the token, the user and the audiences."""
         try:
             body = json.loads(await request.read())
             if not isinstance(body, dict) or not isinstance(body.get("user"), str) or not body["user"]:
@@ -260,10 +261,15 @@ class KubeEmulator:
             token = body.get("token")
             if token is not None and (not isinstance(token, str) or not token):
                 raise ValueError("'token' must be a non-empty string")
+            audiences = body.get("audiences", list(API_AUDIENCES))
+            if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) and a for a in audiences):
+                raise ValueError("'audiences' must be a non-empty list of non-empty strings")
         except (ValueError, TypeError) as exc:
             return self._admin_error(400, f"bad token request: {exc}")
-        token, user = self.auth.add_token(username=body["user"], groups=groups, rules=rules, token=token)
-        return web.json_response({"token": token, "user": user.to_json()}, status=201)
+        token, user = self.auth.add_token(
+            username=body["user"], groups=groups, rules=rules, token=token, audiences=tuple(audiences)
+        )
+        return web.json_response({"token": token, "user": user.to_json(), "audiences": audiences}, status=201)
 
     async def _admin_remove_token(self, request: web.Request) -> web.Response:
         if not self.auth.remove_token(request.match_info["token"]):

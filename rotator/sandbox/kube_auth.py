@@ -4,6 +4,12 @@ Rules are bound to user names or group names, so a SubjectAccessReview about a u
 same as that user's own requests. Group ``system:masters`` may do anything, as in a real cluster.
 Rules may name resources this emulator does not serve (e.g. ``credentials/rotate`` in
 ``rotator.example.com``): they only matter to SubjectAccessReviews.
+
+Every token is issued for audiences, as a TokenRequest-minted token is: by default the API server's
+own (``API_AUDIENCES``), or those the admin API names (a projected token with ``audience: rotator``).
+The API server accepts a token only when its audiences meet its own; a TokenReview only when they
+meet the review's ``spec.audiences`` (the API server's when empty), answering the overlap in
+``status.audiences``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUPERUSER_GROUP = "system:masters"
+API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)  # the real default of --api-audiences
 AUTHENTICATED = "system:authenticated"
 READ_VERBS = ("get", "list", "watch")
 
@@ -119,6 +126,7 @@ class User:
 class Authorizer:
     def __init__(self) -> None:
         self.tokens: dict[str, User] = {}
+        self.audiences: dict[str, tuple[str, ...]] = {}  # token -> the audiences it was issued for
         # "user:<name>" / "group:<name>" -> rules
         self.bindings: dict[str, list[Rule]] = {}
         self.added: list[dict[str, Any]] = []  # tokens added at run time, for dump()
@@ -139,21 +147,35 @@ class Authorizer:
         ]
 
     def add_token(
-        self, *, username: str, groups: list[str], rules: list[Rule], token: str | None = None
+        self,
+        *,
+        username: str,
+        groups: list[str],
+        rules: list[Rule],
+        token: str | None = None,
+        audiences: tuple[str, ...] = API_AUDIENCES,
     ) -> tuple[str, User]:
         token = token or secrets.token_urlsafe(32)
         user = User(username=username, groups=tuple(dict.fromkeys([*groups, AUTHENTICATED])))
         self.tokens[token] = user
+        self.audiences[token] = audiences
         self.bindings.setdefault(f"user:{username}", []).extend(rules)
-        self.added.append({"token": token, "user": user.to_json(), "rules": [r.to_json() for r in rules]})
+        added = {"token": token, "user": user.to_json(), "rules": [r.to_json() for r in rules]}
+        self.added.append(added | {"audiences": list(audiences)})
         return token, user
 
     def remove_token(self, token: str) -> bool:
         self.added = [a for a in self.added if a["token"] != token]
+        self.audiences.pop(token, None)
         return self.tokens.pop(token, None) is not None
 
-    def authenticate(self, token: str) -> User | None:
-        return self.tokens.get(token)
+    def authenticate(self, token: str, audiences: tuple[str, ...] = API_AUDIENCES) -> tuple[User, list[str]] | None:
+        """The token's user and the audiences (of those wanted) it was issued for; None when unknown or
+        issued for none of them."""
+        user = self.tokens.get(token)
+        issued_for = self.audiences.get(token, API_AUDIENCES)
+        matched = [a for a in audiences if a in issued_for]
+        return (user, matched) if user is not None and matched else None
 
     def allowed(self, username: str, groups: tuple[str, ...] | list[str], attrs: Attributes) -> bool:
         if SUPERUSER_GROUP in groups:
@@ -168,6 +190,7 @@ class Authorizer:
         for entry in added:
             user = entry["user"]
             self.tokens[entry["token"]] = User(username=user["username"], uid=user["uid"], groups=tuple(user["groups"]))
+            self.audiences[entry["token"]] = tuple(entry.get("audiences", API_AUDIENCES))
             rules = [Rule.from_json(r) for r in entry["rules"]]
             self.bindings.setdefault(f"user:{user['username']}", []).extend(rules)
             self.added.append(entry)

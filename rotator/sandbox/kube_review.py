@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
-from rotator.sandbox.kube_auth import Attributes, Authorizer, User
+from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, User
 from rotator.sandbox.kube_rest import BODY_TYPES, Call, read_body, respond
 from rotator.sandbox.kube_status import Cause, KubeError, bad_request, invalid, invalid_value
 from rotator.sandbox.kube_types import SELFSUBJECTACCESSREVIEWS, SUBJECTACCESSREVIEWS, TOKENREVIEWS
 from rotator.sandbox.kube_validate import decode
 
-DEFAULT_AUDIENCES = ["https://kubernetes.default.svc.cluster.local"]
 EXACTLY_ONE = "exactly one of nonResourceAttributes or resourceAttributes must be specified"
 
 
@@ -33,6 +33,10 @@ def _attributes(spec: dict[str, Any], kind: str) -> Attributes:
         namespace=attrs.get("namespace") or "",
         name=attrs.get("name") or "",
     )
+
+
+def _go_quoted(values: Any) -> str:
+    return "[" + " ".join(json.dumps(v) for v in values) + "]"
 
 
 def _decision(auth: Authorizer, username: str, groups: list[str], attrs: Attributes) -> dict[str, Any]:
@@ -67,11 +71,18 @@ class Reviews:
         token = spec.get("token")
         if not isinstance(token, str) or not token:
             raise bad_request("token is required for TokenReview in authentication")
-        user = self.auth.authenticate(token)
-        if user is None:
+        wanted = spec.get("audiences") or list(API_AUDIENCES)
+        if not isinstance(wanted, list) or not all(isinstance(a, str) for a in wanted):
+            raise bad_request("TokenReview spec.audiences must be a list of strings")
+        if token not in self.auth.tokens:
             return {"user": {}, "error": "[invalid bearer token, token lookup failed]"}
-        audiences = spec.get("audiences") or DEFAULT_AUDIENCES
-        return {"authenticated": True, "user": user.to_json(), "audiences": audiences}
+        found = self.auth.authenticate(token, tuple(wanted))
+        if found is None:  # issued for other audiences: the real API server's wording (Go's %q of a slice)
+            issued = _go_quoted(self.auth.audiences.get(token, API_AUDIENCES))
+            error = f"token audiences {issued} is invalid for the target audiences {_go_quoted(wanted)}"
+            return {"user": {}, "error": f"[invalid bearer token, {error}]"}
+        user, matched = found
+        return {"authenticated": True, "user": user.to_json(), "audiences": matched}
 
     def _subject_review(self, spec: dict[str, Any]) -> dict[str, Any]:
         username, groups = spec.get("user") or "", spec.get("groups") or []
