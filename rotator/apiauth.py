@@ -18,8 +18,9 @@ constant time: the SHA-256 of the presented token against the digest of every en
 early exit.
 
 **Kubernetes** (``server.auth: {mode: kubernetes}``), in a cluster. The token goes to a
-TokenReview (with ``server.auth.audiences`` when set), then the user and groups it names to a
-SubjectAccessReview for::
+TokenReview with ``server.auth.audiences`` (default ``[rotator]``: callers mount a projected token
+for that audience, and a token issued for another audience is refused), then the user and groups it
+names to a SubjectAccessReview for::
 
     resourceAttributes: {group: rotator.example.com, resource: credentials, namespace: <server.auth.namespace>,
                          name: <credential>, verb: rotate | get | list}

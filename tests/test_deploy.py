@@ -375,6 +375,25 @@ def test_config_is_valid_and_fits_the_manifests(objects: list[dict[str, Any]], t
     assert str(iam.apikey.file) == "/var/run/secrets/rotator/apikey"
 
 
+def test_caller_example_mounts_a_token_for_rotators_audience(objects: list[dict[str, Any]], tmp_path: Path) -> None:
+    """deploy/examples/caller-pod.yaml validates; its pod mounts a projected token for the audience the
+    shipped config accepts, as the ServiceAccount its RoleBinding names, and mounts no apiserver token."""
+    example = [d for d in yaml.safe_load_all((DEPLOY / "examples" / "caller-pod.yaml").read_text()) if d]
+    assert schema_errors(example) == []
+    path = tmp_path / "rotator.yaml"
+    path.write_text(one(objects, "ConfigMap")["data"]["rotator.yaml"])
+    audiences = parse(yaml.safe_load(path.read_text()), source=path, base_dir=tmp_path).server.auth.audiences
+    pod = one(example, "Pod")["spec"]
+    projected = [s for v in pod["volumes"] for s in v.get("projected", {}).get("sources", [])]
+    assert [s["serviceAccountToken"]["audience"] for s in projected] == ["rotator"]
+    assert "rotator" in audiences
+    account = one(example, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False and pod["serviceAccountName"] == account["metadata"]["name"]
+    [subject] = one(example, "RoleBinding")["subjects"]
+    assert (subject["name"], subject["namespace"]) == (account["metadata"]["name"], account["metadata"]["namespace"])
+    assert one(example, "RoleBinding")["metadata"]["namespace"] == NAMESPACE
+
+
 def test_containerfile_builds_a_non_root_image() -> None:
     """Two stages (wheel build, slim Python 3.11 runtime), user 10001, `rotator` as the entrypoint."""
     text = (DEPLOY / "Containerfile").read_text()
