@@ -15,8 +15,10 @@ import json
 import os
 import secrets
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -132,6 +134,50 @@ def test_a_token_for_another_audience_is_refused(shared_sandbox: SandboxProcess)
     assert not mismatch.get("authenticated") and "is invalid for the target audiences" in mismatch["error"]
     own = httpx.get(f"{kube}/served/v1/namespaces", headers={"Authorization": f"Bearer {for_rotator}"})
     assert own.status_code == 401
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_kubectl_create_token_for_the_rotator_audience_is_accepted(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """`kubectl create token --audience rotator` (a TokenRequest to the emulator) mints a token rotator accepts;
+    the same without --audience (issued for the apiserver) is refused. The emulator refuses a TokenRequest for
+    an unknown service account (404), from a caller without create on serviceaccounts/token (403), or shorter
+    than ten minutes (422), as the real apiserver does."""
+    kube = sandbox.endpoints["kubernetes"]
+    admin = {"Authorization": f"Bearer {sandbox.endpoints['kubernetes_token']}"}
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}}
+    httpx.post(
+        f"{kube}/api/v1/namespaces/rotator-system/serviceaccounts", json=account, headers=admin
+    ).raise_for_status()
+    rule = {"verbs": ["get", "list"], "apiGroups": ["rotator.example.com"], "resources": ["credentials"]}
+    add_token(sandbox, "system:serviceaccount:rotator-system:operator", [rule], None)  # binds the rule to the user
+
+    def create_token(*extra: str) -> str:
+        env = dict(os.environ, HOME=str(tmp_path), KUBECONFIG=sandbox.endpoints["kubeconfig"])
+        args = [str(KUBECTL), "--cache-dir", str(tmp_path / "cache"), "-n", "rotator-system", "create", "token"]
+        result = subprocess.run([*args, "operator", *extra], capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    for_rotator, for_apiserver = create_token("--audience", "rotator"), create_token()
+    token_url = f"{kube}/api/v1/namespaces/rotator-system/serviceaccounts/{{}}/token"
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": ["rotator"]}}
+    readonly = {"Authorization": f"Bearer {sandbox.endpoints['kubernetes_readonly_token']}"}
+    short = request | {"spec": {"expirationSeconds": 60}}
+    assert [
+        httpx.post(token_url.format("nobody"), json=request, headers=admin).status_code,
+        httpx.post(token_url.format("operator"), json=request, headers=readonly).status_code,
+        httpx.post(token_url.format("operator"), json=short, headers=admin).status_code,
+    ] == [404, 403, 422]
+    reviewer = add_token(sandbox, "rotator", REVIEWER_RULES, None)
+    with (
+        kube_authenticator(sandbox, reviewer, audiences=("rotator",)) as auth,
+        running(FakeControl(), auth) as served,
+    ):
+        assert served.call("GET", "/v1/credentials", token=for_rotator).status_code == 200
+        assert served.call("GET", "/v1/credentials", token=for_apiserver).status_code == 401
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 for kubectl, the official Python client and rotator's adapter.
 
 Served: discovery, namespaces, secrets, serviceaccounts, configmaps, events, leases (CRUD, list with
-selectors and pagination, watch, three patch types, dry-run), TokenReview and (Self)SubjectAccessReview.
+selectors and pagination, watch, three patch types, dry-run), TokenRequest (serviceaccounts/token),
+TokenReview and (Self)SubjectAccessReview.
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
 validation), kube_patch (patches), kube_select (selectors), kube_store (objects, history, watches),
-kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_auth (tokens, rules),
+kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_tokenrequest (minting
+service-account tokens for audiences), kube_auth (tokens, rules),
 kube_table (kubectl tables), kube_proto (kubectl's protobuf bodies), kube_tls (the https listener kubectl
 needs: it sends no token over plain http).
 """
@@ -37,6 +39,7 @@ from rotator.sandbox.kube_status import (
 )
 from rotator.sandbox.kube_store import Store
 from rotator.sandbox.kube_tls import TlsListener, load_or_create
+from rotator.sandbox.kube_tokenrequest import create_token, token_request_path
 from rotator.sandbox.kube_types import NAMESPACES, ResourceType
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,9 @@ class KubeEmulator:
             if request.method != "GET":
                 raise method_not_allowed()
             return discovery
+        token_request = token_request_path(segments)
+        if token_request is not None and user is not None:
+            return await create_token(request, user, self.auth, self.rest, *token_request)
         call = self._resolve(request, segments)
         if call is None or user is None:
             raise not_found_path()

@@ -108,6 +108,8 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         6: ("strategy", "str", False),
         7: ("preferredHolder", "str", False),
     },
+    "TokenRequest": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "TokenRequestSpec", False)},
+    "TokenRequestSpec": {1: ("audiences", "str", True), 4: ("expirationSeconds", "int", False)},
     "TokenReview": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "TokenReviewSpec", False)},
     "TokenReviewSpec": {1: ("token", "str", False), 2: ("audiences", "str", True)},
     "SubjectAccessReview": {1: ("metadata", "ObjectMeta", False), 2: ("spec", "SubjectAccessReviewSpec", False)},
