@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from monitoring_env import KUBECTL, PROMTOOL, REPO
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from rotator.settings import IamProviderSettings, parse
 
@@ -406,15 +410,45 @@ def test_config_is_valid_and_fits_the_manifests(objects: list[dict[str, Any]], t
     assert str(iam.apikey.file) == "/var/run/secrets/rotator/apikey"
 
 
-def test_containerfile_builds_a_non_root_image() -> None:
-    """Two stages (wheel build, slim Python 3.11 runtime), user 10001, `rotator` as the entrypoint."""
+def test_containerfile_builds_a_non_root_image_from_pinned_inputs() -> None:
+    """Two stages (build, runtime) on the slim Python 3.11 base pinned by digest, dependencies installed
+    from the hashed locks only, user 10001, `rotator` as the entrypoint. (tests/test_image.py builds it.)"""
     text = (DEPLOY / "Containerfile").read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert len(stages) == 2 and stages[0].endswith(" AS build") and stages[1].endswith(" AS runtime")
-    assert "python:3.11-slim" in text
+    base = r"^ARG PYTHON_IMAGE=docker\.io/library/python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$"
+    assert re.search(base, text, re.MULTILINE)
+    installs = [line for line in text.splitlines() if "pip install " in line and "--no-index" not in line]
+    assert len(installs) == 2 and all("--require-hashes" in line and ".lock" in line for line in installs)
     assert "USER 10001:10001" in text
     assert 'ENTRYPOINT ["rotator"]' in text
-    assert "pip wheel" in text
+
+
+def _lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, sha256 hashes) of a pip-compile --generate-hashes file."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.split(r"\n(?=[a-z0-9])", path.read_text()):
+        if match := re.match(r"([a-z0-9._-]+)==(\S+)", entry):
+            pins[canonicalize_name(match[1])] = (match[2], re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+    return pins
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """deploy/requirements.lock (make lock) pins each dependency of pyproject.toml at a version its
+    specifier accepts, every pin with hashes; nothing of the test extras is in it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = _lock(DEPLOY / "requirements.lock")
+    assert len(pins) >= len(project["dependencies"])
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in deploy/requirements.lock: run make lock"
+        assert requirement.specifier.contains(pins[name][0]), f"{name}=={pins[name][0]} does not fit {line}"
+    assert all(hashes for _, hashes in pins.values())
+    for line in project["optional-dependencies"]["test"]:
+        assert canonicalize_name(Requirement(line).name) not in pins
+    tools = _lock(DEPLOY / "build-tools.lock")
+    assert {"setuptools", "cyclonedx-bom"} <= set(tools) and all(hashes for _, hashes in tools.values())
 
 
 def test_configuration_doc_example_is_a_valid_config(tmp_path: Path) -> None:
