@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Debian packages the tests drive for real (docker-registry, nginx, skopeo, prometheus).
+## Debian packages the tests drive for real (docker-registry, nginx, skopeo, prometheus; podman,
+## buildah, debootstrap for the image test).
 system-deps:
 	bash .ci/system-deps
 
