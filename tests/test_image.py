@@ -235,9 +235,13 @@ def _mounts(sandbox: SandboxProcess, tmp_path: Path) -> tuple[str, ...]:
 
 def _descendants(pid: int) -> list[int]:
     out: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
-            out += [int(child), *_descendants(int(child))]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        children = [c for t in tasks for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:  # the process (or a thread) ended while being read
+        return out
+    for child in children:
+        out += [int(child), *_descendants(int(child))]
     return out
 
 
