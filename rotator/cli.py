@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from rotator import __version__, logs
+from rotator import logs
 from rotator.errors import ConfigError, LockedError, RotatorError, StateError
 
 
@@ -16,14 +16,13 @@ def _with_config(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rotator import commands
-    from rotator.sandbox import server as sandbox_server
+    from rotator import commands, version
 
     parser = argparse.ArgumentParser(
         prog="rotator",
         description="Rotates registry pull credentials: mint, distribute, verify the pull, then revoke.",
     )
-    parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    parser.add_argument("--version", action=version.VersionAction)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("ROTATOR_LOG_LEVEL", "info"),
@@ -69,9 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", commands.run, "run the daemon")
     _with_config(p)
     p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
-    p = add("sandbox", sandbox_server.main, "serve local emulators of IAM, Kubernetes and registries")
-    sandbox_server.add_arguments(p)
+    _add_sandbox(sub)
     return parser
+
+
+def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "serve local emulators of IAM, Kubernetes and registries"
+    try:
+        from rotator.sandbox import server as sandbox_server
+    except ModuleNotFoundError as exc:
+        if exc.name != "rotator.sandbox":
+            raise
+        # A non-editable install (the container image) leaves the emulators out. Any arguments are
+        # taken as plain words ("\0" prefix) so that the answer is the explanation, not a usage error.
+        p = sub.add_parser("sandbox", help=text, description=text, prefix_chars="\0", add_help=False)
+        p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+        p.set_defaults(func=_sandbox_missing)
+        return
+    p = sub.add_parser("sandbox", help=text, description=text)
+    p.set_defaults(func=sandbox_server.main)
+    sandbox_server.add_arguments(p)
+
+
+def _sandbox_missing(args: argparse.Namespace) -> int:
+    print(
+        "rotator sandbox: the sandbox emulators are not part of this installation (the container image and "
+        "wheels leave them out); run them from a source checkout: make venv && .venv/bin/rotator sandbox",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from monitoring_env import KUBECTL, PROMTOOL, REPO
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from rotator.settings import IamProviderSettings, parse
 
@@ -89,6 +93,7 @@ def test_base_renders_every_object(objects: list[dict[str, Any]]) -> None:
             ("Service", "rotator"),
             ("PodDisruptionBudget", "rotator"),
             ("NetworkPolicy", "rotator"),
+            ("NetworkPolicy", "rotator-registries"),
             ("ServiceMonitor", "rotator"),
             ("PrometheusRule", "rotator"),
         ]
@@ -101,7 +106,7 @@ def test_base_renders_every_object(objects: list[dict[str, Any]]) -> None:
 
 def test_every_object_validates_against_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     """Each non-CRD object passes the Kubernetes 1.32 JSON schema in strict mode (no unknown fields)."""
-    assert len([o for o in objects if o["kind"] not in CRD_KINDS]) == 11
+    assert len([o for o in objects if o["kind"] not in CRD_KINDS]) == 12
     assert schema_errors(objects) == []
 
 
@@ -245,18 +250,48 @@ def test_service_pdb_and_selectors_match_the_pods(objects: list[dict[str, Any]])
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+NODE_LOCAL_DNS = "169.254.20.10/32"  # NodeLocal DNSCache's usual link-local address
+
+
+def egress_ports(policy: dict[str, Any]) -> list[tuple[int, str]]:
+    return sorted((p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"])
+
+
 def test_networkpolicy_limits_ingress_and_egress(objects: list[dict[str, Any]]) -> None:
-    """Ingress only on 8080 (monitoring namespace, labelled API clients); egress only DNS, 6443 and 443."""
-    policy = one(objects, "NetworkPolicy")["spec"]
-    assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["podSelector"]["matchLabels"].items() <= (
-        one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
-    )
-    [ingress] = policy["ingress"]
+    """Ingress only on 8080, from the monitoring namespace and namespaces labelled as API clients (never
+    from any pod that sets a label); egress only DNS (kube-dns and node-local DNS), 6443, and 443 to
+    registries in a policy of its own."""
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    main, registries = one(objects, "NetworkPolicy", "rotator"), one(objects, "NetworkPolicy", "rotator-registries")
+    for policy in (main, registries):
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert main["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [ingress] = main["spec"]["ingress"]
     assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    assert len(ingress["from"]) == 2
-    egress_ports = sorted((p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"])
-    assert egress_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (6443, "TCP")]
+    assert [peer["namespaceSelector"]["matchLabels"] for peer in ingress["from"]] == [
+        {"kubernetes.io/metadata.name": "monitoring"},
+        {"rotator.example.com/api-client": "true"},
+    ]
+    assert all(set(peer) == {"namespaceSelector"} for peer in ingress["from"])  # no pod-label peers
+    assert egress_ports(main) == [(53, "TCP"), (53, "UDP"), (6443, "TCP")]
+    [dns] = [rule for rule in main["spec"]["egress"] if {"port": 53, "protocol": "UDP"} in rule["ports"]]
+    assert {"ipBlock": {"cidr": NODE_LOCAL_DNS}} in dns["to"]
+    assert any(peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for peer in dns["to"])
+    assert registries["spec"]["policyTypes"] == ["Egress"] and "ingress" not in registries["spec"]
+    assert len(registries["spec"]["egress"]) == 1  # one rule: an overlay replaces its ports by index 0
+    assert egress_ports(registries) == [(443, "TCP")]
+
+
+def test_registry_ports_overlay_from_install_doc(tmp_path: Path) -> None:
+    """The overlay in docs/install.md ("Registry ports") adds a registry port and changes nothing else."""
+    [overlay] = [o for o in _install_doc_overlays() if "rotator-registries" in o]
+    where = tmp_path / "clusters" / "prod" / "rotator"
+    where.mkdir(parents=True)
+    (where / "kustomization.yaml").write_text(overlay.replace("../../../deploy", os.path.relpath(DEPLOY, where)))
+    objects = kustomize(where, tmp_path)
+    assert schema_errors(objects) == []
+    assert egress_ports(one(objects, "NetworkPolicy", "rotator-registries")) == [(443, "TCP"), (5000, "TCP")]
+    assert egress_ports(one(objects, "NetworkPolicy", "rotator")) == [(53, "TCP"), (53, "UDP"), (6443, "TCP")]
 
 
 # -- RBAC ----------------------------------------------------------------------------------------
@@ -394,15 +429,45 @@ def test_caller_example_mounts_a_token_for_rotators_audience(objects: list[dict[
     assert one(example, "RoleBinding")["metadata"]["namespace"] == NAMESPACE
 
 
-def test_containerfile_builds_a_non_root_image() -> None:
-    """Two stages (wheel build, slim Python 3.11 runtime), user 10001, `rotator` as the entrypoint."""
+def test_containerfile_builds_a_non_root_image_from_pinned_inputs() -> None:
+    """Two stages (build, runtime) on the slim Python 3.11 base pinned by digest, dependencies installed
+    from the hashed locks only, user 10001, `rotator` as the entrypoint. (tests/test_image.py builds it.)"""
     text = (DEPLOY / "Containerfile").read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
     assert len(stages) == 2 and stages[0].endswith(" AS build") and stages[1].endswith(" AS runtime")
-    assert "python:3.11-slim" in text
+    base = r"^ARG PYTHON_IMAGE=docker\.io/library/python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$"
+    assert re.search(base, text, re.MULTILINE)
+    installs = [line for line in text.splitlines() if "pip install " in line and "--no-index" not in line]
+    assert len(installs) == 2 and all("--require-hashes" in line and ".lock" in line for line in installs)
     assert "USER 10001:10001" in text
     assert 'ENTRYPOINT ["rotator"]' in text
-    assert "pip wheel" in text
+
+
+def _lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, sha256 hashes) of a pip-compile --generate-hashes file."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.split(r"\n(?=[a-z0-9])", path.read_text()):
+        if match := re.match(r"([a-z0-9._-]+)==(\S+)", entry):
+            pins[canonicalize_name(match[1])] = (match[2], re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+    return pins
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    """deploy/requirements.lock (make lock) pins each dependency of pyproject.toml at a version its
+    specifier accepts, every pin with hashes; nothing of the test extras is in it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = _lock(DEPLOY / "requirements.lock")
+    assert len(pins) >= len(project["dependencies"])
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in deploy/requirements.lock: run make lock"
+        assert requirement.specifier.contains(pins[name][0]), f"{name}=={pins[name][0]} does not fit {line}"
+    assert all(hashes for _, hashes in pins.values())
+    for line in project["optional-dependencies"]["test"]:
+        assert canonicalize_name(Requirement(line).name) not in pins
+    tools = _lock(DEPLOY / "build-tools.lock")
+    assert {"setuptools", "cyclonedx-bom"} <= set(tools) and all(hashes for _, hashes in tools.values())
 
 
 def test_configuration_doc_example_is_a_valid_config(tmp_path: Path) -> None:
@@ -446,7 +511,8 @@ def test_install_doc_overlays_render_and_validate(overlay: str, tmp_path: Path) 
 
 
 def test_install_doc_has_the_overlays() -> None:
-    """The three documented overlays (settings, no operator, namespaced RBAC) are found, so the test above runs."""
+    """The four documented overlays (settings, no operator, namespaced RBAC, registry ports) are found, so
+    the test above runs."""
     overlays = _install_doc_overlays()
-    assert len(overlays) == 3
+    assert len(overlays) == 4
     assert sum("namespaced-rbac" in o for o in overlays) == 1
