@@ -30,8 +30,9 @@ from rotator.sandbox.base import Emulator
 
 LOG_LIMIT = 20_000
 ECHO_FORMS = ("raw", "base64", "basic", "urlencoded", "long")
-# Where the long form puts the value: just before the cuts clients make (120, 160, 300 characters).
-_LONG_OFFSETS = (100, 150, 285)
+# Where the long form puts the value: so that a cut at 120, 160 or 300 characters, made after a client
+# put up to ~25 characters (an error code, a step) before the message, falls inside the value.
+_LONG_OFFSETS = (90, 140, 270)
 
 
 @dataclass(kw_only=True)
