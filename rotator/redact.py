@@ -41,7 +41,8 @@ MAX_REGISTERED = 1024
 MAX_DEPTH = 3
 
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{11,}=*")  # 11 base64 characters hold at least 8 bytes
-_URL_RUN = re.compile(r"[A-Za-z0-9._~+/=-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._~+/=-]*)+")
+# Starts only where a run starts (the look-behind), so a long line is scanned once, not once per character.
+_URL_RUN = re.compile(r"(?<![A-Za-z0-9._~+/=%-])[A-Za-z0-9._~+/=-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._~+/=-]*)+")
 _TO_STANDARD = str.maketrans("-_", "+/")
 
 _registered: OrderedDict[str, None] = OrderedDict()
@@ -75,12 +76,17 @@ def register(value: Secret) -> None:
         _registered_grams = frozenset().union(*(_grams(v) for v in _registered))
 
 
-def _grams_in_play(extra: Iterable[Secret]) -> frozenset[str]:
+# The fragments to look for: the registered ones and those of this call's extra secrets, kept apart so
+# that a call with one extra secret does not copy the whole registry.
+Grams = tuple[frozenset[str], ...]
+
+
+def _grams_in_play(extra: Iterable[Secret]) -> Grams:
     with _lock:
         grams = _registered_grams
     more = [_raw(v) for v in extra]
-    more = [v for v in more if len(v) >= MIN_FRAGMENT]
-    return grams.union(*(_grams(v) for v in more)) if more else grams
+    own = frozenset().union(*(_grams(v) for v in more if len(v) >= MIN_FRAGMENT))
+    return tuple(g for g in (grams, own) if g)
 
 
 def clean(text: str, *, extra: Iterable[Secret] = (), limit: int | None = None) -> str:
@@ -101,7 +107,7 @@ def clean_tree(value: Any, *, extra: Iterable[Secret] = ()) -> Any:
     return _tree(value, grams)
 
 
-def _tree(value: Any, grams: frozenset[str]) -> Any:
+def _tree(value: Any, grams: Grams) -> Any:
     if isinstance(value, str):
         return _mask(value, grams, 0) if len(value) >= MIN_FRAGMENT else value
     if isinstance(value, dict):
@@ -111,20 +117,25 @@ def _tree(value: Any, grams: frozenset[str]) -> Any:
     return value
 
 
-def _mask(text: str, grams: frozenset[str], depth: int) -> str:
+def _mask(text: str, grams: Grams, depth: int) -> str:
     text = _mask_fragments(text, grams)
     if depth >= MAX_DEPTH:
         return text
-    text = _URL_RUN.sub(lambda m: MASK if _hides(unquote(m.group(0)), grams, depth) else m.group(0), text)
+    if "%" in text:
+        text = _URL_RUN.sub(lambda m: MASK if _hides(unquote(m.group(0)), grams, depth) else m.group(0), text)
     return _B64_RUN.sub(lambda m: MASK if _base64_hides(m.group(0), grams, depth) else m.group(0), text)
 
 
-def _mask_fragments(text: str, grams: frozenset[str]) -> str:
+def _mask_fragments(text: str, grams: Grams) -> str:
     """Every stretch of ``text`` covered by secret fragments of 8 or more characters, masked."""
+    windows = [text[i : i + MIN_FRAGMENT] for i in range(len(text) - MIN_FRAGMENT + 1)]
+    found = set().union(*(g.intersection(windows) for g in grams))
+    if not found:  # the common case, decided by set operations in C
+        return text
     covered_to = -1
     spans: list[list[int]] = []
-    for i in range(len(text) - MIN_FRAGMENT + 1):
-        if text[i : i + MIN_FRAGMENT] in grams:
+    for i, window in enumerate(windows):
+        if window in found:
             end = i + MIN_FRAGMENT
             if spans and i <= covered_to:
                 spans[-1][1] = end
@@ -141,14 +152,17 @@ def _mask_fragments(text: str, grams: frozenset[str]) -> str:
     return "".join(out)
 
 
-def _hides(decoded: str, grams: frozenset[str], depth: int) -> bool:
+def _hides(decoded: str, grams: Grams, depth: int) -> bool:
     """Whether decoded text holds a secret fragment, directly or in a further encoding."""
     if len(decoded) < MIN_FRAGMENT:
         return False
-    return _mask(decoded, grams, depth + 1) != decoded
+    if _mask_fragments(decoded, grams) != decoded:
+        return True
+    # Deeper only for text: a wrong alignment decodes to bytes that are almost never all ASCII.
+    return decoded.isascii() and _mask(decoded, grams, depth + 1) != decoded
 
 
-def _base64_hides(run: str, grams: frozenset[str], depth: int) -> bool:
+def _base64_hides(run: str, grams: Grams, depth: int) -> bool:
     if "+" in run and "%" not in run and _hides(unquote_plus(run), grams, depth):
         return True
     body = run.rstrip("=").translate(_TO_STANDARD)

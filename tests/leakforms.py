@@ -49,6 +49,24 @@ class Forms:
         return found
 
 
+class Scanner:
+    """Many values at once (the suite's log scan): is any form of any of them in a line?"""
+
+    def __init__(self, values: set[str], *, fragment: int) -> None:
+        forms = [Forms(v, fragment=fragment) for v in values if len(v) >= fragment]
+        self.short = [v for v in values if len(v) < fragment]  # looked for whole
+        self.fragment = fragment
+        self.raw: set[str] = set().union(*(f.raw for f in forms))
+        self.encoded: set[str] = set().union(*(f.encoded for f in forms))
+
+    def found_in(self, text: str) -> bool:
+        if any(v in text for v in self.short):
+            return True
+        if _windows(text, self.fragment) & self.raw or _windows(text, 12) & self.encoded:
+            return True
+        return bool(_PERCENT.search(text)) and bool(_windows(unquote_plus(text), self.fragment) & self.raw)
+
+
 def leaks(text: str, values: list[str], *, fragment: int = 8) -> list[str]:
     """``value #i: form`` for every value found in ``text`` (by index: the report carries no value)."""
     found = []
