@@ -12,12 +12,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from masked import Masked
 
+from rotator import settings
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.registry_wire import KNOWN_REALM_HOSTS, realm_refusal
+from rotator.app import App
+from rotator.errors import ConfigError
 from rotator.imageref import DOCKER_HUB
 from rotator.model import RegistryAuth, SecretStr
 
@@ -189,3 +195,47 @@ def test_realm_refusal_table(realm: str, registry: str, allowed: set[str], expec
     """Which realm may receive the key: the pure decision, case by case."""
     refusal = realm_refusal(realm, registry, allowed)
     assert (refusal[0] if refusal else None) == expected
+
+
+def _app_config(tmp_path: Path, server: str, realm_hosts: list[str] | None) -> Path:
+    registry: dict[str, Any] = {"server": server, "images": [f"{server}/team/app:1"], "verify_budget": "5s"}
+    if realm_hosts is not None:
+        registry["token_realm_hosts"] = realm_hosts
+    provider = {"kind": "ibm-iam", "account_id": "a", "service_id": "ServiceId-1", "apikey": {"env": "PIN_KEY"}}
+    targets = {"kubernetes": {"secret_name": "pull", "namespaces": {"names": ["team-a"]}}}
+    doc = {
+        "credentials": [
+            {"name": "pull", "provider": provider, "registry": registry, "max_age": "30d", "targets": targets}
+        ]
+    }
+    path = tmp_path / "rotator.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(("realm_hosts", "outcome"), [(None, "rejected"), (["LocalHost"], "ok")])
+def test_config_field_reaches_the_verifier(
+    foreign: Listener,
+    registry_for: Callable[[str], Listener],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    realm_hosts: list[str] | None,
+    outcome: str,
+) -> None:
+    """``registry.token_realm_hosts`` in a config file decides, through the App's verifier (case-insensitive)."""
+    monkeypatch.setenv("PIN_KEY", "admin-key-not-used-here-0123456789")
+    registry = registry_for(f"http://localhost:{foreign.port}/token")
+    server = f"127.0.0.1:{registry.port}"
+    with App(settings.load(_app_config(tmp_path, server, realm_hosts))) as app:
+        auth = RegistryAuth(server=server, username="iamapikey", password=SecretStr(KEY))
+        result = app.verifier.verify(server=server, auth=auth, images=[f"{server}/team/app:1"])
+    assert result.outcome == outcome, result.detail
+    assert len(foreign.seen) == (1 if outcome == "ok" else 0)
+
+
+def test_bad_realm_host_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
+    """A URL where a host name belongs: the error names the field and shows the fix."""
+    with pytest.raises(ConfigError) as info:
+        settings.load(_app_config(tmp_path, "us.icr.io", ["https://auth.example.com/token"]))
+    assert "credentials[0].registry.token_realm_hosts" in str(info.value)
+    assert "is not a host name" in str(info.value)
