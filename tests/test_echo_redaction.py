@@ -21,13 +21,16 @@ from daemon_env import Daemon
 from leakforms import leaks
 from logtail import LogTail
 from polling import wait_for
-from rotation_env import CRED, make_app, run_rotator, write_config
+from rotation_env import CRED, api_client, core, make_app, run_rotator, write_config
 
+from rotator import redact
+from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.errors import RotatorError
+from rotator.model import TargetRef
 from rotator.policy import Request
 from rotator.redact import MASK
 from rotator.sandbox.control import SandboxProcess
-from rotator.sandbox.faults import ECHO_FORMS
+from rotator.sandbox.faults import ECHO_FORMS, echo_message
 
 API_TOKEN = "operator-token-0123456789"
 
@@ -144,3 +147,23 @@ def test_api_shows_a_waiting_rotation_without_the_echoed_key(echoing: SandboxPro
         daemon.stop()
     assert MASK in api
     _assert_clean(echoing, api=api, logs=daemon.log_path.read_text(errors="replace"))
+
+
+@pytest.mark.parametrize("form", ECHO_FORMS)
+def test_kubernetes_event_messages_are_scrubbed_before_the_cut(echoing: SandboxProcess, form: str) -> None:
+    """An Event whose message quotes a key (as an echoing upstream put it) reaches the API server without it,
+    even where the 1000-character cut falls inside the value."""
+    key = echoing.endpoints["admin_apikey"]
+    redact.register(key)  # what the daemon does for every key it holds
+    if form == "long":  # the value across the 1000-character cut
+        message = "." * 960 + " " + key + " refused"
+    else:
+        message = echo_message(form, "iamapikey", key)
+    target = TargetRef(sink="kubernetes", namespace="team-a", name=f"echo-{form}")
+    recorder = EventRecorder(api_client(echoing))
+    recorder.record(target, "PullSecretRolledBack", message, warning=True)
+    recorder.close()
+    events = core(echoing).list_namespaced_event("team-a", field_selector=f"involvedObject.name={target.name}").items
+    assert len(events) == 1
+    _assert_clean(echoing, event=events[0].message)
+    assert MASK in events[0].message
