@@ -167,3 +167,10 @@ def test_kubernetes_event_messages_are_scrubbed_before_the_cut(echoing: SandboxP
     assert len(events) == 1
     _assert_clean(echoing, event=events[0].message)
     assert MASK in events[0].message
+
+
+def test_echo_rule_is_checked_when_set(echoing: SandboxProcess) -> None:
+    """An unknown form, or an echo without an error status, is refused by the admin API with the known forms."""
+    for rule in ({"error_status": 401, "echo": "xml"}, {"echo": "raw"}):
+        response = echoing.admin.put("/faults/registry", json={"rules": [rule]})
+        assert response.status_code == 400 and "raw" in response.json()["error"] and "error_status" in response.text

@@ -193,7 +193,8 @@ class RegistryVerifier:
             if outcome == "inconclusive" and check is not None:
                 self._forget_ping(check.base)  # a registry problem: the next check looks afresh
         # Last guard: a server may echo what it was sent; the detail goes to logs and the journal.
-        bearer = (check.authorization or "").removeprefix("Bearer ") if check else ""
+        authorization = (check.authorization or "") if check else ""
+        bearer = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
         detail = redact.clean(detail, extra=[auth.password, bearer])
         requests = check.requests if check else 0
         log.info(
