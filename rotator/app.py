@@ -135,8 +135,14 @@ class App:
                 if c.registry.endpoint
             }
             budget = max(c.registry.verify_budget.total_seconds() for c in self.settings.credentials)
+            realm_hosts: dict[str, list[str]] = {}
+            for c in self.settings.credentials:
+                realm_hosts.setdefault(c.registry.server, []).extend(c.registry.token_realm_hosts)
             self._verifier = RegistryVerifier(
-                endpoint_overrides=overrides, budget_s=budget, on_request=self.hooks.get("registry_request")
+                endpoint_overrides=overrides,
+                budget_s=budget,
+                on_request=self.hooks.get("registry_request"),
+                token_realm_hosts=realm_hosts,
             )
         return self._verifier
 

@@ -107,10 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"rotator: configuration error:\n{exc}", file=sys.stderr)
+        print(f"rotator: configuration error:\n{logs.scrub(str(exc))}", file=sys.stderr)
         return 2
     except (LockedError, StateError) as exc:
-        print(f"rotator: {exc}", file=sys.stderr)
+        print(f"rotator: {logs.scrub(str(exc))}", file=sys.stderr)
         return 1
     except RotatorError as exc:
         print(f"rotator {args.command}: {type(exc).__name__}: {logs.scrub(str(exc))}", file=sys.stderr)

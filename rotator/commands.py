@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from rotator import logs, settings
+from rotator import logs, redact, settings
 from rotator.app import App
 from rotator.errors import RotatorError
 from rotator.policy import Request
@@ -41,7 +41,7 @@ def rotate(args: argparse.Namespace) -> int:
     if outcome.result == "idle":
         print(f"{args.name}: nothing to do")
         return 0
-    print(f"rotation of {args.name} {outcome.result}: {outcome.detail}", file=sys.stderr)
+    print(f"rotation of {args.name} {outcome.result}: {redact.clean(outcome.detail)}", file=sys.stderr)
     return 1
 
 
@@ -63,14 +63,22 @@ def reconcile(args: argparse.Namespace) -> int:
 
 
 def _detail(detail: str) -> str:
-    return f" ({detail})" if detail else ""
+    return f" ({redact.clean(detail)})" if detail else ""
 
 
 def status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     now = dt.datetime.now(dt.UTC)
     with App(cfg) as app:
-        statuses = [app.status(name, now) for name in _names(cfg, args.name)]
+        for name in _names(cfg, args.name):  # this process has not seen the keys: learn them to scrub them
+            try:
+                vault = app.store.load_vault(name)
+            except RotatorError:  # a reader without access to the vault: the journal was scrubbed when written
+                continue
+            for value in (vault.current, vault.pending):
+                if value:
+                    redact.register(value)
+        statuses = redact.clean_tree([app.status(name, now) for name in _names(cfg, args.name)])
     print(json.dumps(statuses, indent=2) if args.json else render_text(statuses, now))
     return 0
 
@@ -127,7 +135,7 @@ def check(args: argparse.Namespace) -> int:
     def report(ok: bool, what: str, detail: str = "") -> None:
         nonlocal failures
         failures += 0 if ok else 1
-        print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
+        print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {redact.clean(detail)}" if detail else ""))
 
     report(True, f"config {cfg.source}", f"{len(cfg.credentials)} credential(s)")
     with App(cfg) as app:

@@ -15,6 +15,8 @@ import datetime as dt
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from rotator import redact
+
 PHASES = (
     "minting",
     "minted",
@@ -139,7 +141,8 @@ def _from_json(cls: type, data: dict[str, Any]) -> Any:
 
 
 def dump(journal: CredentialJournal) -> dict[str, Any]:
-    result: dict[str, Any] = _to_json(journal)
+    # Reasons and details quote upstream answers: scrubbed here, on the way to every store.
+    result: dict[str, Any] = redact.clean_tree(_to_json(journal))
     result["version"] = 1
     return result
 

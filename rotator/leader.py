@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rotator import logs
+from rotator import logs, redact
 
 log = logs.get("rotator.leader")
 
@@ -82,7 +82,7 @@ class LeaseElector:
             try:
                 self._try_acquire_or_renew()
             except Exception as exc:  # the API server is unreachable: we cannot prove we still lead
-                log.warning("leader.renew_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                log.warning("leader.renew_failed", error=type(exc).__name__, detail=redact.clean(str(exc), limit=200))
             if self.is_leader and self.monotonic() - self._last_renew > self.renew_deadline:
                 log.warning("leader.lost", reason="could not renew within the renew deadline")
                 self._set_leading(False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from rotator import logs
+from rotator import logs, redact
 from rotator.errors import ConfigError
 from rotator.model import SecretStr
 
@@ -29,6 +29,7 @@ class LiveSecret:
         self._field = field
         self._lock = threading.Lock()
         self._value = load()
+        redact.register(self._value)
         self._failing = False
 
     def __call__(self) -> SecretStr:
@@ -46,4 +47,5 @@ class LiveSecret:
                 log.info("secret.reloaded", field=self._field)
             self._failing = False
             self._value = value
+            redact.register(value)
             return value

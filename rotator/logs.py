@@ -2,7 +2,8 @@
 
 Redaction is layered: ``SecretStr`` values render as ``***``; fields whose name says secret
 (password, token, apikey...) are masked; and every value rotator has handled (minted or loaded
-keys, tokens) is registered here and scrubbed from any string that would otherwise carry it.
+keys, tokens) is registered with ``rotator.redact`` and scrubbed, in every encoding, from any string
+that would otherwise carry it.
 """
 
 from __future__ import annotations
@@ -10,35 +11,21 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from rotator import redact as redaction
 from rotator.model import SecretStr
 
-MASK = "***"
+MASK = redaction.MASK
 _SECRET_FIELD = re.compile(r"(pass(word)?|secret|token|api_?key|authorization|credential_value)$", re.I)
-_known: set[str] = set()
-_known_lock = threading.Lock()
-
-
-def register_secret(value: str | SecretStr) -> None:
-    """Scrub ``value`` from every log line from now on."""
-    raw = value.reveal() if isinstance(value, SecretStr) else value
-    if raw and len(raw) >= 8:
-        with _known_lock:
-            _known.add(raw)
+register_secret = redaction.register  # scrub the value from every message from now on
 
 
 def scrub(text: str) -> str:
-    with _known_lock:
-        known = list(_known)
-    for raw in known:
-        if raw in text:
-            text = text.replace(raw, MASK)
-    return text
+    return redaction.clean(text)
 
 
 def _clean(key: str, value: Any) -> Any:

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rotator import logs
+import structlog
+
+from rotator import logs, redact
 from rotator.errors import (
     NotFoundError,
     NotOwnedError,
@@ -345,13 +347,16 @@ class Reconciler:
         boundary("mint:after")
         return None
 
-    def _verify(self, auths: list[RegistryAuth]) -> VerifyResult:
+    def _verify(self, auths: list[RegistryAuth], *, rotation: Rotation | None = None) -> VerifyResult:
         """All distinct stored credentials must pull; the worst outcome wins."""
         worst: VerifyResult | None = None
         order = {"ok": 0, "inconclusive": 1, "rejected": 2}
+        # The verifier's own log lines (registry.verified, retries) say which credential and rotation they serve.
+        context = {"credential": self.credential, **({"rotation_id": rotation.id} if rotation else {})}
         for auth in auths:
             started = time.monotonic()
-            result = self.verifier.verify(server=self.server, auth=auth, images=self.images)
+            with structlog.contextvars.bound_contextvars(**context):
+                result = self.verifier.verify(server=self.server, auth=auth, images=self.images)
             quota_of = getattr(self.verifier, "quota", None)
             self._emit(
                 "verification",
@@ -393,7 +398,7 @@ class Reconciler:
 
     def _do_verify_new(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
         assert vault.pending
-        result = self._verify([self._auth(vault.pending)])
+        result = self._verify([self._auth(vault.pending)], rotation=journal.rotation)
         outcome = self._verification_outcome(
             result, journal, next_phase="verified", step="verify_new", distributed=False
         )
@@ -481,7 +486,7 @@ class Reconciler:
         # Check exactly what is stored: every distinct entry, as the kubelet would read it.
         stored = {(v.entry.username, v.entry.password.reveal()): v.entry for v in views if v.entry is not None}
         auths = list(stored.values()) or ([self._auth(expected)] if expected else [])
-        result = self._verify(auths)
+        result = self._verify(auths, rotation=journal.rotation)
         outcome = self._verification_outcome(
             result, journal, next_phase="stored_verified", step="verify_stored", distributed=True
         )
@@ -542,8 +547,9 @@ class Reconciler:
         now = self.clock.now()
         failure = rotation.failure or action.reason
         if vault.snapshot is not None:
+            said = redact.clean(failure, limit=200)
             self._activity(
-                "PullSecretRolledBack", f"rotation {rotation.id} failed ({failure[:200]}); entry restored", warning=True
+                "PullSecretRolledBack", f"rotation {rotation.id} failed ({said}); entry restored", warning=True
             )
             self._restore(vault.snapshot, rotation.id)
         boundary("rollback:after-restore")

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from rotator import apitransport, logs, openapi
+from rotator import apitransport, logs, openapi, redact
 from rotator.apiauth import Access, Authenticator, AuthUnavailable, Principal, build_authenticator
 from rotator.errors import NotFoundError, RotatorError, TransientError
 from rotator.model import SecretStr
@@ -94,7 +94,7 @@ class ApiError(Exception):
 
 
 def _json(body: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> web.Response:
-    text = json.dumps(body, default=str)
+    text = json.dumps(redact.clean_tree(body), default=str)
     return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 

@@ -124,6 +124,8 @@ class RegistrySettings:
     verify_budget: dt.timedelta = dt.timedelta(seconds=60)
     # How long a rotation waits after an inconclusive check (429, 5xx, unknown image) before checking again.
     recheck_interval: dt.timedelta = dt.timedelta(seconds=30)
+    # Token realm hosts, besides the registry's own and known ones, that may receive the credential.
+    token_realm_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -471,6 +473,13 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def _host_name(value: Any) -> str:
+    text = _string(value).lower()
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*", text):
+        raise ValueError("is not a host name (no scheme, port or path: auth.example.com)")
+    return text
+
+
 def _cron(value: Any) -> str:
     text = _string(value)
     from apscheduler.triggers.cron import CronTrigger
@@ -659,7 +668,7 @@ def _dockerhub_registry(
 
 
 def _registry(node: _Node) -> RegistrySettings | None:
-    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval")
+    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval", "token_realm_hosts")
     server = node.value("server", _string, example="us.icr.io")
     username = node.value("username", _string, example="iamapikey", default="iamapikey")
     images = node.value("images", _list_of(_image), example="[us.icr.io/team/app:latest]")
@@ -672,9 +681,10 @@ def _registry(node: _Node) -> RegistrySettings | None:
     endpoint = node.value("endpoint", _url, example="https://us.icr.io", default=None)
     budget = node.value("verify_budget", _positive_duration, example="60s", default=dt.timedelta(seconds=60))
     recheck = node.value("recheck_interval", _positive_duration, example="30s", default=dt.timedelta(seconds=30))
-    if None in (server, username, images, budget, recheck):
+    realm_hosts = node.value("token_realm_hosts", _list_of(_host_name), example="[auth.example.com]", default=())
+    if None in (server, username, images, budget, recheck, realm_hosts):
         return None
-    assert server and username and images is not None and budget and recheck
+    assert server and username and images is not None and budget and recheck and realm_hosts is not None
     return RegistrySettings(
         server=server,
         username=username,
@@ -682,6 +692,7 @@ def _registry(node: _Node) -> RegistrySettings | None:
         endpoint=endpoint,
         verify_budget=budget,
         recheck_interval=recheck,
+        token_realm_hosts=realm_hosts,
     )
 
 

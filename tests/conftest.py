@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pytest
+from leakforms import Scanner
 
 from rotator import logs
 from rotator.sandbox.control import SandboxProcess
@@ -41,14 +42,21 @@ def start_sandbox(**kwargs: object) -> SandboxProcess:
 _STREAMS: list[TextIO] = []
 
 
+# A run this long of a value counts as a leak in the suite's scan (a cut-off prefix, say); the echo tests
+# look for 8. Longer here because the scan covers every line the suite writes with every value issued.
+SCAN_FRAGMENT = 16
+
+
 def find_leaks(log_dir: Path, values: set[str]) -> list[str]:
-    """``file:line`` of every log line that contains one of ``values``."""
+    """``file:line`` of every log line that contains one of ``values``: raw, a 16-character piece of it,
+    in base64 (of any text around it: ``Basic base64(user:value)``) or URL-encoded."""
+    scanner = Scanner(values, fragment=SCAN_FRAGMENT)
     leaks = []
     for path in sorted(log_dir.rglob("*")):
         if not path.is_file():
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-            if any(v in line for v in values):
+            if scanner.found_in(line):
                 leaks.append(f"{path}:{number}")
     return leaks
 

@@ -297,3 +297,19 @@ def test_leaked_key_is_disabled_without_waiting_for_grace(sandbox: SandboxProces
     states = {k["id"]: k["disabled"] for k in iam_keys(sandbox)}
     assert states[k2] is True
     assert states[k1] is False  # still inside its grace period
+
+
+def test_registry_checks_are_logged_with_credential_and_rotation(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """Every ``registry.verified`` line names its credential, and the rotation it serves (a health check: none)."""
+    from logtail import LogTail
+
+    tail = LogTail()
+    with make_app(write_config(tmp_path, sandbox)) as app:
+        outcome = app.reconciler(CRED).run(Request(reason="test"))
+        health = app.reconciler(CRED).check_current()
+    assert outcome.result == "succeeded" and health is not None and health.ok
+    lines = tail.events("registry.verified")
+    in_rotation = [line for line in lines if "rotation_id" in line]
+    assert len(in_rotation) >= 2 and len(lines) == len(in_rotation) + 1  # verify_new, verify_stored; health
+    assert {line.get("credential") for line in lines} == {CRED}
+    assert {line["rotation_id"] for line in in_rotation} == {outcome.rotation_id}

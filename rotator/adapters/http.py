@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from rotator import redact
 from rotator.errors import RateLimited, RotatorError, TransientError
 from rotator.model import SecretStr
 from rotator.retrying import RetryPolicy
@@ -77,10 +78,8 @@ def call_refreshing(
 
 
 def scrubbed(message: str, secrets: Iterable[SecretStr]) -> str:
-    """``message`` with every secret value masked, cut to a log-friendly length."""
-    for secret in secrets:
-        message = message.replace(secret.reveal(), "***")
-    return message[:MAX_MESSAGE]
+    """``message`` with every secret value masked (in every encoding), then cut to a log-friendly length."""
+    return redact.clean(message, extra=secrets, limit=MAX_MESSAGE)
 
 
 def retryable_error(

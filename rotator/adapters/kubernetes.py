@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rotator import dockerconfig
+from rotator import dockerconfig, redact
 from rotator.errors import (
     NotFoundError,
     PermanentError,
@@ -81,7 +81,7 @@ def map_api_error(exc: Exception, what: str) -> Exception:
     body = getattr(exc, "body", None)
     if body:
         try:
-            reason = str(json.loads(body).get("message", ""))[:300]
+            reason = redact.clean(str(json.loads(body).get("message", "")), limit=300)
         except (ValueError, AttributeError):
             reason = ""
     text = f"{what}: Kubernetes answered {status}" + (f" ({reason})" if reason else "")

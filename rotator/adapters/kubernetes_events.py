@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from rotator import logs
+from rotator import logs, redact
 from rotator.model import TargetRef
 
 log = logs.get("rotator.events")
@@ -80,7 +80,7 @@ class EventRecorder:
                 "namespace": target.namespace,
             },
             "reason": event.reason,
-            "message": event.message[:1000],
+            "message": redact.clean(event.message, limit=1000),
             "type": event.type,
             "source": {"component": COMPONENT, "host": self.instance},
             "firstTimestamp": now,

@@ -33,15 +33,16 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
 
-from rotator import wwwauth
+from rotator import redact, wwwauth
 from rotator.adapters.registry_wire import (
+    KNOWN_REALM_HOSTS,
     MANIFEST_ACCEPT,
     RETRYABLE,
     Quota,
@@ -51,10 +52,12 @@ from rotator.adapters.registry_wire import (
     classify_ping,
     classify_token,
     error_summary,
+    host_of,
     one_line,
     parse_ratelimit,
     parse_retry_after,
     parse_token_reply,
+    realm_refusal,
 )
 from rotator.imageref import ImageRef, ImageRefError, is_loopback, normalize_host, parse_image, registry_for_server
 from rotator.model import RegistryAuth, SecretStr, VerifyResult
@@ -129,11 +132,15 @@ class RegistryVerifier:
         ping_ttl_s: float = DEFAULT_PING_TTL_S,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
+        token_realm_hosts: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """``endpoint_overrides`` (alias ``hosts``) maps a registry host or server key to a base URL.
 
         Without an override a registry is reached over https, except loopback hosts (127.0.0.0/8,
         localhost, ::1), which Docker treats as plain-HTTP registries.
+
+        The credential goes only to a token realm on the registry's own host (or its endpoint's), a token
+        service the registry is known to use, or a host ``token_realm_hosts`` lists for that registry.
         """
         if budget_s <= 0 or max_attempts < 1:
             raise ValueError("budget_s must be > 0 and max_attempts >= 1")
@@ -150,6 +157,11 @@ class RegistryVerifier:
         self._on_request = on_request
         overrides = {**(hosts or {}), **(endpoint_overrides or {})}
         self._overrides = {registry_for_server(k): v.rstrip("/") for k, v in overrides.items()}
+        self._realm_hosts: dict[str, frozenset[str]] = {}
+        for server, hosts_ in (token_realm_hosts or {}).items():
+            registry = registry_for_server(server)
+            listed = frozenset(h.lower() for h in hosts_)
+            self._realm_hosts[registry] = self._realm_hosts.get(registry, frozenset()) | listed
         self._fingerprint_key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._pings: dict[str, _Ping] = {}
@@ -161,6 +173,7 @@ class RegistryVerifier:
 
     def verify(self, *, server: str, auth: RegistryAuth, images: Sequence[str]) -> VerifyResult:
         wanted = tuple(dict.fromkeys(images))
+        redact.register(auth.password)  # a server may echo it, in any encoding, in what ends up in a detail
         registry = ""
         check: _Check | None = None
         try:
@@ -180,7 +193,9 @@ class RegistryVerifier:
             if outcome == "inconclusive" and check is not None:
                 self._forget_ping(check.base)  # a registry problem: the next check looks afresh
         # Last guard: a server may echo what it was sent; the detail goes to logs and the journal.
-        detail = detail.replace(auth.password.reveal(), "<redacted>")
+        authorization = (check.authorization or "") if check else ""
+        bearer = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
+        detail = redact.clean(detail, extra=[auth.password, bearer])
         requests = check.requests if check else 0
         log.info(
             "registry.verified",
@@ -358,37 +373,39 @@ class RegistryVerifier:
             self._tokens[key] = [*live, token]
 
     def _fetch_token(self, check: _Check, challenge: wwwauth.BearerChallenge, scopes: frozenset[str]) -> _Token:
-        realm = urlsplit(challenge.realm)
-        if realm.scheme == "http" and not is_loopback(realm.netloc):
-            raise _Stop(
-                "inconclusive",
-                f"token realm of {check.registry} is plain http on {realm.netloc}; credentials not sent",
-            )
+        where = urlsplit(challenge.realm).netloc.rpartition("@")[2]  # host[:port], never user-info
+        refusal = realm_refusal(challenge.realm, check.registry, self._realm_hosts_allowed(check))
+        if refusal is not None:
+            raise _Stop(*refusal)
         params = [("service", challenge.service)] if challenge.service else []
         params += [("scope", scope) for scope in sorted(scopes)]
         params.append(("account", check.auth.username))
         # Merged, not replaced: a realm may carry its own query.
         url = str(httpx.URL(challenge.realm).copy_merge_params(tuple(params)))
         headers = {"Authorization": _basic(check.auth), "Accept": "application/json"}
-        response = self._send(check, "GET", url, headers=headers, what=f"token request to {realm.netloc}")
+        response = self._send(check, "GET", url, headers=headers, what=f"token request to {where}")
         verdict = classify_token(response.status_code)
         if verdict is Verdict.REJECTED:
             raise _Stop(
                 "rejected",
-                f"token endpoint {realm.netloc} refused {_who(check)}: "
-                f"{response.status_code}{_reason(response, body=True)}",
+                f"token endpoint {where} refused {_who(check)}: {response.status_code}{_reason(response, body=True)}",
             )
         if verdict is not Verdict.OK:
             raise _Stop(
                 "inconclusive",
-                f"token endpoint {realm.netloc} answered {response.status_code}{_reason(response, body=True)}",
+                f"token endpoint {where} answered {response.status_code}{_reason(response, body=True)}",
             )
         try:
             reply = parse_token_reply(response.content)
         except ValueError as exc:
-            raise _Stop("inconclusive", f"{exc} ({realm.netloc})") from None
+            raise _Stop("inconclusive", f"{exc} ({where})") from None
         margin = min(30.0, reply.expires_in * 0.1)  # renew a little early: clocks and transit differ
         return _Token(value=SecretStr(reply.token), scopes=scopes, expires_at=self._clock() + reply.expires_in - margin)
+
+    def _realm_hosts_allowed(self, check: _Check) -> frozenset[str]:
+        own = {host_of(check.registry), host_of(check.base)}
+        known = KNOWN_REALM_HOSTS.get(check.registry, frozenset())
+        return frozenset(own) | known | self._realm_hosts.get(check.registry, frozenset())
 
     # -- manifests -----------------------------------------------------------------------------
 

@@ -26,9 +26,13 @@ import email.utils
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+
+from rotator import redact
+from rotator.imageref import DOCKER_HUB, is_loopback
 
 # Accept all four manifest types: without them registry 2.8 answers 404 for an OCI manifest and 400
 # for a Docker v2 one.
@@ -42,6 +46,10 @@ MANIFEST_ACCEPT = ", ".join(
 )
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+# Token services a registry is known to delegate to on a host other than its own (its realm host is
+# trusted without configuration). ICR, Quay, GHCR and the distribution registry serve their own realm.
+KNOWN_REALM_HOSTS: Mapping[str, frozenset[str]] = {DOCKER_HUB: frozenset({"auth.docker.io"})}
+REALM_HOSTS_FIELD = "registry.token_realm_hosts"
 TOKEN_DEFAULT_EXPIRES_S = 60
 TOKEN_MIN_EXPIRES_S = 60
 _DETAIL_MAX = 160
@@ -81,6 +89,35 @@ def classify_manifest(status: int) -> Verdict:
     if status == 404:
         return Verdict.MISSING
     return Verdict.RETRY if status in RETRYABLE else Verdict.INCONCLUSIVE
+
+
+# -- token realm -------------------------------------------------------------------------------
+
+
+def host_of(url_or_netloc: str) -> str:
+    """The host name of a URL or ``host[:port]``: lower case, no user-info, no port, no IPv6 brackets."""
+    text = url_or_netloc if "://" in url_or_netloc else f"//{url_or_netloc}"
+    return urlsplit(text).hostname or ""
+
+
+def realm_refusal(realm: str, registry: str, allowed: Collection[str]) -> tuple[str, str] | None:
+    """Why the credential must not go to the token ``realm``: (outcome, detail), or None when it may.
+
+    ``allowed`` holds host names (no port: a registry and its token service often listen on different
+    ports of one host). A realm elsewhere could be anyone's: it would receive the full key, so the check
+    is rejected. A plain-http realm is accepted only on loopback, read from the parsed host (never from
+    text before an ``@``).
+    """
+    parts = urlsplit(realm)
+    host = parts.hostname or ""
+    if host not in allowed:
+        return "rejected", (
+            f"token realm host {host!r} is neither {registry}'s host nor a known token service of it; "
+            f"the credential was not sent (if {host!r} is its token service, list it in {REALM_HOSTS_FIELD})"
+        )
+    if parts.scheme == "http" and not is_loopback(f"[{host}]" if ":" in host else host):
+        return "inconclusive", f"token realm of {registry} is plain http on {host}; credentials not sent"
+    return None
 
 
 # -- Retry-After ---------------------------------------------------------------------------------
@@ -159,8 +196,8 @@ def parse_ratelimit(headers: Mapping[str, str]) -> Quota | None:
 
 
 def one_line(text: str, limit: int = _DETAIL_MAX) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """``text`` on one line, scrubbed of every secret in play, and only then cut to ``limit``."""
+    return redact.clean(" ".join(text.split()), limit=limit)
 
 
 def error_summary(body: bytes) -> str:

@@ -4,11 +4,18 @@ A rule matches requests by method and path prefix and then adds latency, answers
 Retry-After for a time window, or answers an error status for a number of requests or at a
 rate. Rules are set through the admin API (see ``server.py``); the request log lets tests and
 benchmarks count exactly what a client sent.
+
+``echo`` makes the error quote the credential the request presented (HTTP Basic password, Bearer
+token, or an ``apikey``/``password`` form or query field), the way careless upstreams do, in one of
+``ECHO_FORMS``: ``raw``, ``base64`` (of the value), ``basic`` (``Basic base64(user:value)``),
+``urlencoded`` (every byte ``%XX``), ``long`` (the raw value deep in a long message, where a cut at
+120, 160 or 300 characters falls inside it). Clients' redaction is tested against it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import random
 import time
@@ -22,6 +29,10 @@ from aiohttp import web
 from rotator.sandbox.base import Emulator
 
 LOG_LIMIT = 20_000
+ECHO_FORMS = ("raw", "base64", "basic", "urlencoded", "long")
+# Where the long form puts the value: so that a cut at 120, 160 or 300 characters, made after a client
+# put up to ~25 characters (an error code, a step) before the message, falls inside the value.
+_LONG_OFFSETS = (90, 140, 270)
 
 
 @dataclass(kw_only=True)
@@ -37,6 +48,8 @@ class FaultRule:
     error_status: int = 0
     error_count: int = 0
     error_rate: float = 0.0
+    # With error_status: the error message quotes the presented credential in this form (ECHO_FORMS).
+    echo: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> FaultRule:
@@ -47,6 +60,8 @@ class FaultRule:
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}; known: {sorted(known)}")
         rule = cls(**data)
+        if rule.echo and (rule.echo not in ECHO_FORMS or not rule.error_status):
+            raise ValueError(f"echo must be one of {list(ECHO_FORMS)} and needs error_status")
         if rule.throttle_seconds > 0:
             rule.throttle_until = time.monotonic() + rule.throttle_seconds
         return rule
@@ -55,6 +70,47 @@ class FaultRule:
         if self.methods and request.method not in self.methods:
             return False
         return request.path.startswith(self.path_prefix)
+
+
+async def _message(rule: FaultRule, request: web.Request) -> str:
+    if not rule.echo:
+        return "injected fault"
+    user, value = await _presented(request)
+    return echo_message(rule.echo, user, value)
+
+
+async def _presented(request: web.Request) -> tuple[str, str]:
+    """(user, value) of the credential the request carries; ("", "") when it carries none."""
+    scheme, _, param = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        user, _, value = base64.b64decode(param + "==").decode(errors="replace").partition(":")
+        return user, value
+    if scheme.lower() == "bearer":
+        return "", param
+    fields = dict(request.query)
+    if request.content_type == "application/x-www-form-urlencoded":
+        fields.update({k: str(v) for k, v in (await request.post()).items()})
+    for name in ("apikey", "password"):
+        if fields.get(name):
+            return fields.get("username", "apikey"), fields[name]
+    return "", ""
+
+
+def echo_message(form: str, user: str, value: str) -> str:
+    """An error message quoting ``value`` in ``form`` (one of ``ECHO_FORMS``)."""
+    if form == "raw":
+        return f"the credential {value} is not valid"
+    if form == "base64":
+        return f"the credential {base64.b64encode(value.encode()).decode()} is not valid"
+    if form == "basic":
+        pair = base64.b64encode(f"{user}:{value}".encode()).decode()
+        return f"refused Authorization: Basic {pair}"
+    if form == "urlencoded":
+        return "refused apikey=" + "".join(f"%{byte:02X}" for byte in value.encode())
+    text = ""
+    for offset in _LONG_OFFSETS:
+        text = text.ljust(offset - 1, ".") + " " + value
+    return text + " was refused"
 
 
 @dataclass(kw_only=True)
@@ -92,9 +148,9 @@ class ServiceControl:
                 return self.emulator.error_response(429, "too many requests", retry_after=rule.retry_after)
             if rule.error_status and rule.error_count > 0:
                 rule.error_count -= 1
-                return self.emulator.error_response(rule.error_status, "injected fault")
+                return self.emulator.error_response(rule.error_status, await _message(rule, request))
             if rule.error_status and rule.error_rate and self._random.random() < rule.error_rate:
-                return self.emulator.error_response(rule.error_status, "injected fault")
+                return self.emulator.error_response(rule.error_status, await _message(rule, request))
         return None
 
     @web.middleware
