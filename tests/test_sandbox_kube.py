@@ -426,8 +426,10 @@ def test_watch_streams_live_changes_through_a_selector(kube: SandboxProcess, cor
     watchers_before = stats(kube)["watchers"]
 
     def consume() -> None:
+        # The stream ends at the DELETED; its timeout only bounds a failure, so it leaves a slow machine time for
+        # the three writes below (with 3 s a loaded run could close the watch before they were done).
         stream = watch.Watch().stream(
-            core.list_namespaced_secret, ns, resource_version=start, label_selector="pick=me", timeout_seconds=3
+            core.list_namespaced_secret, ns, resource_version=start, label_selector="pick=me", timeout_seconds=30
         )
         for event in stream:
             seen.append((event["type"], event["object"].metadata.name))
@@ -440,7 +442,7 @@ def test_watch_streams_live_changes_through_a_selector(kube: SandboxProcess, cor
     core.create_namespaced_secret(ns, docker_secret("ignored"))
     core.create_namespaced_secret(ns, docker_secret("picked", labels={"pick": "me"}))
     core.patch_namespaced_secret("picked", ns, {"metadata": {"labels": {"pick": "no"}}})  # leaves the selector
-    thread.join(timeout=5)
+    thread.join(timeout=35)
     assert not thread.is_alive()
     assert seen == [("ADDED", "picked"), ("DELETED", "picked")]
 
