@@ -894,9 +894,15 @@ def test_watch_bookmarks_carry_the_current_resource_version(sandbox: SandboxProc
     with api_client(sandbox) as api:
         core = client.CoreV1Api(api)
         rv = core.list_namespaced_secret("team-a").metadata.resource_version
-        events = watch.Watch().stream(
-            core.list_namespaced_secret, "team-a", resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=1
-        )
-        bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+        # Read until the first bookmark; the timeout only bounds a failure (a 1 s watch could end before a
+        # stalled server sent one).
+        watcher = watch.Watch()
+        bookmarks = []
+        for event in watcher.stream(
+            core.list_namespaced_secret, "team-a", resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=30
+        ):
+            if event["type"] == "BOOKMARK":
+                bookmarks.append(event)
+                watcher.stop()
     assert bookmarks and bookmarks[0]["raw_object"]["metadata"]["resourceVersion"] == rv
     assert bookmarks[0]["raw_object"]["kind"] == "Secret"
