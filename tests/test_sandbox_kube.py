@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from polling import POLL_S
+from polling import wait_for
 
 from rotator.sandbox.control import SandboxProcess
 
@@ -85,13 +84,6 @@ def status_of(exc: ApiException) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(exc.body)
     assert body["kind"] == "Status" and body["apiVersion"] == "v1" and body["status"] == "Failure"
     return body
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(POLL_S)
 
 
 def stats(sbx: SandboxProcess) -> dict[str, Any]:
@@ -438,7 +430,7 @@ def test_watch_streams_live_changes_through_a_selector(kube: SandboxProcess, cor
 
     thread = threading.Thread(target=consume)
     thread.start()
-    wait_for(lambda: stats(kube)["watchers"] > watchers_before)
+    wait_for(lambda: stats(kube)["watchers"] > watchers_before, "the watch to open")
     core.create_namespaced_secret(ns, docker_secret("ignored"))
     core.create_namespaced_secret(ns, docker_secret("picked", labels={"pick": "me"}))
     core.patch_namespaced_secret("picked", ns, {"metadata": {"labels": {"pick": "no"}}})  # leaves the selector
