@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from polling import POLL_S
 from structlog.testing import capture_logs
 
 from rotator.adapters.iam import IamProvider, key_name, key_tag, parse_marker
@@ -71,14 +68,6 @@ def create_raw_key(sandbox: SandboxProcess, name: str, description: str) -> str:
     response = httpx.post(f"{endpoints['iam']}/v1/apikeys", json=body, headers={"Authorization": f"Bearer {token}"})
     key_id: str = response.raise_for_status().json()["id"]
     return key_id
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(POLL_S)
 
 
 # -- the happy path ---------------------------------------------------------------------------------
@@ -246,15 +235,21 @@ def test_key_limit_is_limit_reached_and_not_retried(sandbox: SandboxProcess) -> 
 
 
 def test_token_is_cached_and_refreshed_after_80_percent(sandbox: SandboxProcess) -> None:
-    """One token serves many calls; once 80 % of a 1 s lifetime has passed the next call fetches a new one."""
-    sandbox.admin.put("/iam/token-lifetime", json={"seconds": 1}).raise_for_status()
+    """One token serves many calls; once 80 % of its lifetime has passed on the provider's clock (a fake:
+    only the test moves it) the next call fetches a new one."""
+    sandbox.admin.put("/iam/token-lifetime", json={"seconds": 100}).raise_for_status()
     calls: list[tuple[str, str, int]] = []
-    provider = make_provider(sandbox, on_request=lambda op, method, status: calls.append((op, method, status)))
-    started = time.monotonic()
+    now = [1000.0]
+    provider = make_provider(
+        sandbox, on_request=lambda op, method, status: calls.append((op, method, status)), clock=lambda: now[0]
+    )
     provider.check_access()
     provider.get(sandbox.endpoints["foreign_apikey_ids"]["ci-pipeline"])
     assert calls.count(("token", "POST", 200)) == 1
-    wait_until(lambda: time.monotonic() - started > 0.85)
+    now[0] += 79  # short of 80 % of the 100 s lifetime
+    provider.check_access()
+    assert calls.count(("token", "POST", 200)) == 1
+    now[0] += 1
     provider.check_access()
     assert calls.count(("token", "POST", 200)) == 2
     assert ("get", "GET", 200) in calls

@@ -8,8 +8,7 @@ registry trusts, so IAM keys open (or fail to open) a real registry.
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,23 +413,30 @@ def stack(shared_sandbox: SandboxProcess, tmp_path_factory: pytest.TempPathFacto
 
 
 class Sleeps:
-    """A recording sleep: real (short, bounded) or fake (records only)."""
+    """A fake sleep that records each wait and moves a fake clock (``now``) by it; ``then`` runs after each
+    wait, in place of the time passing (e.g. a rate limit lifted). Pass ``clock=sleeps.now`` to the verifier
+    so its budget counts these waits and nothing depends on how fast the machine is."""
 
-    def __init__(self, *, real: bool, limit_s: float = 5.0) -> None:
-        self.real = real
+    def __init__(self, *, limit_s: float = 5.0, then: Callable[[], None] | None = None) -> None:
         self.limit_s = limit_s
+        self.then = then
         self.calls: list[float] = []
+        self.t = 0.0
 
     def __call__(self, seconds: float) -> None:
         assert seconds <= self.limit_s, f"asked to sleep {seconds} s"
         self.calls.append(seconds)
-        if self.real:
-            time.sleep(seconds)
+        self.t += seconds
+        if self.then is not None:
+            self.then()
+
+    def now(self) -> float:
+        return self.t
 
 
 def _verifier(**kwargs: Any) -> RegistryVerifier:
     kwargs.setdefault("budget_s", 10.0)
-    kwargs.setdefault("sleep", Sleeps(real=False))
+    kwargs.setdefault("sleep", Sleeps())
     return RegistryVerifier(**kwargs)
 
 
@@ -603,7 +609,7 @@ def test_registry_down_is_inconclusive_after_bounded_attempts(stack: Stack, tmp_
     dead = f"http://127.0.0.1:{free_port()}"
     proxy = NginxProxy.start(tmp_path / "nginx", dead) if broken == "bad-gateway" else None
     host = proxy.host if proxy else dead.removeprefix("http://")
-    sleeps = Sleeps(real=False)
+    sleeps = Sleeps()
     try:
         with _verifier(sleep=sleeps, max_attempts=3) as verifier:
             result = verifier.verify(server=host, auth=stack.auth(stack.service_key, host), images=[f"{host}/team/app"])
@@ -668,12 +674,15 @@ def test_registry_that_answers_basic_gets_basic_on_the_heads(stack: Stack, tmp_p
 
 @pytest.mark.real
 def test_429_with_retry_after_is_waited_out_within_budget(stack: Stack, tmp_path: Path) -> None:
-    """nginx's 429 + Retry-After: 1 during the check is honoured (one ~1 s wait) and the check succeeds."""
+    """nginx's 429 + Retry-After: 1 during the check is honoured (one ~1 s wait) and the check succeeds.
+
+    nginx lets the ping and one HEAD through (burst 1 of 1 r/min), so the second HEAD is refused however fast
+    or slow the machine is; the wait lifts the limit instead of waiting for nginx's bucket to refill."""
     images = stack.images(2)
-    sleeps = Sleeps(real=True, limit_s=1.5)
-    with NginxProxy.start(tmp_path / "nginx", stack.registry.url, rate="2r/s", burst=1, retry_after=1) as proxy:
+    with NginxProxy.start(tmp_path / "nginx", stack.registry.url, rate="1r/m", burst=1, retry_after=1) as proxy:
+        sleeps = Sleeps(limit_s=1.5, then=lambda: proxy.reconfigure(rate=None))
         images = [image.replace(stack.host, proxy.host) for image in images]
-        with _verifier(sleep=sleeps, budget_s=5.0) as verifier:
+        with _verifier(sleep=sleeps, clock=sleeps.now, budget_s=5.0) as verifier:
             result = verifier.verify(server=proxy.host, auth=stack.auth(stack.service_key, proxy.host), images=images)
             counts = dict(verifier.request_counts)
         entries = proxy.access_log()
@@ -698,21 +707,20 @@ def test_429_with_retry_after_is_waited_out_within_budget(stack: Stack, tmp_path
 def test_sustained_429_past_budget_is_inconclusive_and_bounded(
     stack: Stack, tmp_path: Path, retry_after: int, budget_s: float, max_heads: int
 ) -> None:
-    """Under a sustained 429 the check gives up inconclusive inside its budget; requests <= 2 + max_heads."""
-    sleeps = Sleeps(real=True, limit_s=1.5)
+    """Under a sustained 429 the check gives up inconclusive inside its budget; requests <= 2 + max_heads.
+    The budget runs on a fake clock that only the waits move, so the bound holds on any machine."""
+    sleeps = Sleeps(limit_s=1.5)
     settings = {"rate": "1r/m", "retry_after": retry_after}
     with NginxProxy.start(tmp_path / "nginx", stack.registry.url, **settings) as proxy:
         images = [f"{proxy.host}/team/app:latest"]
-        started = time.monotonic()
-        with _verifier(sleep=sleeps, budget_s=budget_s, max_attempts=10) as verifier:
+        with _verifier(sleep=sleeps, clock=sleeps.now, budget_s=budget_s, max_attempts=10) as verifier:
             result = verifier.verify(server=proxy.host, auth=stack.auth(stack.service_key, proxy.host), images=images)
-        elapsed = time.monotonic() - started
         heads = [e for e in proxy.access_log() if e["method"] == "HEAD"]
     assert result.outcome == "inconclusive"
     assert "HEAD" in result.detail and "429" in result.detail and "Retry-After" in result.detail
     assert 1 <= len(heads) <= max_heads and all(e["status"] == 429 for e in heads)
     assert result.requests <= 2 + max_heads  # ping (let through) + token (sandbox) + HEAD attempts
-    assert elapsed < budget_s + 1.0
+    assert sum(sleeps.calls) <= budget_s
     assert all(s >= retry_after for s in sleeps.calls)
 
 
@@ -846,7 +854,7 @@ def test_icr_unquoted_challenge_is_understood(icr: SandboxProcess) -> None:
 def test_token_endpoint_5xx_is_retried_with_backoff(icr: SandboxProcess) -> None:
     """Two 503s from the token endpoint are retried (jittered backoff) and the check still succeeds."""
     icr.set_faults("registry", {"path_prefix": "/oauth/token", "error_status": 503, "error_count": 2})
-    sleeps = Sleeps(real=False)
+    sleeps = Sleeps()
     with _icr_verifier(icr, sleep=sleeps) as verifier:
         result = verifier.verify(
             server="us.icr.io", auth=_icr_auth(icr.endpoints["foreign_apikeys"]["ci-pipeline"]), images=ICR_IMAGES

@@ -30,7 +30,7 @@ from rotator.sandbox.control import SandboxProcess
 
 DASHBOARD = REPO / "grafana" / "rotator.json"
 RULES = REPO / "deploy" / "prometheus" / "rotator-rules.yaml"
-DATA_DEADLINE_S = 30.0  # the first scraped sample takes ~5-6 s; rates need a second one
+DATA_DEADLINE_S = 30.0  # per wait: the first scraped sample takes ~5-6 s; rates need a second one
 START_DEADLINE_S = 30.0  # the daemon starts and rotates both credentials
 API_TOKEN = "dashboard-test-token-0123456789"
 CREDENTIALS = (CRED, hub_env.CRED)
@@ -224,7 +224,6 @@ def _run_daemon(tmp: Path) -> Generator[str, None, None]:
 @dataclass
 class LivePrometheus:
     url: str
-    deadline: float
 
     def query(self, expr: str) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
@@ -233,15 +232,15 @@ class LivePrometheus:
         return body
 
     def wait_for_data(self, expr: str) -> list[dict[str, Any]]:
-        """Poll until the query returns a non-empty result, up to the shared deadline."""
+        """Poll until the query returns a non-empty result. Each wait has its own deadline: one shared by the
+        module's tests would leave a late test none on a slow machine."""
+        deadline = time.monotonic() + DATA_DEADLINE_S
         last: dict[str, Any] = {}
-        for _ in range(int(DATA_DEADLINE_S / 0.1) + 1):
+        while time.monotonic() < deadline:
             last = self.query(expr)
             if last["data"]["result"]:
                 result: list[dict[str, Any]] = last["data"]["result"]
                 return result
-            if time.monotonic() > self.deadline:
-                break
             time.sleep(POLL_S)
         raise AssertionError(f"no data for {expr!r} within {DATA_DEADLINE_S} s: {last}")
 
@@ -282,7 +281,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
                 pass
             assert time.monotonic() < deadline, "prometheus did not become ready"
             time.sleep(POLL_S)
-        yield LivePrometheus(url=url, deadline=time.monotonic() + DATA_DEADLINE_S)
+        yield LivePrometheus(url=url)
     finally:
         proc.terminate()
         try:
@@ -331,23 +330,25 @@ def test_alert_rules_evaluate_against_scraped_series(live: LivePrometheus) -> No
     for name in sorted({m for r in rules for m in referenced_metrics(r["expr"])}):
         live.wait_for_data(f'{name}{{job="rotator"}}')
     evaluated: dict[str, str] = {}
-    for _ in range(200):
+    deadline = time.monotonic() + DATA_DEADLINE_S
+    while True:
         groups = httpx.get(f"{live.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
         evaluated = {r["name"]: r["health"] for g in groups for r in g["rules"]}
         if len(evaluated) == len(rules) and all(h != "unknown" for h in evaluated.values()):
             break
-        assert time.monotonic() < live.deadline, f"rules not evaluated in time: {evaluated}"
+        assert time.monotonic() < deadline, f"rules not evaluated in time: {evaluated}"
         time.sleep(POLL_S)
     assert evaluated == {r["alert"]: "ok" for r in rules}
     # Nothing is wrong with a daemon that just rotated: once every rule has been evaluated on the
     # scraped data, no alert is pending or firing.
     data_seen = time.time()
-    for _ in range(200):
+    deadline = time.monotonic() + DATA_DEADLINE_S
+    while True:
         groups = httpx.get(f"{live.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
         times = [_epoch(r["lastEvaluation"]) for g in groups for r in g["rules"]]
         if min(times) > data_seen:
             break
-        assert time.monotonic() < live.deadline, "rules not evaluated again in time"
+        assert time.monotonic() < deadline, "rules not evaluated again in time"
         time.sleep(POLL_S)
     assert live.query("ALERTS")["data"]["result"] == []
 

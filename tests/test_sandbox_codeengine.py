@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +231,11 @@ def test_name_rules(shared_sandbox: SandboxProcess, name: str, ok: bool) -> None
     assert_ibm_error(bad.value.http_response.json(), 400)
 
 
-def _tomorrow() -> str:
-    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
+def _future() -> str:
+    """A date after the server's today when the request arrives: computed as the test runs, not when the suite
+    is collected (a run across midnight UTC made a collected "tomorrow" today), and two days ahead so a
+    midnight during the request cannot make it today either."""
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)).isoformat()
 
 
 @pytest.mark.parametrize(
@@ -244,12 +248,14 @@ def _tomorrow() -> str:
         pytest.param("2026-02-30", 400, id="not-a-date"),
         pytest.param("20260327", 400, id="no-dashes"),
         pytest.param("latest", 400, id="text"),
-        pytest.param(_tomorrow(), 400, id="future"),
+        pytest.param(_future, 400, id="future"),
     ],
 )
-def test_version_query(shared_sandbox: SandboxProcess, version: str | None, status: int) -> None:
+def test_version_query(shared_sandbox: SandboxProcess, version: str | Callable[[], str] | None, status: int) -> None:
     """``version`` is a date from 2021-03-31 up to today; anything else is 400 invalid_version."""
     endpoints = shared_sandbox.endpoints
+    if callable(version):
+        version = version()
     params = {"version": version} if version is not None else {}
     response = httpx.get(
         f"{endpoints['codeengine']}/projects/{endpoints['codeengine_project_id']}/secrets",

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from polling import POLL_S
+from polling import wait_for
 
 from rotator.sandbox.control import SandboxProcess
 
@@ -85,13 +84,6 @@ def status_of(exc: ApiException) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(exc.body)
     assert body["kind"] == "Status" and body["apiVersion"] == "v1" and body["status"] == "Failure"
     return body
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(POLL_S)
 
 
 def stats(sbx: SandboxProcess) -> dict[str, Any]:
@@ -426,8 +418,10 @@ def test_watch_streams_live_changes_through_a_selector(kube: SandboxProcess, cor
     watchers_before = stats(kube)["watchers"]
 
     def consume() -> None:
+        # The stream ends at the DELETED; its timeout only bounds a failure, so it leaves a slow machine time for
+        # the three writes below (with 3 s a loaded run could close the watch before they were done).
         stream = watch.Watch().stream(
-            core.list_namespaced_secret, ns, resource_version=start, label_selector="pick=me", timeout_seconds=3
+            core.list_namespaced_secret, ns, resource_version=start, label_selector="pick=me", timeout_seconds=30
         )
         for event in stream:
             seen.append((event["type"], event["object"].metadata.name))
@@ -436,11 +430,11 @@ def test_watch_streams_live_changes_through_a_selector(kube: SandboxProcess, cor
 
     thread = threading.Thread(target=consume)
     thread.start()
-    wait_for(lambda: stats(kube)["watchers"] > watchers_before)
+    wait_for(lambda: stats(kube)["watchers"] > watchers_before, "the watch to open")
     core.create_namespaced_secret(ns, docker_secret("ignored"))
     core.create_namespaced_secret(ns, docker_secret("picked", labels={"pick": "me"}))
     core.patch_namespaced_secret("picked", ns, {"metadata": {"labels": {"pick": "no"}}})  # leaves the selector
-    thread.join(timeout=5)
+    thread.join(timeout=35)
     assert not thread.is_alive()
     assert seen == [("ADDED", "picked"), ("DELETED", "picked")]
 
@@ -892,9 +886,15 @@ def test_watch_bookmarks_carry_the_current_resource_version(sandbox: SandboxProc
     with api_client(sandbox) as api:
         core = client.CoreV1Api(api)
         rv = core.list_namespaced_secret("team-a").metadata.resource_version
-        events = watch.Watch().stream(
-            core.list_namespaced_secret, "team-a", resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=1
-        )
-        bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
+        # Read until the first bookmark; the timeout only bounds a failure (a 1 s watch could end before a
+        # stalled server sent one).
+        watcher = watch.Watch()
+        bookmarks = []
+        for event in watcher.stream(
+            core.list_namespaced_secret, "team-a", resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=30
+        ):
+            if event["type"] == "BOOKMARK":
+                bookmarks.append(event)
+                watcher.stop()
     assert bookmarks and bookmarks[0]["raw_object"]["metadata"]["resourceVersion"] == rv
     assert bookmarks[0]["raw_object"]["kind"] == "Secret"

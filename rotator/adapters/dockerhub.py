@@ -102,7 +102,7 @@ def parse_label(label: str) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class _Jwt:
     value: SecretStr
-    refresh_at: float  # time.monotonic()
+    refresh_at: float  # on the provider's clock
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class DockerHubProvider:
         retry: RetryPolicy | None = None,
         on_request: http.OnRequest | None = None,
         page_size: int = 100,
+        clock: Callable[[], float] = time.monotonic,  # when the cached JWT is due (tests pass a fake one)
     ) -> None:
         if not 1 <= page_size <= 100:
             raise ValueError("page_size must be 1..100 (Docker Hub's page_size range)")
@@ -158,6 +159,7 @@ class DockerHubProvider:
         self._retry = retry or RetryPolicy()
         self._on_request = on_request
         self._page_size = page_size
+        self._clock = clock
         self._jwt: _Jwt | None = None
         self._jwt_lock = threading.Lock()
 
@@ -297,7 +299,7 @@ class DockerHubProvider:
     def _access_token(self, *, force: bool) -> SecretStr:
         with self._jwt_lock:
             cached = self._jwt
-            if force or cached is None or time.monotonic() >= cached.refresh_at:
+            if force or cached is None or self._clock() >= cached.refresh_at:
                 cached = self._jwt = self._sign_in()
             return cached.value
 
@@ -305,7 +307,7 @@ class DockerHubProvider:
         # Read the secret for every sign-in: a token rotated in its mounted Secret takes effect without a restart.
         self._secret = self._read_secret()
         body = {"identifier": self._docker_id, "secret": self._secret.reveal()}
-        started = time.monotonic()
+        started = self._clock()
         response = self._send("sign_in", "POST", self._base + "/v2/auth/token", json=body)
         if response.status_code != 200:
             raise self._error_for("sign_in", response)

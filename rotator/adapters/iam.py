@@ -18,7 +18,7 @@ import datetime as dt
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -81,7 +81,7 @@ def _validate(credential: str, rotation_id: str) -> None:
 @dataclass(frozen=True)
 class _Token:
     value: SecretStr
-    refresh_at: float  # time.monotonic()
+    refresh_at: float  # on the token source's clock
 
 
 class IamTokenSource:
@@ -96,9 +96,11 @@ class IamTokenSource:
         apikey: SecretStr | SecretReader,
         client: httpx.Client,
         on_request: http.OnRequest | None = None,
+        clock: Callable[[], float] = time.monotonic,  # when the cached token is due (tests pass a fake one)
     ) -> None:
         self._base = base_url.rstrip("/")
         self._read_apikey = secret_reader(apikey)
+        self._clock = clock
         self._apikey: SecretStr | None = None  # the value last used, for scrubbing
         self._client = client
         self._on_request = on_request
@@ -114,7 +116,7 @@ class IamTokenSource:
         """A valid access token; ``force`` fetches a new one (after a 401)."""
         with self._lock:
             cached = self._token
-            if force or cached is None or time.monotonic() >= cached.refresh_at:
+            if force or cached is None or self._clock() >= cached.refresh_at:
                 cached = self._token = self._fetch()
             return cached.value
 
@@ -122,7 +124,7 @@ class IamTokenSource:
         # Read the key for every new token: an admin key rotated in its mounted Secret takes effect without a restart.
         apikey = self._apikey = self._read_apikey()
         form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
-        started = time.monotonic()
+        started = self._clock()
         response = http.send(
             self._client,
             self._on_request,
@@ -161,6 +163,7 @@ class IamProvider:
         retry: RetryPolicy | None = None,
         on_request: http.OnRequest | None = None,
         page_size: int = 100,
+        clock: Callable[[], float] = time.monotonic,  # when the cached IAM token is due (tests pass a fake one)
     ) -> None:
         if not 1 <= page_size <= 100:
             raise ValueError("page_size must be 1..100 (IAM's pagesize range)")
@@ -174,7 +177,7 @@ class IamProvider:
         self._on_request = on_request
         self._page_size = page_size
         self.tokens = IamTokenSource(
-            base_url=self._base, apikey=admin_apikey, client=self._client, on_request=on_request
+            base_url=self._base, apikey=admin_apikey, client=self._client, on_request=on_request, clock=clock
         )
 
     def close(self) -> None:

@@ -108,7 +108,9 @@ def hub_error(status: int, detail: str, *, fields: dict[str, list[str]] | None =
 
 @dataclass
 class RateLimit:
-    """A fixed window per emulator (the sandbox has one client); ``limit`` None switches it off."""
+    """A fixed window per emulator (the sandbox has one client); ``limit`` None switches it off. A window
+    opens at the first request after the last one closed (not at a wall-clock multiple of ``window_s``), so a
+    test that sets a limit and sends a few requests never sees a window boundary fall between them."""
 
     limit: int | None = DEFAULT_RATE_LIMIT
     window_s: int = DEFAULT_RATE_WINDOW_S
@@ -120,9 +122,8 @@ class RateLimit:
 
     def take(self, now: float) -> bool:
         """Count one request; False when it is over the limit."""
-        start = math.floor(now / self.window_s) * self.window_s
-        if start != self.window_start:
-            self.window_start, self.used = start, 0
+        if now >= self.window_start + self.window_s:
+            self.window_start, self.used = now, 0
         if self.limit is None:
             return True
         if self.used >= self.limit:
