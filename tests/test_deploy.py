@@ -4,6 +4,7 @@ privilege, and the config in the ConfigMap is one rotator accepts and that fits 
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import subprocess
@@ -11,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 from monitoring_env import KUBECTL, PROMTOOL, REPO
 
+from rotator.sandbox.control import SandboxProcess
 from rotator.settings import IamProviderSettings, parse
 
 pytestmark = pytest.mark.real
@@ -306,16 +309,37 @@ def _access(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+def _grants(role: dict[str, Any]) -> dict[tuple[str, str, tuple[str, ...]], set[str]]:
+    """(API group, resource, resourceNames) -> verbs."""
+    out: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                key = (group, resource, tuple(sorted(rule.get("resourceNames", ()))))
+                out.setdefault(key, set()).update(rule["verbs"])
+    return out
+
+
+def _target_names(objects: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The pull secrets' and service accounts' names the config uses (what RBAC must name)."""
+    targets = [c["targets"]["kubernetes"] for c in _config(objects)["credentials"] if "kubernetes" in c["targets"]]
+    secrets = tuple(sorted({t["secret_name"] for t in targets}))
+    accounts = tuple(sorted({a for t in targets for a in t.get("service_accounts", ())}))
+    return secrets, accounts
+
+
 def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
-    """Cluster-wide: exactly namespaces (read), secrets, serviceaccounts, events and the two reviews."""
-    assert _access(one(objects, "ClusterRole")) == {
-        ("", "namespaces"): {"get", "list", "watch"},
-        ("", "secrets"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-        ("", "serviceaccounts"): {"get", "list", "watch", "update", "patch"},
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-        ("authentication.k8s.io", "tokenreviews"): {"create"},
-        ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    """Cluster-wide: namespaces (read); only the pull secret and service accounts the config names (create,
+    which RBAC cannot restrict by name, apart); core Events (create); the two reviews. Nothing else."""
+    secrets, accounts = _target_names(objects)
+    assert _grants(one(objects, "ClusterRole")) == {
+        ("", "namespaces", ()): {"get", "list", "watch"},
+        ("", "secrets", secrets): {"get", "list", "watch", "update", "patch", "delete"},
+        ("", "secrets", ()): {"create"},
+        ("", "serviceaccounts", accounts): {"get", "list", "watch", "update"},
+        ("", "events", ()): {"create"},
+        ("authentication.k8s.io", "tokenreviews", ()): {"create"},
+        ("authorization.k8s.io", "subjectaccessreviews", ()): {"create"},
     }
     binding = one(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": NAMESPACE}]
@@ -344,12 +368,133 @@ def test_namespaced_rbac_component(tmp_path: Path) -> None:
     assert cluster[("", "namespaces")] == {"get", "list", "watch"}
     targets = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"]
     assert sorted(o["metadata"]["namespace"] for o in targets) == ["team-a", "team-b"]
+    secrets, accounts = _target_names(objects)
     for role in targets:
-        assert _access(role)[("", "secrets")] >= {"get", "create", "update"}
+        assert _grants(role) == {
+            ("", "secrets", secrets): {"get", "update", "delete"},
+            ("", "secrets", ()): {"create"},
+            ("", "serviceaccounts", accounts): {"get", "update"},
+            ("", "events", ()): {"create"},
+        }
     bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "rotator-target"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings) and len(bindings) == 2
     # The base's own Role in rotator-system is untouched.
     assert one(objects, "Role", "rotator")["metadata"]["namespace"] == NAMESPACE
+
+
+def _bound_rules(objects: list[dict[str, Any]], account: str, namespace: str) -> list[dict[str, Any]]:
+    """The rules the rendered (Cluster)RoleBindings give a ServiceAccount, as the sandbox's authorizer takes
+    them: a ClusterRoleBinding's apply everywhere, a RoleBinding's only in its namespace."""
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects}
+    rules: list[dict[str, Any]] = []
+    for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        if subject not in binding["subjects"]:
+            continue
+        ref = binding["roleRef"]
+        role = roles[
+            (ref["kind"], None if ref["kind"] == "ClusterRole" else binding["metadata"]["namespace"], ref["name"])
+        ]
+        scope = {"namespaces": [binding["metadata"]["namespace"]]} if binding["kind"] == "RoleBinding" else {}
+        rules += [{**rule, **scope} for rule in role["rules"]]
+    return rules
+
+
+def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
+    objects: list[dict[str, Any]], sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """rotator, with a token bound to exactly the rendered RBAC and the shipped config's names, rotates
+    (by schedule, API and annotation), heals drift through its watches, records Events and elects a leader
+    without one 403 from the API server; the same token cannot read or list any other Secret."""
+    from daemon_env import Daemon
+    from polling import wait_for
+    from rotation_env import core, read_secret, stored_doc
+
+    from rotator.adapters.state import ConfigMapStateStore
+    from rotator.sandbox.control import iam_provider_config
+
+    ep = sandbox.endpoints
+    rules = _bound_rules(objects, "rotator", NAMESPACE)
+    user = f"system:serviceaccount:{NAMESPACE}:rotator"
+    token = sandbox.admin.post("/kubernetes/tokens", json={"user": user, "rules": rules}).json()["token"]
+    kubeconfig = yaml.safe_load(Path(ep["kubeconfig"]).read_text())
+    kubeconfig["users"][0]["user"]["token"] = token
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    caller_rule = {
+        "verbs": ["get", "list", "rotate"],
+        "apiGroups": ["rotator.example.com"],
+        "resources": ["credentials"],
+    }
+    caller = sandbox.admin.post("/kubernetes/tokens", json={"user": "operator", "rules": [caller_rule]}).json()["token"]
+
+    # The shipped config, names untouched (secret, service accounts, state, lease), pointed at the sandbox.
+    config = _config(objects)
+    cred = config["credentials"][0]
+    cred["provider"] = iam_provider_config(ep)
+    cred["registry"] = {"server": ep["registry_host"], "images": ep["images"]}
+    cred["targets"]["kubernetes"]["namespaces"] = {"selector": ep["namespace_label"]}
+    config["kubernetes"] = {**config["kubernetes"], "in_cluster": False, "kubeconfig": str(tmp_path / "kubeconfig")}
+    config["server"] = {**config["server"], "listen": "127.0.0.1:0"}
+    (tmp_path / "rotator.yaml").write_text(yaml.safe_dump(config))
+    secret = cred["targets"]["kubernetes"]["secret_name"]
+    store = ConfigMapStateStore(core(sandbox), NAMESPACE, config["state"]["name"])
+
+    def password(namespace: str) -> str:
+        obj = read_secret(sandbox, namespace, secret)
+        entry = stored_doc(obj)["auths"].get(ep["registry_host"], {}) if obj else {}
+        return str(entry.get("password", ""))
+
+    def rotations() -> int:
+        journal = store.load(cred["name"])
+        return len(journal.history) if journal.rotation is None else 0
+
+    daemon = Daemon(tmp_path / "rotator.yaml")
+    try:
+        wait_for(lambda: rotations() == 1, "the first rotation", timeout=60)
+        first = password("team-a")
+        rotated = httpx.post(
+            f"{daemon.api()}/v1/credentials/{cred['name']}/rotate", headers={"Authorization": f"Bearer {caller}"}
+        )
+        assert rotated.status_code == 202, rotated.text
+        wait_for(lambda: rotations() == 2, "the rotation asked for through the API", timeout=60)
+        core(sandbox).patch_namespaced_secret(
+            secret, "team-b", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+        )
+        wait_for(lambda: rotations() == 3, "the rotation asked for by annotation (watch, then patch)", timeout=60)
+        current = password("team-a")
+        assert current not in ("", first) and all(password(ns) == current for ns in ("team-b", "team-c"))
+        obj = read_secret(sandbox, "team-c", secret)
+        assert obj is not None
+        obj["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths": {}}').decode()
+        core(sandbox).replace_namespaced_secret(secret, "team-c", obj)
+        wait_for(lambda: password("team-c") == current, "drift healed through the watch", timeout=30)
+        events = core(sandbox).list_namespaced_event("team-a").items
+        assert any(e.involved_object.name == secret and e.source.component == "rotator" for e in events)
+    finally:
+        assert daemon.stop() == 0
+    denied = [r for r in sandbox.requests("kubernetes") if r["status"] in (401, 403)]
+    assert denied == []
+    assert not [e for e in daemon.events() if e["event"] in ("watch.failed", "worker.failed", "worker.crashed")]
+
+    # The same token: the pull secret by name, and no other Secret.
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from rotator.adapters.kubernetes import api_client_for
+
+    core(sandbox).create_namespaced_secret("team-a", {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
+    scoped = client.CoreV1Api(api_client_for(ep["kubernetes"], token))
+    assert scoped.list_secret_for_all_namespaces(field_selector=f"metadata.name={secret}").items
+    for refused in (
+        lambda: scoped.read_namespaced_secret("unrelated", "team-a"),
+        lambda: scoped.read_namespaced_secret(f"{config['state']['name']}-vault", "team-a"),
+        lambda: scoped.list_secret_for_all_namespaces(),
+        lambda: scoped.list_namespaced_secret("team-a"),
+        lambda: scoped.list_secret_for_all_namespaces(field_selector="metadata.name=unrelated"),
+    ):
+        with pytest.raises(ApiException) as exc:
+            refused()
+        assert exc.value.status == 403
 
 
 # -- config and image ---------------------------------------------------------------------------------
