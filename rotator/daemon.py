@@ -379,8 +379,7 @@ class Daemon:
                 worker.tick()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
-        version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        if resource != "namespaces" and any(s.wrote(version) for s in self._kube_sinks().values()):
+        if resource != "namespaces" and any(s.is_own_write(event, obj) for s in self._kube_sinks().values()):
             return  # our own write coming back
         for trigger in route(resource, event, obj, self._selections):
             self._dispatch(trigger)
