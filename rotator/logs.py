@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from rotator.model import SecretStr
+from rotator.model import SecretLocation, SecretStr
 
 MASK = "***"
 _SECRET_FIELD = re.compile(r"(pass(word)?|secret|token|api_?key|authorization|credential_value)$", re.I)
@@ -44,6 +44,8 @@ def scrub(text: str) -> str:
 def _clean(key: str, value: Any) -> Any:
     if isinstance(value, SecretStr):
         return MASK
+    if isinstance(value, SecretLocation):
+        return str(value)
     if isinstance(value, str):
         if _SECRET_FIELD.search(key) and value:
             return MASK

@@ -21,7 +21,7 @@ from rotator.adapters.dockerhub import validate_token_settings
 from rotator.durations import parse_duration
 from rotator.errors import ConfigError
 from rotator.imageref import DOCKER_HUB, ImageRefError, registry_for_server
-from rotator.model import SecretStr
+from rotator.model import SecretLocation, SecretStr
 
 T = TypeVar("T")
 
@@ -30,6 +30,11 @@ K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 K8S_LABEL_VALUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A config has a few hundred values, six levels deep. YAML aliases share one node however often they are
+# used, but ${ENV} interpolation copies each use: an alias bomb (a billion uses) would be expanded in
+# full. Interpolation stops at these bounds instead, long before memory or the recursion limit suffer.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 PROVIDERS = ("ibm-iam", "dockerhub")
 
 
@@ -53,14 +58,19 @@ class SecretSource:
             where = f"file {self.file}"
         else:
             assert self.env is not None
-            value = os.environ.get(self.env, "").strip()
+            if self.env not in os.environ:
+                raise ConfigError(
+                    f"{self.field_path}: environment variable {self.env} is not set; set it in rotator's "
+                    "environment to the API key, or use file: instead of env:"
+                )
+            value = os.environ[self.env].strip()
             where = f"environment variable {self.env}"
         if not value:
             raise ConfigError(f"{self.field_path}: {where} is empty; put the API key there")
         return SecretStr(value)
 
-    def describe(self) -> str:
-        return f"file:{self.file}" if self.file is not None else f"env:{self.env}"
+    def describe(self) -> SecretLocation:
+        return SecretLocation(f"file:{self.file}" if self.file is not None else f"env:{self.env}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -497,24 +507,38 @@ def _positive_number(value: Any) -> float:
     return float(value)
 
 
-def _interpolate(value: Any, errors: _Errors, path: str) -> Any:
-    if isinstance(value, str):
+class _Interpolation:
+    """``${ENV}`` and ``${ENV:-default}`` in every string, counting the values it copies."""
 
-        def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            errors.add(path, f"environment variable {name} is not set", f"export {name}=... or ${{{name}:-default}}")
-            return ""
+    def __init__(self, errors: _Errors) -> None:
+        self.errors = errors
+        self.values = 0
 
-        return _INTERPOLATION.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _interpolate(v, errors, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, errors, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
+    def __call__(self, value: Any, path: str = "", depth: int = 0) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES or depth > MAX_DEPTH:
+            what = f"more than {MAX_VALUES} values" if self.values > MAX_VALUES else f"more than {MAX_DEPTH} levels"
+            raise ConfigError(
+                f"{self.errors.source}: the document expands to {what} (at {path or 'the top level'}); "
+                "a YAML anchor used over and over, or one that contains itself, is refused: "
+                "write the values out (a rotator config has a few hundred)"
+            )
+        if isinstance(value, str):
+            return _INTERPOLATION.sub(lambda match: self._variable(match, path), value)
+        if isinstance(value, dict):
+            return {k: self(v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return value
+
+    def _variable(self, match: re.Match[str], path: str) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        self.errors.add(path, f"environment variable {name} is not set", f"export {name}=... or ${{{name}:-default}}")
+        return ""
 
 
 def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
@@ -1007,6 +1031,8 @@ def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
         raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: is not a config: nested too deeply for the YAML parser") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -1016,7 +1042,7 @@ def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
 
 def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     errors = _Errors(source)
-    raw = _interpolate(raw, errors, "")
+    raw = _Interpolation(errors)(raw)
     top = _Node(raw, "", errors)
     top.known("credentials", "kubernetes", "state", "daemon", "server")
     creds_raw = top.data.get("credentials")
