@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import threading
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -81,6 +82,36 @@ def configure(*, level: str = "info", json_output: bool | None = None, stream: T
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_python_logs()
+
+
+def _log_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
+) -> None:
+    """Python warnings (urllib3's InsecureRequestWarning...) as log lines, not text amid the JSON.
+    Python's own filters still decide how often (urllib3's: once per message and place)."""
+    get("py.warnings").warning(
+        "python.warning", category=category.__name__, message=str(message)[:300], source=f"{filename}:{lineno}"
+    )
+
+
+class _ToStructlog(logging.Handler):
+    """Records of libraries that use stdlib logging (urllib3's "Connection pool is full", retries) as log
+    lines: without a handler Python prints them as bare text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()[:300]
+        except Exception:  # a library's broken format string must not break logging
+            text = str(record.msg)[:300]
+        get(record.name).log(record.levelno, "python.log", logger=record.name, message=text)
+
+
+def _route_python_logs() -> None:
+    warnings.showwarning = _log_warning
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToStructlog) for h in root.handlers):
+        root.addHandler(_ToStructlog(level=logging.WARNING))
 
 
 def get(name: str = "rotator", **bound: Any) -> Any:

@@ -8,12 +8,14 @@ variable named in the config, and ``redacted()`` is what gets logged.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -80,6 +82,7 @@ class IamProviderSettings:
     account_id: str
     service_id: str
     apikey: SecretSource
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
     # How `rotator plan` and `rotator check` name the provider.
     @property
@@ -105,6 +108,7 @@ class DockerHubProviderSettings:
     org: str | None = None
     scopes: tuple[str, ...] = ("repo:read",)
     repositories: tuple[str, ...] = ()  # organization tokens: org/repo (or org/*) with the scopes
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
     @property
     def registry_username(self) -> str:
@@ -134,6 +138,7 @@ class RegistrySettings:
     verify_budget: dt.timedelta = dt.timedelta(seconds=60)
     # How long a rotation waits after an inconclusive check (429, 5xx, unknown image) before checking again.
     recheck_interval: dt.timedelta = dt.timedelta(seconds=30)
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +191,7 @@ class CodeEngineTarget:
     apikey: SecretSource | None = None
     # IAM token endpoint for that key; None: the provider's IAM endpoint.
     iam_endpoint: str | None = None
+    allow_insecure_http: bool = False  # the endpoints above may be plain http to a host that is not loopback
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +296,26 @@ class Settings:
                 return cred
         known = ", ".join(c.name for c in self.credentials)
         raise ConfigError(f"{self.source}: no credential named {name!r}; configured: {known}")
+
+    def insecure_endpoints(self) -> list[str]:
+        """Endpoints that ``allow_insecure_http`` lets be plain http to another host (``rotator check`` warns)."""
+        found = []
+        for i, cred in enumerate(self.credentials):
+            urls: list[tuple[str, bool, tuple[str | None, ...]]] = [
+                ("provider", cred.provider.allow_insecure_http, (cred.provider.endpoint,)),
+                ("registry", cred.registry.allow_insecure_http, (cred.registry.endpoint,)),
+            ]
+            if (ce := cred.codeengine) is not None:
+                endpoints = (ce.iam_endpoint, *(p.endpoint for p in ce.projects))
+                urls.append(("targets.codeengine", ce.allow_insecure_http, endpoints))
+            found += [
+                f"credentials[{i}].{where}: {url} is plain http (allow_insecure_http: true): keys and tokens "
+                "cross the network unencrypted"
+                for where, allowed, endpoints in urls
+                for url in dict.fromkeys(endpoints)
+                if allowed and url and plain_http_remote(url)
+            ]
+        return found
 
     def redacted(self) -> dict[str, Any]:
         """The loaded config for logging: secret sources are shown by location, never by value."""
@@ -464,6 +490,37 @@ def _url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def plain_http_remote(url: str) -> bool:
+    """An http:// URL to a host that is not loopback (127.0.0.0/8, ::1, localhost): readable on the wire."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = parts.hostname or ""  # without user-info, port and brackets
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _insecure_http(node: _Node, keys: tuple[str, ...]) -> bool:
+    """``allow_insecure_http`` of this node; without it, refuse each of ``keys`` that is plain remote http."""
+    allowed = bool(node.value("allow_insecure_http", _bool, example="false", default=False))
+    for key in keys:
+        values = node.data.get(key)
+        urls = [values] if not isinstance(values, list) else [v.get("endpoint") for v in values if isinstance(v, dict)]
+        for url in urls:
+            if not allowed and isinstance(url, str) and plain_http_remote(url.strip()):
+                node.errors.add(
+                    node.at(key),
+                    f"{url.strip()!r} is plain http to a host that is not loopback: keys and tokens would cross the "
+                    f"network unencrypted; use https, or (a lab only) set {node.at('allow_insecure_http')}: true",
+                    url.strip().replace("http://", "https://", 1),
+                )
+    return allowed
+
+
 def _cron(value: Any) -> str:
     text = _string(value)
     from apscheduler.triggers.cron import CronTrigger
@@ -578,8 +635,9 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubPro
 
 
 def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
+    node.known("kind", "endpoint", "account_id", "service_id", "apikey", "allow_insecure_http")
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
+    insecure = _insecure_http(node, ("endpoint",))
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
     service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
     if service_id is not None and not service_id.startswith("ServiceId-"):
@@ -593,7 +651,9 @@ def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
     if None in (endpoint, account_id, service_id, apikey):
         return None
     assert endpoint and account_id and service_id and apikey
-    return IamProviderSettings(endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey)
+    return IamProviderSettings(
+        endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey, allow_insecure_http=insecure
+    )
 
 
 _DOCKER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,38}$")
@@ -611,8 +671,11 @@ def _docker_id(value: Any) -> str:
 
 
 def _dockerhub_provider(node: _Node, base_dir: Path) -> DockerHubProviderSettings | None:
-    node.known("kind", "endpoint", "username", "password", "token_type", "org", "scopes", "repositories")
+    node.known(
+        "kind", "endpoint", "username", "password", "token_type", "org", "scopes", "repositories", "allow_insecure_http"
+    )
     endpoint = node.value("endpoint", _url, example="https://hub.docker.com", default="https://hub.docker.com")
+    insecure = _insecure_http(node, ("endpoint",))
     username = node.value("username", _docker_id, example="rotatorbot")
     token_type = node.value("token_type", _string, example="organization", default="personal")
     org = node.value("org", _docker_id, example="acme", default=None)
@@ -636,6 +699,7 @@ def _dockerhub_provider(node: _Node, base_dir: Path) -> DockerHubProviderSetting
         org=org,
         scopes=chosen,
         repositories=repositories,
+        allow_insecure_http=insecure,
     )
 
 
@@ -666,7 +730,7 @@ def _dockerhub_registry(
 
 
 def _registry(node: _Node) -> RegistrySettings | None:
-    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval")
+    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval", "allow_insecure_http")
     server = node.value("server", _string, example="us.icr.io")
     username = node.value("username", _string, example="iamapikey", default="iamapikey")
     images = node.value("images", _list_of(_image), example="[us.icr.io/team/app:latest]")
@@ -677,6 +741,7 @@ def _registry(node: _Node) -> RegistrySettings | None:
             "[us.icr.io/team/app:latest]",
         )
     endpoint = node.value("endpoint", _url, example="https://us.icr.io", default=None)
+    insecure = _insecure_http(node, ("endpoint",))
     budget = node.value("verify_budget", _positive_duration, example="60s", default=dt.timedelta(seconds=60))
     recheck = node.value("recheck_interval", _positive_duration, example="30s", default=dt.timedelta(seconds=30))
     if None in (server, username, images, budget, recheck):
@@ -689,6 +754,7 @@ def _registry(node: _Node) -> RegistrySettings | None:
         endpoint=endpoint,
         verify_budget=budget,
         recheck_interval=recheck,
+        allow_insecure_http=insecure,
     )
 
 
@@ -829,7 +895,8 @@ def _ce_projects(node: _Node, default_endpoint: str | None) -> list[CodeEnginePr
 
 
 def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
-    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint")
+    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint", "allow_insecure_http")
+    insecure = _insecure_http(node, ("endpoint", "iam_endpoint", "projects"))
     secret_name = node.value("secret_name", _ce_secret_name, example="icr-pull")
     endpoint = node.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=None)
     projects = _ce_projects(node, endpoint)
@@ -838,7 +905,13 @@ def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
     iam_endpoint = node.value("iam_endpoint", _url, example="https://iam.cloud.ibm.com", default=None)
     if secret_name is None or not projects or (apikey_node is not None and apikey is None):
         return None
-    return CodeEngineTarget(secret_name=secret_name, projects=tuple(projects), apikey=apikey, iam_endpoint=iam_endpoint)
+    return CodeEngineTarget(
+        secret_name=secret_name,
+        projects=tuple(projects),
+        apikey=apikey,
+        iam_endpoint=iam_endpoint,
+        allow_insecure_http=insecure,
+    )
 
 
 def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:

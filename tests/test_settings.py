@@ -398,3 +398,58 @@ def test_a_self_containing_anchor_is_refused(tmp_path: Path) -> None:
     """An anchor that contains itself (an endless structure) is refused, not a RecursionError."""
     with pytest.raises(ConfigError, match="expands to more than 64 levels"):
         load(tmp_path, "credentials: &loop [*loop]\n")
+
+
+CE = {
+    "endpoint": "https://api.us-south.codeengine.cloud.ibm.com/v2",
+    "project_id": "4a6c8e0f-1b3d-4f5a-8c7e-9d0b2a4c6e8f",
+}
+HUB_PROVIDER = {"kind": "dockerhub", "username": "rotatorbot", "password": {"env": "HUB_PASSWORD"}}
+
+
+def with_endpoint(where: str, url: str, *, allow: bool = False) -> dict[str, Any]:
+    """GOOD with one endpoint set to ``url`` (and allow_insecure_http on the same node)."""
+    doc = copy.deepcopy(GOOD)
+    cred = doc["credentials"][0]
+    flag = {"allow_insecure_http": True} if allow else {}
+    if where == "iam":
+        cred["provider"].update(endpoint=url, **flag)
+    elif where == "dockerhub":
+        cred["provider"] = {**HUB_PROVIDER, "endpoint": url, **flag}
+        cred["registry"] = {"server": "docker.io", "images": ["docker.io/rotatorbot/app:1"]}
+    elif where == "registry":
+        cred["registry"].update(endpoint=url, **flag)
+    else:
+        cred["targets"]["codeengine"] = {**CE, "secret_name": "icr", where: url, **flag}
+    return doc
+
+
+ENDPOINTS = {
+    "iam": "credentials[0].provider.endpoint",
+    "dockerhub": "credentials[0].provider.endpoint",
+    "registry": "credentials[0].registry.endpoint",
+    "iam_endpoint": "credentials[0].targets.codeengine.iam_endpoint",
+}
+
+
+@pytest.mark.parametrize("where", list(ENDPOINTS))
+def test_plain_http_to_another_host_is_refused_unless_allowed(tmp_path: Path, where: str) -> None:
+    """Keys and tokens never go over plain http to a host that is not loopback, unless that endpoint says
+    allow_insecure_http: true (then `rotator check` lists it). User-info does not make a host loopback."""
+    for url in ("http://iam.lab.example:8080", "http://127.0.0.1:80@evil.example/", "http://10.0.0.5"):
+        with pytest.raises(ConfigError) as info:
+            load(tmp_path, with_endpoint(where, url))
+        field = ENDPOINTS[where]
+        assert f"{field}: '{url}' is plain http to a host that is not loopback" in str(info.value)
+        assert f"{field.rsplit('.', 1)[0]}.allow_insecure_http: true" in str(info.value)
+        allowed = load(tmp_path, with_endpoint(where, url, allow=True))
+        assert [w.split(":")[0] for w in allowed.insecure_endpoints()] == [field.rsplit(".", 1)[0]]
+    for url in ("http://127.0.0.1:5000", "http://[::1]:5000", "http://localhost:5000", "https://iam.lab.example"):
+        assert load(tmp_path, with_endpoint(where, url)).insecure_endpoints() == []
+
+
+def test_plain_http_code_engine_project_endpoint_is_refused(tmp_path: Path) -> None:
+    doc = with_endpoint("iam_endpoint", "https://iam.cloud.ibm.com")
+    doc["credentials"][0]["targets"]["codeengine"]["endpoint"] = "http://ce.lab.example/v2"
+    with pytest.raises(ConfigError, match=r"targets\.codeengine\.endpoint: 'http://ce.lab.example/v2' is plain http"):
+        load(tmp_path, doc)
