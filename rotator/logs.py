@@ -85,13 +85,23 @@ def configure(*, level: str = "info", json_output: bool | None = None, stream: T
     _route_python_logs()
 
 
+_warned: set[tuple[str, str]] = set()
+WARNINGS_KEPT = 1000  # distinct warnings remembered; a flood of new texts is not worth more memory
+
+
 def _log_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
 ) -> None:
-    """Python warnings (urllib3's InsecureRequestWarning...) as log lines, not text amid the JSON.
-    Python's own filters still decide how often (urllib3's: once per message and place)."""
+    """Python warnings as log lines, not text amid the JSON; each distinct one once per process (urllib3
+    raises InsecureRequestWarning on every request to an unverified server)."""
+    text = scrub(str(message))[:300]
+    key = (category.__name__, text)
+    with _known_lock:
+        if key in _warned or len(_warned) >= WARNINGS_KEPT:
+            return
+        _warned.add(key)
     get("py.warnings").warning(
-        "python.warning", category=category.__name__, message=str(message)[:300], source=f"{filename}:{lineno}"
+        "python.warning", category=category.__name__, message=text, source=f"{filename}:{lineno}", once=True
     )
 
 
@@ -101,10 +111,10 @@ class _ToStructlog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()[:300]
+            text = record.getMessage()
         except Exception:  # a library's broken format string must not break logging
-            text = str(record.msg)[:300]
-        get(record.name).log(record.levelno, "python.log", logger=record.name, message=text)
+            text = str(record.msg)
+        get(record.name).log(record.levelno, "python.log", logger=record.name, message=scrub(text)[:300])
 
 
 def _route_python_logs() -> None:

@@ -19,6 +19,8 @@ def test_library_log_records_are_json_log_lines() -> None:
         "Connection pool is full, discarding connection: %s (%s)", "127.0.0.1", "lib-echoed-secret-value"
     )
     logging.getLogger("urllib3.connectionpool").info("below the threshold: not logged")
-    [record] = tail.events("python.log")
-    assert record["logger"] == "urllib3.connectionpool" and record["level"] == "warning"
-    assert record["message"] == "Connection pool is full, discarding connection: 127.0.0.1 (***)"
+    logging.getLogger("urllib3.connectionpool").warning("%s %s", "x" * 290, "lib-echoed-secret-value")
+    first, long = tail.events("python.log")
+    assert first["logger"] == "urllib3.connectionpool" and first["level"] == "warning"
+    assert first["message"] == "Connection pool is full, discarding connection: 127.0.0.1 (***)"
+    assert "lib-echo" not in long["message"], "scrubbed before it is cut short, so no prefix survives"
