@@ -345,9 +345,8 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": NAMESPACE}]
 
 
-def test_namespaced_rbac_component(tmp_path: Path) -> None:
-    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
-    namespace gets a Role for them, and everything still validates."""
+def _namespaced_overlay(tmp_path: Path) -> list[dict[str, Any]]:
+    """The base with components/namespaced-rbac, rendered."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = os.path.relpath(DEPLOY, overlay)
@@ -361,7 +360,13 @@ def test_namespaced_rbac_component(tmp_path: Path) -> None:
             }
         )
     )
-    objects = kustomize(overlay, tmp_path)
+    return kustomize(overlay, tmp_path)
+
+
+def test_namespaced_rbac_component(tmp_path: Path) -> None:
+    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
+    namespace gets a Role for them, and everything still validates."""
+    objects = _namespaced_overlay(tmp_path)
     assert schema_errors(objects) == []
     cluster = _access(one(objects, "ClusterRole"))
     assert ("", "secrets") not in cluster and ("", "serviceaccounts") not in cluster
@@ -400,101 +405,179 @@ def _bound_rules(objects: list[dict[str, Any]], account: str, namespace: str) ->
     return rules
 
 
-def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
-    objects: list[dict[str, Any]], sandbox: SandboxProcess, tmp_path: Path
-) -> None:
-    """rotator, with a token bound to exactly the rendered RBAC and the shipped config's names, rotates
-    (by schedule, API and annotation), heals drift through its watches, records Events and elects a leader
-    without one 403 from the API server; the same token cannot read or list any other Secret."""
-    from daemon_env import Daemon
-    from polling import wait_for
-    from rotation_env import core, read_secret, stored_doc
+def _bound_token(sandbox: SandboxProcess, objects: list[dict[str, Any]], tmp_path: Path) -> tuple[str, Path]:
+    """A sandbox token for rotator's ServiceAccount with exactly the rendered RBAC, and a kubeconfig with it."""
+    rules = _bound_rules(objects, "rotator", NAMESPACE)
+    user = f"system:serviceaccount:{NAMESPACE}:rotator"
+    token: str = sandbox.admin.post("/kubernetes/tokens", json={"user": user, "rules": rules}).json()["token"]
+    kubeconfig = yaml.safe_load(Path(sandbox.endpoints["kubeconfig"]).read_text())
+    kubeconfig["users"][0]["user"]["token"] = token
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    return token, tmp_path / "kubeconfig"
 
-    from rotator.adapters.state import ConfigMapStateStore
+
+def _sandbox_config(objects: list[dict[str, Any]], sandbox: SandboxProcess, kubeconfig: Path) -> dict[str, Any]:
+    """The shipped config, its names untouched (secret, service accounts, state, lease), pointed at the sandbox."""
     from rotator.sandbox.control import iam_provider_config
 
     ep = sandbox.endpoints
-    rules = _bound_rules(objects, "rotator", NAMESPACE)
-    user = f"system:serviceaccount:{NAMESPACE}:rotator"
-    token = sandbox.admin.post("/kubernetes/tokens", json={"user": user, "rules": rules}).json()["token"]
-    kubeconfig = yaml.safe_load(Path(ep["kubeconfig"]).read_text())
-    kubeconfig["users"][0]["user"]["token"] = token
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    caller_rule = {
-        "verbs": ["get", "list", "rotate"],
-        "apiGroups": ["rotator.example.com"],
-        "resources": ["credentials"],
-    }
-    caller = sandbox.admin.post("/kubernetes/tokens", json={"user": "operator", "rules": [caller_rule]}).json()["token"]
-
-    # The shipped config, names untouched (secret, service accounts, state, lease), pointed at the sandbox.
     config = _config(objects)
     cred = config["credentials"][0]
     cred["provider"] = iam_provider_config(ep)
     cred["registry"] = {"server": ep["registry_host"], "images": ep["images"]}
     cred["targets"]["kubernetes"]["namespaces"] = {"selector": ep["namespace_label"]}
-    config["kubernetes"] = {**config["kubernetes"], "in_cluster": False, "kubeconfig": str(tmp_path / "kubeconfig")}
+    config["kubernetes"] = {**config["kubernetes"], "in_cluster": False, "kubeconfig": str(kubeconfig)}
     config["server"] = {**config["server"], "listen": "127.0.0.1:0"}
-    (tmp_path / "rotator.yaml").write_text(yaml.safe_dump(config))
-    secret = cred["targets"]["kubernetes"]["secret_name"]
-    store = ConfigMapStateStore(core(sandbox), NAMESPACE, config["state"]["name"])
+    return config
 
-    def password(namespace: str) -> str:
-        obj = read_secret(sandbox, namespace, secret)
-        entry = stored_doc(obj)["auths"].get(ep["registry_host"], {}) if obj else {}
-        return str(entry.get("password", ""))
 
-    def rotations() -> int:
-        journal = store.load(cred["name"])
+class _RbacRun:
+    """rotator (the daemon) with the RBAC-bound token, and what the test needs to follow it."""
+
+    def __init__(self, sandbox: SandboxProcess, config: dict[str, Any], path: Path) -> None:
+        from daemon_env import Daemon
+        from rotation_env import core
+
+        from rotator.adapters.state import ConfigMapStateStore
+
+        path.write_text(yaml.safe_dump(config))
+        self.sandbox, self.config, self.path = sandbox, config, path
+        self.cred = config["credentials"][0]
+        self.secret = self.cred["targets"]["kubernetes"]["secret_name"]
+        self.store = ConfigMapStateStore(core(sandbox), NAMESPACE, config["state"]["name"])
+        self.caller = sandbox.admin.post(
+            "/kubernetes/tokens",
+            json={
+                "user": "operator",
+                "rules": [{"verbs": ["rotate"], "apiGroups": ["rotator.example.com"], "resources": ["credentials"]}],
+            },
+        ).json()["token"]
+        self.daemon = Daemon(path)
+
+    def rotations(self) -> int:
+        journal = self.store.load(self.cred["name"])
         return len(journal.history) if journal.rotation is None else 0
 
-    daemon = Daemon(tmp_path / "rotator.yaml")
-    try:
-        wait_for(lambda: rotations() == 1, "the first rotation", timeout=60)
-        first = password("team-a")
-        rotated = httpx.post(
-            f"{daemon.api()}/v1/credentials/{cred['name']}/rotate", headers={"Authorization": f"Bearer {caller}"}
-        )
-        assert rotated.status_code == 202, rotated.text
-        wait_for(lambda: rotations() == 2, "the rotation asked for through the API", timeout=60)
-        core(sandbox).patch_namespaced_secret(
-            secret, "team-b", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
-        )
-        wait_for(lambda: rotations() == 3, "the rotation asked for by annotation (watch, then patch)", timeout=60)
-        current = password("team-a")
-        assert current not in ("", first) and all(password(ns) == current for ns in ("team-b", "team-c"))
-        obj = read_secret(sandbox, "team-c", secret)
-        assert obj is not None
-        obj["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths": {}}').decode()
-        core(sandbox).replace_namespaced_secret(secret, "team-c", obj)
-        wait_for(lambda: password("team-c") == current, "drift healed through the watch", timeout=30)
-        events = core(sandbox).list_namespaced_event("team-a").items
-        assert any(e.involved_object.name == secret and e.source.component == "rotator" for e in events)
-    finally:
-        assert daemon.stop() == 0
-    denied = [r for r in sandbox.requests("kubernetes") if r["status"] in (401, 403)]
-    assert denied == []
-    assert not [e for e in daemon.events() if e["event"] in ("watch.failed", "worker.failed", "worker.crashed")]
+    def password(self, namespace: str) -> str:
+        from rotation_env import read_secret, stored_doc
 
-    # The same token: the pull secret by name, and no other Secret.
+        obj = read_secret(self.sandbox, namespace, self.secret)
+        entry = stored_doc(obj)["auths"].get(self.sandbox.endpoints["registry_host"], {}) if obj else {}
+        return str(entry.get("password", ""))
+
+    def rotate_through_the_api(self) -> None:
+        """A rotation asked for through the HTTP API (TokenReview, SubjectAccessReview), waited for."""
+        from polling import wait_for
+
+        before = self.rotations()
+        url = f"{self.daemon.api()}/v1/credentials/{self.cred['name']}/rotate"
+        rotated = httpx.post(url, headers={"Authorization": f"Bearer {self.caller}"})
+        assert rotated.status_code == 202, rotated.text
+        wait_for(lambda: self.rotations() == before + 1, "the rotation asked for through the API", timeout=60)
+
+    def stop_without_a_denial(self) -> None:
+        """Stops the daemon; nothing was refused (401/403) by the API server, no watch or pass failed."""
+        assert self.daemon.stop() == 0
+        assert [r for r in self.sandbox.requests("kubernetes") if r["status"] in (401, 403)] == []
+        failed = ("watch.failed", "worker.failed", "worker.crashed")
+        assert not [e for e in self.daemon.events() if e["event"] in failed]
+
+
+def _refused_every_other_secret(sandbox: SandboxProcess, token: str, secret: str, *, where: str) -> None:
+    """The token reads the pull secret by name (in ``where``), and no other Secret: not another name, not
+    rotator's own admin key, not by a list without the name."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
+    from rotation_env import core
 
     from rotator.adapters.kubernetes import api_client_for
 
-    core(sandbox).create_namespaced_secret("team-a", {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
-    scoped = client.CoreV1Api(api_client_for(ep["kubernetes"], token))
-    assert scoped.list_secret_for_all_namespaces(field_selector=f"metadata.name={secret}").items
+    core(sandbox).create_namespaced_secret(where, {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
+    admin_key = {"metadata": {"name": "rotator-admin-apikey"}, "stringData": {"apikey": "not-a-real-key"}}
+    core(sandbox).create_namespaced_secret(NAMESPACE, admin_key)
+    scoped = client.CoreV1Api(api_client_for(sandbox.endpoints["kubernetes"], token))
+    assert scoped.read_namespaced_secret(secret, where).metadata.name == secret
     for refused in (
-        lambda: scoped.read_namespaced_secret("unrelated", "team-a"),
-        lambda: scoped.read_namespaced_secret(f"{config['state']['name']}-vault", "team-a"),
+        lambda: scoped.read_namespaced_secret("unrelated", where),
+        lambda: scoped.read_namespaced_secret("rotator-admin-apikey", NAMESPACE),
         lambda: scoped.list_secret_for_all_namespaces(),
-        lambda: scoped.list_namespaced_secret("team-a"),
+        lambda: scoped.list_namespaced_secret(where),
         lambda: scoped.list_secret_for_all_namespaces(field_selector="metadata.name=unrelated"),
     ):
         with pytest.raises(ApiException) as exc:
             refused()
         assert exc.value.status == 403
+
+
+def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
+    objects: list[dict[str, Any]], sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """rotator, with a token bound to exactly the rendered RBAC and the shipped config's names, rotates
+    (by schedule, API and annotation), heals drift through its watches, records Events, elects a leader and
+    passes `rotator check` without one 403 from the API server; the same token reads no other Secret."""
+    from polling import wait_for
+    from rotation_env import core, read_secret, run_rotator
+
+    token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    run = _RbacRun(sandbox, _sandbox_config(objects, sandbox, kubeconfig), tmp_path / "rotator.yaml")
+    try:
+        wait_for(lambda: run.rotations() == 1, "the first rotation", timeout=60)
+        first = run.password("team-a")
+        run.rotate_through_the_api()
+        core(sandbox).patch_namespaced_secret(
+            run.secret, "team-b", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+        )
+        wait_for(lambda: run.rotations() == 3, "the rotation asked for by annotation (watch, then patch)", timeout=60)
+        current = run.password("team-a")
+        assert current not in ("", first) and all(run.password(ns) == current for ns in ("team-b", "team-c"))
+        obj = read_secret(sandbox, "team-c", run.secret)
+        assert obj is not None
+        obj["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths": {}}').decode()
+        core(sandbox).replace_namespaced_secret(run.secret, "team-c", obj)
+        wait_for(lambda: run.password("team-c") == current, "drift healed through the watch", timeout=30)
+        events = core(sandbox).list_namespaced_event("team-a").items
+        assert any(e.involved_object.name == run.secret and e.source.component == "rotator" for e in events)
+        check = run_rotator("check", "-c", str(run.path))
+        assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+    finally:
+        run.stop_without_a_denial()
+    _refused_every_other_secret(sandbox, token, run.secret, where="team-a")
+
+
+def test_namespaced_rbac_is_enough_for_its_namespaces_and_nothing_more(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """With components/namespaced-rbac, its namespaces listed and watches off (as install.md says), rotator
+    rotates (schedule, API) and passes `rotator check` without a 403; the token cannot touch the pull secret's
+    name in a namespace without a Role, nor any other Secret."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from polling import wait_for
+    from rotation_env import run_rotator
+
+    from rotator.adapters.kubernetes import api_client_for
+
+    objects = _namespaced_overlay(tmp_path)
+    namespaces = sorted(
+        o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"
+    )
+    token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    config = _sandbox_config(objects, sandbox, kubeconfig)
+    config["credentials"][0]["targets"]["kubernetes"]["namespaces"] = {"names": namespaces}
+    config["daemon"] = {**config["daemon"], "watch": False}
+    run = _RbacRun(sandbox, config, tmp_path / "rotator.yaml")
+    try:
+        wait_for(lambda: run.rotations() == 1, "the first rotation", timeout=60)
+        run.rotate_through_the_api()
+        current = run.password(namespaces[0])
+        assert current and all(run.password(ns) == current for ns in namespaces)
+        check = run_rotator("check", "-c", str(run.path))
+        assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+    finally:
+        run.stop_without_a_denial()
+    _refused_every_other_secret(sandbox, token, run.secret, where=namespaces[0])
+    scoped = client.CoreV1Api(api_client_for(sandbox.endpoints["kubernetes"], token))
+    with pytest.raises(ApiException) as exc:
+        scoped.read_namespaced_secret(run.secret, "team-c")  # labelled, but no Role there
+    assert exc.value.status == 403
 
 
 # -- config and image ---------------------------------------------------------------------------------
