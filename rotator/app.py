@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class App:
     _kube: Any = None
     _store: StateStore | None = None
     _reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    _reconcilers_lock: threading.Lock = field(default_factory=threading.Lock)
     _providers: dict[str, IamProvider | DockerHubProvider] = field(default_factory=dict)
     _verifier: RegistryVerifier | None = None
     _events: EventRecorder | None = None
@@ -197,6 +199,12 @@ class App:
         )
 
     def reconciler(self, name: str) -> Reconciler:
+        # Workers and the watches ask at the same time when the daemon starts: one reconciler (and one
+        # set of sinks, which know their own writes) per credential, or a watch sees strangers' writes.
+        with self._reconcilers_lock:
+            return self._reconciler(name)
+
+    def _reconciler(self, name: str) -> Reconciler:
         if name not in self._reconcilers:
             cred = self.settings.credential(name)
             self._reconcilers[name] = Reconciler(

@@ -138,7 +138,15 @@ def check(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {redact.clean(detail)}" if detail else ""))
 
     report(True, f"config {cfg.source}", f"{len(cfg.credentials)} credential(s)")
+    for warning in cfg.insecure_endpoints():
+        print(f"WARN {warning}")
     with App(cfg) as app:
+        if _kubeconfig_skips_tls_verify(cfg, app):
+            print(
+                f"WARN kubernetes: the kubeconfig ({cfg.kubernetes.kubeconfig or 'default'}) sets "
+                "insecure-skip-tls-verify: the API server's certificate is not checked; give its CA instead "
+                "(certificate-authority or certificate-authority-data)"
+            )
         try:
             app.store.check()
             report(True, "state store")
@@ -169,6 +177,18 @@ def check(args: argparse.Namespace) -> int:
             reachable, detail = _registry_reachable(app, cred.registry.server)
             report(reachable, f"{name}: registry {cred.registry.server}", detail)
     return 0 if failures == 0 else 1
+
+
+def _kubeconfig_skips_tls_verify(cfg: settings.Settings, app: App) -> bool:
+    """Whether the Kubernetes client rotator would use trusts any certificate (only if it uses one)."""
+    uses = cfg.state.kind == "configmap" or any(c.kubernetes for c in cfg.credentials)
+    uses = uses or cfg.daemon.leader_election or cfg.server.auth.mode == "kubernetes"
+    if not uses or cfg.kubernetes.in_cluster:
+        return False
+    try:
+        return not app.kube.configuration.verify_ssl
+    except Exception:  # no kubeconfig: the checks below report it
+        return False
 
 
 def _registry_reachable(app: App, server: str) -> tuple[bool, str]:

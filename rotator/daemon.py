@@ -29,7 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from rotator import logs
-from rotator.adapters.kubernetes import KubernetesSink
+from rotator.adapters.kubernetes import MANAGED_LABEL, KubernetesSink
 from rotator.app import App
 from rotator.errors import NotFoundError, RotatorError
 from rotator.metrics import Metrics, pass_error_reason
@@ -379,8 +379,7 @@ class Daemon:
                 worker.tick()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
-        version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-        if resource != "namespaces" and any(s.wrote(version) for s in self._kube_sinks().values()):
+        if resource != "namespaces" and any(s.is_own_write(event, obj) for s in self._kube_sinks().values()):
             return  # our own write coming back
         for trigger in route(resource, event, obj, self._selections):
             self._dispatch(trigger)
@@ -419,14 +418,18 @@ class Daemon:
         if not self._kube_sinks():
             return
         core: Any = client.CoreV1Api(self.app.kube)
+        # Secrets and service accounts are watched by name (one watch per distinct name), so the
+        # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
+        names = sorted({s.target.secret_name for s in self._kube_sinks().values()})
         accounts = sorted({a for s in self._kube_sinks().values() for a in s.target.service_accounts})
-        specs: list[tuple[str, Any, dict[str, Any]]] = [
-            ("namespaces", core.list_namespace, {}),
+        specs: list[tuple[str, Any, dict[str, Any]]] = [("namespaces", core.list_namespace, {})]
+        specs += [
             (
                 "secrets",
                 core.list_secret_for_all_namespaces,
-                {"label_selector": "app.kubernetes.io/managed-by=rotator"},
-            ),
+                {"field_selector": f"metadata.name={n}", "label_selector": f"{MANAGED_LABEL}=rotator"},
+            )
+            for n in names
         ]
         specs += [
             ("serviceaccounts", core.list_service_account_for_all_namespaces, {"field_selector": f"metadata.name={a}"})

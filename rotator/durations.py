@@ -10,10 +10,10 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """``1h30m`` -> 5400 s. Raises ValueError with the accepted form."""
+    """``1h30m`` -> 5400 s. Raises ValueError with the accepted form (not the value)."""
     compact = text.strip().replace(" ", "")
     if not compact:
-        raise ValueError("empty duration")
+        raise ValueError("is an empty duration; write a number and a unit, e.g. 90s")
     pos, total = 0, 0.0
     for match in _PART.finditer(compact):
         if match.start() != pos:
@@ -21,7 +21,8 @@ def parse_duration(text: str) -> dt.timedelta:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(compact):
-        raise ValueError(f"{text!r} is not a duration; write a number and a unit (ms s m h d w), e.g. 90s, 1h30m, 30d")
+        # The caller shows the value (settings errors quote it once, by field).
+        raise ValueError("is not a duration; write a number and a unit (ms s m h d w), e.g. 90s, 1h30m, 30d")
     return dt.timedelta(seconds=total)
 
 

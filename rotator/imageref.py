@@ -73,6 +73,14 @@ def is_loopback(host: str) -> bool:
     return name in ("localhost", "::1") or re.fullmatch(r"127(?:\.[0-9]{1,3}){3}", name) is not None
 
 
+def plain_http_remote(url: str) -> bool:
+    """An http:// URL to a host that is not loopback: what it carries is readable on the wire. The host
+    comes from the parsed URL (never from text before an ``@``: ``http://127.0.0.1:80@evil.example/``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""  # without user-info, port and brackets
+    return parts.scheme.lower() == "http" and not is_loopback(f"[{host}]" if ":" in host else host)
+
+
 def parse_image(text: str) -> ImageRef:
     ref = text.strip()
     if not ref:

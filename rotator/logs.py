@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 from rotator import redact as redaction
-from rotator.model import SecretStr
+from rotator.model import SecretLocation, SecretStr
 
 MASK = redaction.MASK
 _SECRET_FIELD = re.compile(r"(pass(word)?|secret|token|api_?key|authorization|credential_value)$", re.I)
@@ -31,6 +33,8 @@ def scrub(text: str) -> str:
 def _clean(key: str, value: Any) -> Any:
     if isinstance(value, SecretStr):
         return MASK
+    if isinstance(value, SecretLocation):
+        return str(value)
     if isinstance(value, str):
         if _SECRET_FIELD.search(key) and value:
             return MASK
@@ -66,6 +70,47 @@ def configure(*, level: str = "info", json_output: bool | None = None, stream: T
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_python_logs()
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+WARNINGS_KEPT = 1000  # distinct warnings remembered; a flood of new texts is not worth more memory
+
+
+def _log_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any
+) -> None:
+    """Python warnings as log lines, not text amid the JSON; each distinct one once per process (urllib3
+    raises InsecureRequestWarning on every request to an unverified server)."""
+    text = scrub(str(message))[:300]
+    key = (category.__name__, text)
+    with _warned_lock:
+        if key in _warned or len(_warned) >= WARNINGS_KEPT:
+            return
+        _warned.add(key)
+    get("py.warnings").warning(
+        "python.warning", category=category.__name__, message=text, source=f"{filename}:{lineno}", once=True
+    )
+
+
+class _ToStructlog(logging.Handler):
+    """Records of libraries that use stdlib logging (urllib3's "Connection pool is full", retries) as log
+    lines: without a handler Python prints them as bare text on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's broken format string must not break logging
+            text = str(record.msg)
+        get(record.name).log(record.levelno, "python.log", logger=record.name, message=scrub(text)[:300])
+
+
+def _route_python_logs() -> None:
+    warnings.showwarning = _log_warning
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToStructlog) for h in root.handlers):
+        root.addHandler(_ToStructlog(level=logging.WARNING))
 
 
 def get(name: str = "rotator", **bound: Any) -> Any:

@@ -32,6 +32,13 @@ class SecretStr:
         return hash(self._value)
 
 
+class SecretLocation(str):
+    """Where a secret is read from (``file:PATH``, ``env:NAME``), never its value: logged as it is, even
+    under a field name (``apikey``, ``password``) whose values the log redaction would otherwise hide."""
+
+    __slots__ = ()
+
+
 SecretReader = Callable[[], SecretStr]
 """Gives a secret's current value; a source that can change (a mounted file) is read on every call."""
 

@@ -20,8 +20,8 @@ import yaml
 from rotator.adapters.dockerhub import validate_token_settings
 from rotator.durations import parse_duration
 from rotator.errors import ConfigError
-from rotator.imageref import DOCKER_HUB, ImageRefError, registry_for_server
-from rotator.model import SecretStr
+from rotator.imageref import DOCKER_HUB, ImageRefError, plain_http_remote, registry_for_server
+from rotator.model import SecretLocation, SecretStr
 
 T = TypeVar("T")
 
@@ -30,6 +30,11 @@ K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 K8S_LABEL_VALUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A config has a few hundred values, six levels deep. YAML aliases share one node however often they are
+# used, but ${ENV} interpolation copies each use: an alias bomb (a billion uses) would be expanded in
+# full. Interpolation stops at these bounds instead, long before memory or the recursion limit suffer.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 PROVIDERS = ("ibm-iam", "dockerhub")
 
 
@@ -53,14 +58,19 @@ class SecretSource:
             where = f"file {self.file}"
         else:
             assert self.env is not None
-            value = os.environ.get(self.env, "").strip()
+            if self.env not in os.environ:
+                raise ConfigError(
+                    f"{self.field_path}: environment variable {self.env} is not set; set it in rotator's "
+                    "environment to the API key, or use file: instead of env:"
+                )
+            value = os.environ[self.env].strip()
             where = f"environment variable {self.env}"
         if not value:
             raise ConfigError(f"{self.field_path}: {where} is empty; put the API key there")
         return SecretStr(value)
 
-    def describe(self) -> str:
-        return f"file:{self.file}" if self.file is not None else f"env:{self.env}"
+    def describe(self) -> SecretLocation:
+        return SecretLocation(f"file:{self.file}" if self.file is not None else f"env:{self.env}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +80,7 @@ class IamProviderSettings:
     account_id: str
     service_id: str
     apikey: SecretSource
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
     # How `rotator plan` and `rotator check` name the provider.
     @property
@@ -95,6 +106,7 @@ class DockerHubProviderSettings:
     org: str | None = None
     scopes: tuple[str, ...] = ("repo:read",)
     repositories: tuple[str, ...] = ()  # organization tokens: org/repo (or org/*) with the scopes
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
     @property
     def registry_username(self) -> str:
@@ -126,6 +138,7 @@ class RegistrySettings:
     recheck_interval: dt.timedelta = dt.timedelta(seconds=30)
     # Token realm hosts, besides the registry's own and known ones, that may receive the credential.
     token_realm_hosts: tuple[str, ...] = ()
+    allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +191,7 @@ class CodeEngineTarget:
     apikey: SecretSource | None = None
     # IAM token endpoint for that key; None: the provider's IAM endpoint.
     iam_endpoint: str | None = None
+    allow_insecure_http: bool = False  # the endpoints above may be plain http to a host that is not loopback
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,6 +313,26 @@ class Settings:
                 return cred
         known = ", ".join(c.name for c in self.credentials)
         raise ConfigError(f"{self.source}: no credential named {name!r}; configured: {known}")
+
+    def insecure_endpoints(self) -> list[str]:
+        """Endpoints that ``allow_insecure_http`` lets be plain http to another host (``rotator check`` warns)."""
+        found = []
+        for i, cred in enumerate(self.credentials):
+            urls: list[tuple[str, bool, tuple[str | None, ...]]] = [
+                ("provider", cred.provider.allow_insecure_http, (cred.provider.endpoint,)),
+                ("registry", cred.registry.allow_insecure_http, (cred.registry.endpoint,)),
+            ]
+            if (ce := cred.codeengine) is not None:
+                endpoints = (ce.iam_endpoint, *(p.endpoint for p in ce.projects))
+                urls.append(("targets.codeengine", ce.allow_insecure_http, endpoints))
+            found += [
+                f"credentials[{i}].{where}: {url} is plain http (allow_insecure_http: true): keys and tokens "
+                "cross the network unencrypted"
+                for where, allowed, endpoints in urls
+                for url in dict.fromkeys(endpoints)
+                if allowed and url and plain_http_remote(url)
+            ]
+        return found
 
     def redacted(self) -> dict[str, Any]:
         """The loaded config for logging: secret sources are shown by location, never by value."""
@@ -480,6 +514,23 @@ def _host_name(value: Any) -> str:
     return text
 
 
+def _insecure_http(node: _Node, keys: tuple[str, ...]) -> bool:
+    """``allow_insecure_http`` of this node; without it, refuse each of ``keys`` that is plain remote http."""
+    allowed = bool(node.value("allow_insecure_http", _bool, example="false", default=False))
+    for key in keys:
+        values = node.data.get(key)
+        urls = [values] if not isinstance(values, list) else [v.get("endpoint") for v in values if isinstance(v, dict)]
+        for url in urls:
+            if not allowed and isinstance(url, str) and plain_http_remote(url.strip()):
+                node.errors.add(
+                    node.at(key),
+                    f"{url.strip()!r} is plain http to a host that is not loopback: keys and tokens would cross the "
+                    f"network unencrypted; use https, or (a lab only) set {node.at('allow_insecure_http')}: true",
+                    url.strip().replace("http://", "https://", 1),
+                )
+    return allowed
+
+
 def _cron(value: Any) -> str:
     text = _string(value)
     from apscheduler.triggers.cron import CronTrigger
@@ -523,24 +574,38 @@ def _positive_number(value: Any) -> float:
     return float(value)
 
 
-def _interpolate(value: Any, errors: _Errors, path: str) -> Any:
-    if isinstance(value, str):
+class _Interpolation:
+    """``${ENV}`` and ``${ENV:-default}`` in every string, counting the values it copies."""
 
-        def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            errors.add(path, f"environment variable {name} is not set", f"export {name}=... or ${{{name}:-default}}")
-            return ""
+    def __init__(self, errors: _Errors) -> None:
+        self.errors = errors
+        self.values = 0
 
-        return _INTERPOLATION.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _interpolate(v, errors, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, errors, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
+    def __call__(self, value: Any, path: str = "", depth: int = 0) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES or depth > MAX_DEPTH:
+            what = f"more than {MAX_VALUES} values" if self.values > MAX_VALUES else f"more than {MAX_DEPTH} levels"
+            raise ConfigError(
+                f"{self.errors.source}: the document expands to {what} (at {path or 'the top level'}); "
+                "a YAML anchor used over and over, or one that contains itself, is refused: "
+                "write the values out (a rotator config has a few hundred)"
+            )
+        if isinstance(value, str):
+            return _INTERPOLATION.sub(lambda match: self._variable(match, path), value)
+        if isinstance(value, dict):
+            return {k: self(v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return value
+
+    def _variable(self, match: re.Match[str], path: str) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        self.errors.add(path, f"environment variable {name} is not set", f"export {name}=... or ${{{name}:-default}}")
+        return ""
 
 
 def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
@@ -580,8 +645,9 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubPro
 
 
 def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
+    node.known("kind", "endpoint", "account_id", "service_id", "apikey", "allow_insecure_http")
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
+    insecure = _insecure_http(node, ("endpoint",))
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
     service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
     if service_id is not None and not service_id.startswith("ServiceId-"):
@@ -595,7 +661,9 @@ def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
     if None in (endpoint, account_id, service_id, apikey):
         return None
     assert endpoint and account_id and service_id and apikey
-    return IamProviderSettings(endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey)
+    return IamProviderSettings(
+        endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey, allow_insecure_http=insecure
+    )
 
 
 _DOCKER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,38}$")
@@ -613,8 +681,11 @@ def _docker_id(value: Any) -> str:
 
 
 def _dockerhub_provider(node: _Node, base_dir: Path) -> DockerHubProviderSettings | None:
-    node.known("kind", "endpoint", "username", "password", "token_type", "org", "scopes", "repositories")
+    node.known(
+        "kind", "endpoint", "username", "password", "token_type", "org", "scopes", "repositories", "allow_insecure_http"
+    )
     endpoint = node.value("endpoint", _url, example="https://hub.docker.com", default="https://hub.docker.com")
+    insecure = _insecure_http(node, ("endpoint",))
     username = node.value("username", _docker_id, example="rotatorbot")
     token_type = node.value("token_type", _string, example="organization", default="personal")
     org = node.value("org", _docker_id, example="acme", default=None)
@@ -638,6 +709,7 @@ def _dockerhub_provider(node: _Node, base_dir: Path) -> DockerHubProviderSetting
         org=org,
         scopes=chosen,
         repositories=repositories,
+        allow_insecure_http=insecure,
     )
 
 
@@ -668,7 +740,16 @@ def _dockerhub_registry(
 
 
 def _registry(node: _Node) -> RegistrySettings | None:
-    node.known("server", "username", "images", "endpoint", "verify_budget", "recheck_interval", "token_realm_hosts")
+    node.known(
+        "server",
+        "username",
+        "images",
+        "endpoint",
+        "verify_budget",
+        "recheck_interval",
+        "token_realm_hosts",
+        "allow_insecure_http",
+    )
     server = node.value("server", _string, example="us.icr.io")
     username = node.value("username", _string, example="iamapikey", default="iamapikey")
     images = node.value("images", _list_of(_image), example="[us.icr.io/team/app:latest]")
@@ -679,6 +760,7 @@ def _registry(node: _Node) -> RegistrySettings | None:
             "[us.icr.io/team/app:latest]",
         )
     endpoint = node.value("endpoint", _url, example="https://us.icr.io", default=None)
+    insecure = _insecure_http(node, ("endpoint",))
     budget = node.value("verify_budget", _positive_duration, example="60s", default=dt.timedelta(seconds=60))
     recheck = node.value("recheck_interval", _positive_duration, example="30s", default=dt.timedelta(seconds=30))
     realm_hosts = node.value("token_realm_hosts", _list_of(_host_name), example="[auth.example.com]", default=())
@@ -693,6 +775,7 @@ def _registry(node: _Node) -> RegistrySettings | None:
         verify_budget=budget,
         recheck_interval=recheck,
         token_realm_hosts=realm_hosts,
+        allow_insecure_http=insecure,
     )
 
 
@@ -833,7 +916,8 @@ def _ce_projects(node: _Node, default_endpoint: str | None) -> list[CodeEnginePr
 
 
 def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
-    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint")
+    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint", "allow_insecure_http")
+    insecure = _insecure_http(node, ("endpoint", "iam_endpoint", "projects"))
     secret_name = node.value("secret_name", _ce_secret_name, example="icr-pull")
     endpoint = node.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=None)
     projects = _ce_projects(node, endpoint)
@@ -842,7 +926,13 @@ def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
     iam_endpoint = node.value("iam_endpoint", _url, example="https://iam.cloud.ibm.com", default=None)
     if secret_name is None or not projects or (apikey_node is not None and apikey is None):
         return None
-    return CodeEngineTarget(secret_name=secret_name, projects=tuple(projects), apikey=apikey, iam_endpoint=iam_endpoint)
+    return CodeEngineTarget(
+        secret_name=secret_name,
+        projects=tuple(projects),
+        apikey=apikey,
+        iam_endpoint=iam_endpoint,
+        allow_insecure_http=insecure,
+    )
 
 
 def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
@@ -1051,6 +1141,8 @@ def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
         raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{source}: is not a config: nested too deeply for the YAML parser") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -1060,7 +1152,7 @@ def load(path: str | Path, *, base_dir: Path | None = None) -> Settings:
 
 def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     errors = _Errors(source)
-    raw = _interpolate(raw, errors, "")
+    raw = _Interpolation(errors)(raw)
     top = _Node(raw, "", errors)
     top.known("credentials", "kubernetes", "state", "daemon", "server")
     creds_raw = top.data.get("credentials")

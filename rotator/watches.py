@@ -3,8 +3,8 @@
 Each watch lists once to learn a resourceVersion, then streams from it; a stream that ends is
 resumed from the last resourceVersion seen, and a 410 Expired (history compacted) re-lists.
 Nothing is cached: an event is routed and forgotten, so memory does not grow with the cluster.
-Secrets are watched through the managed-by label only, so rotator never sees (or holds) secret
-data it does not manage.
+Secrets are watched by name (``metadata.name=<secret_name>``, which RBAC can grant by resourceNames)
+and the managed-by label, so rotator never sees (or holds) secret data it does not manage.
 
 ``route()`` is pure: event in, triggers out.
 """

@@ -321,3 +321,55 @@ def credential_status(base: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     entry: dict[str, Any] = response.json()["credentials"][0]
     return entry
+
+
+def test_own_writes_route_no_heal_while_outside_changes_do(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A rotation's own writes (distribution, the annotation taken) come back as watch events, often before
+    the writes' responses, and route nothing; an outside change to a secret routes one heal. The watch
+    stream is ordered, so once the outside change is routed every event of the rotation before it was seen."""
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text("operator-token-0123456789 alice rotate\n")
+    top = {
+        "daemon": {"resync": "1h"},
+        "server": {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}},
+    }
+    daemons.append(daemon := Daemon(write_config(tmp_path, sandbox, top=top)))
+    first_rotation_done(sandbox, tmp_path)
+    store = FileStateStore(tmp_path / "state")
+
+    def routed_after(seen: int) -> list[tuple[str, str, str]]:
+        lines = [e for e in daemon.events() if e.get("event") == "event.routed"][seen:]
+        return [(e["kind"], e["target"], e["reason"]) for e in lines]
+
+    def tamper(ns: str) -> None:
+        obj = read_secret(sandbox, ns)
+        assert obj is not None
+        obj["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths": {}}').decode()
+        core(sandbox).replace_namespaced_secret(SECRET, ns, obj)
+
+    def rotations() -> int:
+        journal = store.load("icr-pull")
+        return len(journal.history) if journal.rotation is None else 0
+
+    seen = len(routed_after(0))
+    rotated = httpx.post(f"{daemon.api()}/v1/credentials/icr-pull/rotate", headers=API_AUTH)
+    assert rotated.status_code == 202, rotated.text
+    wait_for(lambda: rotations() == 2, "the rotation asked for through the API")
+    tamper("team-c")
+    healed = ("heal", f"kubernetes:team-c/{SECRET}", "secret modified")
+    assert wait_for(lambda: routed_after(seen), "the outside change routed") == [healed]
+
+    seen += 1
+    core(sandbox).patch_namespaced_secret(
+        SECRET, "team-a", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+    )
+    wait_for(lambda: rotations() == 3, "the rotation asked for by annotation")
+    tamper("team-c")
+    wait_for(lambda: healed in routed_after(seen), "the second outside change routed")
+    annotated = [
+        ("heal", f"kubernetes:team-a/{SECRET}", "secret modified"),
+        ("rotate", f"kubernetes:team-a/{SECRET}", f"annotation rotator.example.com/rotate on team-a/{SECRET}"),
+    ]
+    assert routed_after(seen) == [*annotated, healed], "only the annotation (an outside change) and the tampering"

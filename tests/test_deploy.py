@@ -4,6 +4,7 @@ privilege, and the config in the ConfigMap is one rotator accepts and that fits 
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
@@ -20,6 +22,7 @@ from monitoring_env import KUBECTL, PROMTOOL, REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from rotator.sandbox.control import SandboxProcess
 from rotator.settings import IamProviderSettings, parse
 
 pytestmark = pytest.mark.real
@@ -341,24 +344,44 @@ def _access(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+def _grants(role: dict[str, Any]) -> dict[tuple[str, str, tuple[str, ...]], set[str]]:
+    """(API group, resource, resourceNames) -> verbs."""
+    out: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                key = (group, resource, tuple(sorted(rule.get("resourceNames", ()))))
+                out.setdefault(key, set()).update(rule["verbs"])
+    return out
+
+
+def _target_names(objects: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The pull secrets' and service accounts' names the config uses (what RBAC must name)."""
+    targets = [c["targets"]["kubernetes"] for c in _config(objects)["credentials"] if "kubernetes" in c["targets"]]
+    secrets = tuple(sorted({t["secret_name"] for t in targets}))
+    accounts = tuple(sorted({a for t in targets for a in t.get("service_accounts", ())}))
+    return secrets, accounts
+
+
 def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
-    """Cluster-wide: exactly namespaces (read), secrets, serviceaccounts, events and the two reviews."""
-    assert _access(one(objects, "ClusterRole")) == {
-        ("", "namespaces"): {"get", "list", "watch"},
-        ("", "secrets"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-        ("", "serviceaccounts"): {"get", "list", "watch", "update", "patch"},
-        ("", "events"): {"create", "patch"},
-        ("events.k8s.io", "events"): {"create", "patch"},
-        ("authentication.k8s.io", "tokenreviews"): {"create"},
-        ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    """Cluster-wide: namespaces (read); only the pull secret and service accounts the config names (create,
+    which RBAC cannot restrict by name, apart); core Events (create); the two reviews. Nothing else."""
+    secrets, accounts = _target_names(objects)
+    assert _grants(one(objects, "ClusterRole")) == {
+        ("", "namespaces", ()): {"get", "list", "watch"},
+        ("", "secrets", secrets): {"get", "list", "watch", "update", "patch", "delete"},
+        ("", "secrets", ()): {"create"},
+        ("", "serviceaccounts", accounts): {"get", "list", "watch", "update"},
+        ("", "events", ()): {"create"},
+        ("authentication.k8s.io", "tokenreviews", ()): {"create"},
+        ("authorization.k8s.io", "subjectaccessreviews", ()): {"create"},
     }
     binding = one(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": NAMESPACE}]
 
 
-def test_namespaced_rbac_component(tmp_path: Path) -> None:
-    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
-    namespace gets a Role for them, and everything still validates."""
+def _namespaced_overlay(tmp_path: Path) -> list[dict[str, Any]]:
+    """The base with components/namespaced-rbac, rendered."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = os.path.relpath(DEPLOY, overlay)
@@ -372,19 +395,224 @@ def test_namespaced_rbac_component(tmp_path: Path) -> None:
             }
         )
     )
-    objects = kustomize(overlay, tmp_path)
+    return kustomize(overlay, tmp_path)
+
+
+def test_namespaced_rbac_component(tmp_path: Path) -> None:
+    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
+    namespace gets a Role for them, and everything still validates."""
+    objects = _namespaced_overlay(tmp_path)
     assert schema_errors(objects) == []
     cluster = _access(one(objects, "ClusterRole"))
     assert ("", "secrets") not in cluster and ("", "serviceaccounts") not in cluster
     assert cluster[("", "namespaces")] == {"get", "list", "watch"}
     targets = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"]
     assert sorted(o["metadata"]["namespace"] for o in targets) == ["team-a", "team-b"]
+    secrets, accounts = _target_names(objects)
     for role in targets:
-        assert _access(role)[("", "secrets")] >= {"get", "create", "update"}
+        assert _grants(role) == {
+            ("", "secrets", secrets): {"get", "update", "delete"},
+            ("", "secrets", ()): {"create"},
+            ("", "serviceaccounts", accounts): {"get", "update"},
+            ("", "events", ()): {"create"},
+        }
     bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "rotator-target"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings) and len(bindings) == 2
     # The base's own Role in rotator-system is untouched.
     assert one(objects, "Role", "rotator")["metadata"]["namespace"] == NAMESPACE
+
+
+def _bound_rules(objects: list[dict[str, Any]], account: str, namespace: str) -> list[dict[str, Any]]:
+    """The rules the rendered (Cluster)RoleBindings give a ServiceAccount, as the sandbox's authorizer takes
+    them: a ClusterRoleBinding's apply everywhere, a RoleBinding's only in its namespace."""
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects}
+    rules: list[dict[str, Any]] = []
+    for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        if subject not in binding["subjects"]:
+            continue
+        ref = binding["roleRef"]
+        role = roles[
+            (ref["kind"], None if ref["kind"] == "ClusterRole" else binding["metadata"]["namespace"], ref["name"])
+        ]
+        scope = {"namespaces": [binding["metadata"]["namespace"]]} if binding["kind"] == "RoleBinding" else {}
+        rules += [{**rule, **scope} for rule in role["rules"]]
+    return rules
+
+
+def _bound_token(sandbox: SandboxProcess, objects: list[dict[str, Any]], tmp_path: Path) -> tuple[str, Path]:
+    """A sandbox token for rotator's ServiceAccount with exactly the rendered RBAC, and a kubeconfig with it."""
+    rules = _bound_rules(objects, "rotator", NAMESPACE)
+    user = f"system:serviceaccount:{NAMESPACE}:rotator"
+    token: str = sandbox.admin.post("/kubernetes/tokens", json={"user": user, "rules": rules}).json()["token"]
+    kubeconfig = yaml.safe_load(Path(sandbox.endpoints["kubeconfig"]).read_text())
+    kubeconfig["users"][0]["user"]["token"] = token
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    return token, tmp_path / "kubeconfig"
+
+
+def _sandbox_config(objects: list[dict[str, Any]], sandbox: SandboxProcess, kubeconfig: Path) -> dict[str, Any]:
+    """The shipped config, its names untouched (secret, service accounts, state, lease), pointed at the sandbox."""
+    from rotator.sandbox.control import iam_provider_config
+
+    ep = sandbox.endpoints
+    config = _config(objects)
+    cred = config["credentials"][0]
+    cred["provider"] = iam_provider_config(ep)
+    cred["registry"] = {"server": ep["registry_host"], "images": ep["images"]}
+    cred["targets"]["kubernetes"]["namespaces"] = {"selector": ep["namespace_label"]}
+    config["kubernetes"] = {**config["kubernetes"], "in_cluster": False, "kubeconfig": str(kubeconfig)}
+    config["server"] = {**config["server"], "listen": "127.0.0.1:0"}
+    return config
+
+
+class _RbacRun:
+    """rotator (the daemon) with the RBAC-bound token, and what the test needs to follow it."""
+
+    def __init__(self, sandbox: SandboxProcess, config: dict[str, Any], path: Path) -> None:
+        from daemon_env import Daemon
+        from rotation_env import core
+
+        from rotator.adapters.state import ConfigMapStateStore
+
+        path.write_text(yaml.safe_dump(config))
+        self.sandbox, self.config, self.path = sandbox, config, path
+        self.cred = config["credentials"][0]
+        self.secret = self.cred["targets"]["kubernetes"]["secret_name"]
+        self.store = ConfigMapStateStore(core(sandbox), NAMESPACE, config["state"]["name"])
+        self.caller = sandbox.admin.post(
+            "/kubernetes/tokens",
+            json={
+                "user": "operator",
+                "rules": [{"verbs": ["rotate"], "apiGroups": ["rotator.example.com"], "resources": ["credentials"]}],
+            },
+        ).json()["token"]
+        self.daemon = Daemon(path)
+
+    def rotations(self) -> int:
+        journal = self.store.load(self.cred["name"])
+        return len(journal.history) if journal.rotation is None else 0
+
+    def password(self, namespace: str) -> str:
+        from rotation_env import read_secret, stored_doc
+
+        obj = read_secret(self.sandbox, namespace, self.secret)
+        entry = stored_doc(obj)["auths"].get(self.sandbox.endpoints["registry_host"], {}) if obj else {}
+        return str(entry.get("password", ""))
+
+    def rotate_through_the_api(self) -> None:
+        """A rotation asked for through the HTTP API (TokenReview, SubjectAccessReview), waited for."""
+        from polling import wait_for
+
+        before = self.rotations()
+        url = f"{self.daemon.api()}/v1/credentials/{self.cred['name']}/rotate"
+        rotated = httpx.post(url, headers={"Authorization": f"Bearer {self.caller}"})
+        assert rotated.status_code == 202, rotated.text
+        wait_for(lambda: self.rotations() == before + 1, "the rotation asked for through the API", timeout=60)
+
+    def stop_without_a_denial(self) -> None:
+        """Stops the daemon; nothing was refused (401/403) by the API server, no watch or pass failed."""
+        assert self.daemon.stop() == 0
+        assert [r for r in self.sandbox.requests("kubernetes") if r["status"] in (401, 403)] == []
+        failed = ("watch.failed", "worker.failed", "worker.crashed")
+        assert not [e for e in self.daemon.events() if e["event"] in failed]
+
+
+def _refused_every_other_secret(sandbox: SandboxProcess, token: str, secret: str, *, where: str) -> None:
+    """The token reads the pull secret by name (in ``where``), and no other Secret: not another name, not
+    rotator's own admin key, not by a list without the name."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from rotation_env import core
+
+    from rotator.adapters.kubernetes import api_client_for
+
+    core(sandbox).create_namespaced_secret(where, {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
+    admin_key = {"metadata": {"name": "rotator-admin-apikey"}, "stringData": {"apikey": "not-a-real-key"}}
+    core(sandbox).create_namespaced_secret(NAMESPACE, admin_key)
+    scoped = client.CoreV1Api(api_client_for(sandbox.endpoints["kubernetes"], token))
+    assert scoped.read_namespaced_secret(secret, where).metadata.name == secret
+    for refused in (
+        lambda: scoped.read_namespaced_secret("unrelated", where),
+        lambda: scoped.read_namespaced_secret("rotator-admin-apikey", NAMESPACE),
+        lambda: scoped.list_secret_for_all_namespaces(),
+        lambda: scoped.list_namespaced_secret(where),
+        lambda: scoped.list_secret_for_all_namespaces(field_selector="metadata.name=unrelated"),
+    ):
+        with pytest.raises(ApiException) as exc:
+            refused()
+        assert exc.value.status == 403
+
+
+def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
+    objects: list[dict[str, Any]], sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """rotator, with a token bound to exactly the rendered RBAC and the shipped config's names, rotates
+    (by schedule, API and annotation), heals drift through its watches, records Events, elects a leader and
+    passes `rotator check` without one 403 from the API server; the same token reads no other Secret."""
+    from polling import wait_for
+    from rotation_env import core, read_secret, run_rotator
+
+    token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    run = _RbacRun(sandbox, _sandbox_config(objects, sandbox, kubeconfig), tmp_path / "rotator.yaml")
+    try:
+        wait_for(lambda: run.rotations() == 1, "the first rotation", timeout=60)
+        first = run.password("team-a")
+        run.rotate_through_the_api()
+        core(sandbox).patch_namespaced_secret(
+            run.secret, "team-b", {"metadata": {"annotations": {"rotator.example.com/rotate": "now"}}}
+        )
+        wait_for(lambda: run.rotations() == 3, "the rotation asked for by annotation (watch, then patch)", timeout=60)
+        current = run.password("team-a")
+        assert current not in ("", first) and all(run.password(ns) == current for ns in ("team-b", "team-c"))
+        obj = read_secret(sandbox, "team-c", run.secret)
+        assert obj is not None
+        obj["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths": {}}').decode()
+        core(sandbox).replace_namespaced_secret(run.secret, "team-c", obj)
+        wait_for(lambda: run.password("team-c") == current, "drift healed through the watch", timeout=30)
+        events = core(sandbox).list_namespaced_event("team-a").items
+        assert any(e.involved_object.name == run.secret and e.source.component == "rotator" for e in events)
+        check = run_rotator("check", "-c", str(run.path))
+        assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+    finally:
+        run.stop_without_a_denial()
+    _refused_every_other_secret(sandbox, token, run.secret, where="team-a")
+
+
+def test_namespaced_rbac_is_enough_for_its_namespaces_and_nothing_more(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """With components/namespaced-rbac, its namespaces listed and watches off (as install.md says), rotator
+    rotates (schedule, API) and passes `rotator check` without a 403; the token cannot touch the pull secret's
+    name in a namespace without a Role, nor any other Secret."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from polling import wait_for
+    from rotation_env import run_rotator
+
+    from rotator.adapters.kubernetes import api_client_for
+
+    objects = _namespaced_overlay(tmp_path)
+    namespaces = sorted(
+        o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"
+    )
+    token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    config = _sandbox_config(objects, sandbox, kubeconfig)
+    config["credentials"][0]["targets"]["kubernetes"]["namespaces"] = {"names": namespaces}
+    config["daemon"] = {**config["daemon"], "watch": False}
+    run = _RbacRun(sandbox, config, tmp_path / "rotator.yaml")
+    try:
+        wait_for(lambda: run.rotations() == 1, "the first rotation", timeout=60)
+        run.rotate_through_the_api()
+        current = run.password(namespaces[0])
+        assert current and all(run.password(ns) == current for ns in namespaces)
+        check = run_rotator("check", "-c", str(run.path))
+        assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+    finally:
+        run.stop_without_a_denial()
+    _refused_every_other_secret(sandbox, token, run.secret, where=namespaces[0])
+    scoped = client.CoreV1Api(api_client_for(sandbox.endpoints["kubernetes"], token))
+    with pytest.raises(ApiException) as exc:
+        scoped.read_namespaced_secret(run.secret, "team-c")  # labelled, but no Role there
+    assert exc.value.status == 403
 
 
 # -- config and image ---------------------------------------------------------------------------------

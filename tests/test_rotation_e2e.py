@@ -280,6 +280,38 @@ def test_check_reports_a_forbidden_admin_key(sandbox: SandboxProcess, tmp_path: 
     assert sandbox.endpoints["outsider_apikey"] not in check.stdout + check.stderr
 
 
+def test_check_warns_of_plain_http_and_unverified_tls_and_logs_stay_json(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """``rotator check`` warns of an endpoint allowed plain http to another host and of a kubeconfig that
+    skips TLS verification; urllib3's InsecureRequestWarning for the latter (raised on every request) is one
+    JSON log line, not text."""
+    import yaml
+
+    kubeconfig = yaml.safe_load(Path(sandbox.endpoints["kubeconfig"]).read_text())
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["insecure-skip-tls-verify"] = True
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    config = write_config(tmp_path, sandbox, top={"kubernetes": {"kubeconfig": str(tmp_path / "kubeconfig")}})
+    doc = yaml.safe_load(config.read_text())
+    lab = json.loads(json.dumps(doc["credentials"][0]))  # a second credential, never contacted by `check icr-pull`
+    lab["name"] = "lab-pull"
+    lab["provider"].update(endpoint="http://iam.lab.example:8080", allow_insecure_http=True)
+    doc["credentials"].append(lab)
+    config.write_text(yaml.safe_dump(doc))
+
+    check = run_rotator("check", CRED, "-c", str(config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    warnings = [line for line in check.stdout.splitlines() if line.startswith("WARN ")]
+    assert len(warnings) == 2, check.stdout
+    assert "credentials[1].provider: http://iam.lab.example:8080 is plain http" in warnings[0]
+    assert "insecure-skip-tls-verify" in warnings[1]
+    lines = [json.loads(line) for line in check.stderr.splitlines()]  # every line is JSON
+    insecure = [e for e in lines if e["event"] == "python.warning"]
+    assert [e["category"] for e in insecure] == ["InsecureRequestWarning"]  # once, not once per request
+
+
 def test_leaked_key_is_disabled_without_waiting_for_grace(sandbox: SandboxProcess, tmp_path: Path) -> None:
     """A key reported leaked is disabled on the next pass; other retired keys keep their grace period."""
     clock = FakeClock()

@@ -563,6 +563,43 @@ def test_admin_added_token_is_scoped_to_its_namespaces(kube: SandboxProcess, ns:
     assert exc.value.status == 403
 
 
+def test_resource_names_allow_list_and_watch_only_through_a_name_field_selector(
+    kube: SandboxProcess, core: client.CoreV1Api, ns: str
+) -> None:
+    """As the real API server: a rule naming a secret allows get of it, list and watch only when the
+    request's fieldSelector requires metadata.name=<that name>, and never create."""
+    core.create_namespaced_secret(ns, docker_secret("mine"))
+    core.create_namespaced_secret(ns, docker_secret("theirs"))
+    rule = {"verbs": ["get", "list", "watch", "create"], "apiGroups": [""], "resources": ["secrets"]}
+    token = kube.admin.post(
+        "/kubernetes/tokens", json={"user": "named", "rules": [{**rule, "resourceNames": ["mine"]}]}
+    ).json()["token"]
+
+    def status(call: Callable[[], Any]) -> int:
+        try:
+            call()
+        except ApiException as exc:
+            return int(exc.status)
+        return 200
+
+    with api_client(kube, token) as api:
+        named = client.CoreV1Api(api)
+        assert status(lambda: named.read_namespaced_secret("mine", ns)) == 200
+        assert status(lambda: named.read_namespaced_secret("theirs", ns)) == 403
+        listed = named.list_secret_for_all_namespaces(field_selector="metadata.name=mine")
+        assert {s.metadata.name for s in listed.items} == {"mine"}
+        assert status(lambda: named.list_namespaced_secret(ns, field_selector="metadata.name==mine")) == 200
+        assert status(lambda: named.list_secret_for_all_namespaces()) == 403
+        assert status(lambda: named.list_secret_for_all_namespaces(field_selector="metadata.name=theirs")) == 403
+        assert status(lambda: named.list_secret_for_all_namespaces(field_selector="metadata.name!=theirs")) == 403
+        assert status(lambda: named.list_secret_for_all_namespaces(label_selector="a=b")) == 403
+        events = watch.Watch().stream(  # type: ignore[no-untyped-call]
+            named.list_namespaced_secret, ns, field_selector="metadata.name=mine", timeout_seconds=1
+        )
+        assert {e["object"].metadata.name for e in events} == {"mine"}
+        assert status(lambda: named.create_namespaced_secret(ns, docker_secret("new"))) == 403
+
+
 # -- auth and malformed requests ----------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ),
         pytest.param(
             with_change("credentials[0].max_age", "30 days"),
-            "credentials[0].max_age: '30 days' '30 days' is not a duration",
+            "credentials[0].max_age: '30 days' is not a duration; write a number and a unit",
             id="bad-duration",
         ),
         pytest.param(
@@ -310,3 +311,145 @@ def test_an_inline_key_is_refused_without_repeating_it(tmp_path: Path) -> None:
         load(tmp_path, with_change("credentials[0].provider.apikey", "AbCdEf0123456789-inline-key"))
     assert "credentials[0].provider.apikey" in str(info.value)
     assert "AbCdEf0123456789-inline-key" not in str(info.value)
+
+
+def test_a_bad_duration_is_quoted_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, with_change("credentials[0].grace_period", "ten minutes"))
+    assert str(info.value).count("ten minutes") == 1
+
+
+def test_unset_and_empty_key_variables_are_told_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key's environment variable that is not set is reported as not set (variable and field named), an
+    empty one as empty."""
+    apikey = load(tmp_path, GOOD).credential("icr-pull").provider.apikey
+    monkeypatch.delenv("ROTATOR_TEST_APIKEY", raising=False)
+    with pytest.raises(ConfigError) as unset:
+        apikey.load()
+    assert "credentials[0].provider.apikey: environment variable ROTATOR_TEST_APIKEY is not set" in str(unset.value)
+    monkeypatch.setenv("ROTATOR_TEST_APIKEY", "  ")
+    with pytest.raises(ConfigError) as empty:
+        apikey.load()
+    assert "credentials[0].provider.apikey: environment variable ROTATOR_TEST_APIKEY is empty" in str(empty.value)
+
+
+def test_logged_config_names_each_key_source(tmp_path: Path) -> None:
+    """The config.loaded log line shows a secret source as file:PATH or env:NAME (as documented), through
+    the log redaction that hides the values of fields named apikey or password."""
+    from rotation_env import run_rotator
+
+    doc = copy.deepcopy(GOOD)
+    doc["credentials"][0]["provider"]["apikey"] = {"file": "keys/apikey"}
+    doc["credentials"].append(
+        {
+            **copy.deepcopy(GOOD["credentials"][0]),
+            "name": "hub-pull",
+            "provider": {"kind": "dockerhub", "username": "rotatorbot", "password": {"env": "HUB_PASSWORD"}},
+            "registry": {"server": "docker.io", "images": ["docker.io/rotatorbot/app:1"]},
+        }
+    )
+    doc["state"] = {"path": str(tmp_path / "state")}
+    (tmp_path / "rotator.yaml").write_text(yaml.safe_dump(doc))
+    result = run_rotator("status", "-c", str(tmp_path / "rotator.yaml"))
+    assert result.returncode == 0, result.stderr
+    line = next(json.loads(x) for x in result.stderr.splitlines() if '"config.loaded"' in x)
+    iam, hub = line["config"]["credentials"]
+    assert iam["provider"]["apikey"] == f"file:{Path.cwd() / 'keys' / 'apikey'}"
+    assert hub["provider"]["password"] == "env:HUB_PASSWORD"
+
+
+# What `rotator check` may use while refusing an alias bomb: the interpreter, its imports and threads, with
+# room to spare; the old code passed it within seconds (600 MB in 15 s).
+BOMB_MEMORY = 768 * 1024 * 1024
+BOMB_TIMEOUT_S = 60  # a loaded 2-core machine; the refusal itself takes well under a second
+
+
+def test_yaml_alias_bomb_is_refused_fast_with_little_memory(tmp_path: Path) -> None:
+    """A billion-laughs config (9 levels of 9 aliases: 387 million strings once expanded) makes `rotator check`
+    exit 2 naming the file, within a bounded time and address space, instead of expanding it."""
+    import resource
+    import subprocess
+    import sys
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "${HOME}"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    lines.append("credentials: *i")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (BOMB_MEMORY, BOMB_MEMORY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rotator", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=BOMB_TIMEOUT_S,
+        preexec_fn=limit_memory,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{path}: the document expands to more than 100000 values" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_self_containing_anchor_is_refused(tmp_path: Path) -> None:
+    """An anchor that contains itself (an endless structure) is refused, not a RecursionError."""
+    with pytest.raises(ConfigError, match="expands to more than 64 levels"):
+        load(tmp_path, "credentials: &loop [*loop]\n")
+
+
+CE = {
+    "endpoint": "https://api.us-south.codeengine.cloud.ibm.com/v2",
+    "project_id": "4a6c8e0f-1b3d-4f5a-8c7e-9d0b2a4c6e8f",
+}
+HUB_PROVIDER = {"kind": "dockerhub", "username": "rotatorbot", "password": {"env": "HUB_PASSWORD"}}
+
+
+def with_endpoint(where: str, url: str, *, allow: bool = False) -> dict[str, Any]:
+    """GOOD with one endpoint set to ``url`` (and allow_insecure_http on the same node)."""
+    doc = copy.deepcopy(GOOD)
+    cred = doc["credentials"][0]
+    flag = {"allow_insecure_http": True} if allow else {}
+    if where == "iam":
+        cred["provider"].update(endpoint=url, **flag)
+    elif where == "dockerhub":
+        cred["provider"] = {**HUB_PROVIDER, "endpoint": url, **flag}
+        cred["registry"] = {"server": "docker.io", "images": ["docker.io/rotatorbot/app:1"]}
+    elif where == "registry":
+        cred["registry"].update(endpoint=url, **flag)
+    else:
+        cred["targets"]["codeengine"] = {**CE, "secret_name": "icr", where: url, **flag}
+    return doc
+
+
+ENDPOINTS = {
+    "iam": "credentials[0].provider.endpoint",
+    "dockerhub": "credentials[0].provider.endpoint",
+    "registry": "credentials[0].registry.endpoint",
+    "iam_endpoint": "credentials[0].targets.codeengine.iam_endpoint",
+}
+
+
+@pytest.mark.parametrize("where", list(ENDPOINTS))
+def test_plain_http_to_another_host_is_refused_unless_allowed(tmp_path: Path, where: str) -> None:
+    """Keys and tokens never go over plain http to a host that is not loopback, unless that endpoint says
+    allow_insecure_http: true (then `rotator check` lists it). User-info does not make a host loopback."""
+    for url in ("http://iam.lab.example:8080", "http://127.0.0.1:80@evil.example/", "http://10.0.0.5"):
+        with pytest.raises(ConfigError) as info:
+            load(tmp_path, with_endpoint(where, url))
+        field = ENDPOINTS[where]
+        assert f"{field}: '{url}' is plain http to a host that is not loopback" in str(info.value)
+        assert f"{field.rsplit('.', 1)[0]}.allow_insecure_http: true" in str(info.value)
+        allowed = load(tmp_path, with_endpoint(where, url, allow=True))
+        assert [w.split(":")[0] for w in allowed.insecure_endpoints()] == [field.rsplit(".", 1)[0]]
+    for url in ("http://127.0.0.1:5000", "http://[::1]:5000", "http://localhost:5000", "https://iam.lab.example"):
+        assert load(tmp_path, with_endpoint(where, url)).insecure_endpoints() == []
+
+
+def test_plain_http_code_engine_project_endpoint_is_refused(tmp_path: Path) -> None:
+    doc = with_endpoint("iam_endpoint", "https://iam.cloud.ibm.com")
+    doc["credentials"][0]["targets"]["codeengine"]["endpoint"] = "http://ce.lab.example/v2"
+    with pytest.raises(ConfigError, match=r"targets\.codeengine\.endpoint: 'http://ce.lab.example/v2' is plain http"):
+        load(tmp_path, doc)

@@ -11,9 +11,7 @@ config allows overwriting. Service accounts get the secret appended to ``imagePu
 from __future__ import annotations
 
 import base64
-import collections
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from rotator.errors import (
     UnauthorizedError,
 )
 from rotator.model import RegistryAuth, TargetRef, TargetState
+from rotator.ownwrites import OwnWrites
 from rotator.retrying import RetryPolicy
 from rotator.settings import KubernetesSettings, KubernetesTarget
 
@@ -36,7 +35,6 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"
 CREDENTIAL_ANNOTATION = "rotator.example.com/credential"
 # Put on a managed secret to ask for a rotation; rotator removes it when it takes the request.
 ROTATE_ANNOTATION = "rotator.example.com/rotate"
-RECENT_WRITES = 4096
 CONFLICT_RETRIES = 10
 
 # on_write(sink, result) for metrics: result is created/updated/unchanged/conflict/error/refused/skipped
@@ -121,24 +119,22 @@ class KubernetesSink:
         # (set by the reconciler before each fan-out: reason, message, warning).
         self.recorder: Any = None
         self.activity: tuple[str, str, bool] | None = None
-        # resourceVersions of our own writes, so watch events caused by them are not mistaken for drift.
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._recent_lock = threading.Lock()
+        # Our own writes, so the watch events they cause are not mistaken for drift.
+        self._own = OwnWrites()
 
-    def _remember(self, response: Any) -> None:
+    def _write(self, obj: dict[str, Any], send: Callable[[], Any]) -> Any:
+        """Send a write whose result is ``obj`` (announced first: its event may beat its response)."""
+        token = self._own.expect(obj)
+        response = None
         try:
-            version = json.loads(response.data)["metadata"]["resourceVersion"]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return
-        with self._recent_lock:
-            self._recent[str(version)] = None
-            while len(self._recent) > RECENT_WRITES:
-                self._recent.popitem(last=False)
+            response = send()
+            return response
+        finally:
+            self._own.done(token, response)
 
-    def wrote(self, resource_version: str) -> bool:
-        """Whether a secret or service account at this resourceVersion was written by us."""
-        with self._recent_lock:
-            return resource_version in self._recent
+    def is_own_write(self, event: str, obj: dict[str, Any]) -> bool:
+        """Whether a watch event on a secret or service account is one of our writes coming back."""
+        return self._own.is_own(event, obj)
 
     def in_scope(self, target: TargetRef) -> bool:
         """Whether the target's namespace is selected right now (one namespace read for selectors)."""
@@ -172,9 +168,16 @@ class KubernetesSink:
         from kubernetes.client.exceptions import ApiException
 
         key = ROTATE_ANNOTATION.replace("~", "~0").replace("/", "~1")
+        obj = self._read_secret(target)
+        annotations = dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+        if obj is None or annotations.pop(ROTATE_ANNOTATION, None) is None:
+            return  # gone, or already taken
+        expected = {**obj, "metadata": {**obj["metadata"], "annotations": annotations}}
+        patch = [{"op": "remove", "path": f"/metadata/annotations/{key}"}]
         try:
-            self.core.patch_namespaced_secret(
-                target.name, target.namespace, [{"op": "remove", "path": f"/metadata/annotations/{key}"}]
+            self._write(
+                expected,
+                lambda: self.core.patch_namespaced_secret(target.name, target.namespace, patch, _preload_content=False),
             )
         except ApiException as exc:
             if exc.status not in (404, 422):  # gone, or already removed
@@ -331,7 +334,9 @@ class KubernetesSink:
             "data": {".dockerconfigjson": base64.b64encode(dockerconfig.merge(None, auth)).decode()},
         }
         try:
-            self._remember(self.core.create_namespaced_secret(target.namespace, body, _preload_content=False))
+            self._write(
+                body, lambda: self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
+            )
         except ApiException as exc:
             if exc.status == 404:  # the namespace itself is gone
                 return "skipped"
@@ -353,7 +358,9 @@ class KubernetesSink:
         obj["data"] = dict(obj["data"] or {})
         obj["data"][".dockerconfigjson"] = base64.b64encode(dockerconfig.merge(existing, auth)).decode()
         obj.pop("stringData", None)
-        self._remember(self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False))
+        self._write(
+            obj, lambda: self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+        )
         return "updated"
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
@@ -375,7 +382,12 @@ class KubernetesSink:
                 )
             else:
                 obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
-                self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+                self._write(
+                    obj,
+                    lambda: self.core.replace_namespaced_secret(
+                        target.name, target.namespace, obj, _preload_content=False
+                    ),
+                )
 
         _until_no_conflict(f"restore secret {target.namespace}/{target.name}", attempt)
 
@@ -401,8 +413,11 @@ class KubernetesSink:
             if any(ref.get("name") == target.name for ref in pulls):
                 return
             obj["imagePullSecrets"] = [*pulls, {"name": target.name}]
-            self._remember(
-                self.core.replace_namespaced_service_account(account, target.namespace, obj, _preload_content=False)
+            self._write(
+                obj,
+                lambda: self.core.replace_namespaced_service_account(
+                    account, target.namespace, obj, _preload_content=False
+                ),
             )
 
         _until_no_conflict(what, attempt)

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rotator import redact
-from rotator.imageref import DOCKER_HUB, is_loopback
+from rotator.imageref import DOCKER_HUB, plain_http_remote
 
 # Accept all four manifest types: without them registry 2.8 answers 404 for an OCI manifest and 400
 # for a Docker v2 one.
@@ -115,7 +115,7 @@ def realm_refusal(realm: str, registry: str, allowed: Collection[str]) -> tuple[
             f"token realm host {host!r} is neither {registry}'s host nor a known token service of it; "
             f"the credential was not sent (if {host!r} is its token service, list it in {REALM_HOSTS_FIELD})"
         )
-    if parts.scheme == "http" and not is_loopback(f"[{host}]" if ":" in host else host):
+    if plain_http_remote(realm):
         return "inconclusive", f"token realm of {registry} is plain http on {host}; credentials not sent"
     return None
 

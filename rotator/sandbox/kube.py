@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from rotator.sandbox import kube_types as types
-from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User
+from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User, name_from_field_selector
 from rotator.sandbox.kube_list import Lister
 from rotator.sandbox.kube_rest import Call, Rest, respond
 from rotator.sandbox.kube_review import Reviews
@@ -231,7 +231,10 @@ class KubeEmulator:
 
     def _authorize(self, user: User, call: Call, verb: str) -> None:
         rt = call.rt
-        attrs = Attributes(verb=verb, group=rt.group, resource=rt.plural, namespace=call.ns, name=call.name or "")
+        name = call.name or ""
+        if verb in ("list", "watch"):
+            name = name_from_field_selector(call.query.get("fieldSelector", ""))
+        attrs = Attributes(verb=verb, group=rt.group, resource=rt.plural, namespace=call.ns, name=name)
         if rt is NAMESPACES and call.name:
             attrs = Attributes(verb=verb, resource=rt.plural, namespace=call.name, name=call.name)
         if not self.auth.allowed(user.username, user.groups, attrs):

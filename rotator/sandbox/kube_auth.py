@@ -2,6 +2,8 @@
 
 Rules are bound to user names or group names, so a SubjectAccessReview about a user answers the
 same as that user's own requests. Group ``system:masters`` may do anything, as in a real cluster.
+A rule with ``resourceNames`` allows ``list`` and ``watch`` only of a request whose fieldSelector
+names one of them (``metadata.name=X``), and never ``create``, as in RBAC.
 Rules may name resources this emulator does not serve (e.g. ``credentials/rotate`` in
 ``rotator.example.com``): they only matter to SubjectAccessReviews.
 
@@ -92,6 +94,23 @@ class Rule:
 
 def _has(allowed: tuple[str, ...], value: str) -> bool:
     return "*" in allowed or value in allowed
+
+
+def name_from_field_selector(selector: str) -> str:
+    """The object name a list or watch is confined to, as the real API server's request resolver finds
+    it: a ``metadata.name=X`` (or ``==``) term of the fieldSelector. That name is what a rule's
+    ``resourceNames`` is checked against, so a named rule allows ``list``/``watch`` only with it."""
+    for term in selector.split(","):
+        field, sep, value = term.partition("=")
+        value = value.removeprefix("=").strip()
+        if sep and not field.endswith("!") and field.strip() == "metadata.name" and _path_segment(value):
+            return value
+    return ""
+
+
+def _path_segment(name: str) -> bool:
+    """What Kubernetes accepts as a name in a URL path (path.IsValidPathSegmentName)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
 
 
 @dataclass(frozen=True, kw_only=True)
