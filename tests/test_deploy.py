@@ -485,6 +485,7 @@ class _RbacRun:
             json={
                 "user": "operator",
                 "rules": [{"verbs": ["rotate"], "apiGroups": ["rotator.example.com"], "resources": ["credentials"]}],
+                "audiences": ["rotator"],  # server.auth.audiences' default in Kubernetes mode
             },
         ).json()["token"]
         self.daemon = Daemon(path)
