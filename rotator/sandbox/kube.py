@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rotator.sandbox import fleet
 from rotator.sandbox import kube_types as types
 from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User
 from rotator.sandbox.kube_list import Lister
@@ -59,17 +60,24 @@ VERBS_BY_METHOD = {
 
 
 class KubeEmulator:
-    name = "kubernetes"
-
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, name: str = fleet.FIRST_SERVICE) -> None:
+        """``name`` is the service: ``kubernetes`` (cluster 1, the seed's tokens) or ``kubernetes-i``
+        (cluster i of a fleet: tokens derived from the seed's, files in a subdirectory)."""
         self.ctx = ctx
+        self.name = name
+        self.admin_token, self.readonly_token = ctx.seed.kubernetes_token, ctx.seed.kubernetes_readonly_token
+        if name != fleet.FIRST_SERVICE:
+            self.admin_token = fleet.derived_token(ctx.seed.kubernetes_token, name, "admin")
+            self.readonly_token = fleet.derived_token(ctx.seed.kubernetes_token, name, "readonly")
         self.store = Store()
         self.auth = Authorizer()
-        self.auth.seed(admin_token=ctx.seed.kubernetes_token, readonly_token=ctx.seed.kubernetes_readonly_token)
+        self.auth.seed(admin_token=self.admin_token, readonly_token=self.readonly_token)
         self.rest = Rest(self.store)
         self.lister = Lister(self.store)
         self.reviews = Reviews(self.auth)
         files_dir = Path(ctx.files_dir) if ctx.files_dir else Path(tempfile.mkdtemp(prefix="rotator-kube-"))
+        if name != fleet.FIRST_SERVICE:
+            files_dir = files_dir / name
         self.tls = TlsListener(load_or_create(files_dir))
         self.ca_file = files_dir / "kube-apiserver-ca.crt"
         self.ca_file.write_text(self.tls.ca_pem())
@@ -93,22 +101,34 @@ class KubeEmulator:
         return error_response(status, message, retry_after)
 
     def describe(self) -> dict[str, Any]:
+        """Today's endpoint keys, for cluster 1 only (a fleet's clusters are in ``clusters``)."""
+        if self.name != fleet.FIRST_SERVICE:
+            return {}
         return {
             "kubernetes_system_namespace": SYSTEM_NAMESPACE,
             "kubernetes_tls": self.tls.url,
             "kubernetes_ca_file": str(self.ca_file),
         }
 
+    def cluster(self, count: int) -> dict[str, Any]:
+        """This cluster's entry in the endpoints file's ``clusters`` list."""
+        return {
+            "name": fleet.cluster_name(self.name, count),
+            "service": self.name,
+            "url": self.ctx.urls[self.name],
+            "tls_url": self.tls.url,
+            "ca_file": str(self.ca_file),
+            "token": self.admin_token,
+            "readonly_token": self.readonly_token,
+            "context": fleet.cluster_name(self.name, count),
+        }
+
+    def kubeconfig_entry(self, context: str, user: str) -> fleet.KubeconfigEntry:
+        return fleet.KubeconfigEntry(context, user, self.tls.url, self.tls.ca_data(), self.admin_token)
+
     def kubeconfig(self) -> str:
         """A kubeconfig for kubectl (and any client): the TLS listener, its CA inline, the admin token."""
-        return (
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: sandbox\n  cluster:\n    server: {self.tls.url}\n"
-            f"    certificate-authority-data: {self.tls.ca_data()}\n"
-            f"users:\n- name: admin\n  user:\n    token: {self.ctx.seed.kubernetes_token}\n"
-            "contexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: admin\n"
-            "current-context: sandbox\n"
-        )
+        return fleet.kubeconfig([self.kubeconfig_entry(fleet.SINGLE_CONTEXT, "admin")])
 
     def dump(self) -> dict[str, Any]:
         return {"store": self.store.dump(), "tokens": self.auth.dump()}
@@ -241,11 +261,11 @@ class KubeEmulator:
     # -- admin API (served on the sandbox admin port) -----------------------------------------------
     def admin_routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/kubernetes/tokens", self._admin_add_token),
-            web.delete("/kubernetes/tokens/{token}", self._admin_remove_token),
-            web.post("/kubernetes/compact", self._admin_compact),
-            web.get("/kubernetes/stats", self._admin_stats),
-            web.put("/kubernetes/config", self._admin_config),
+            web.post(f"/{self.name}/tokens", self._admin_add_token),
+            web.delete(f"/{self.name}/tokens/{{token}}", self._admin_remove_token),
+            web.post(f"/{self.name}/compact", self._admin_compact),
+            web.get(f"/{self.name}/stats", self._admin_stats),
+            web.put(f"/{self.name}/config", self._admin_config),
         ]
 
     @staticmethod
