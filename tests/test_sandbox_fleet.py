@@ -16,6 +16,7 @@ from kubectl_env import kubectl_runner
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from rotator.adapters.kubernetes import api_client_for
 from rotator.sandbox.control import SandboxProcess
 
 
@@ -26,10 +27,7 @@ def fleet() -> Iterator[SandboxProcess]:
 
 
 def core_api(cluster: dict[str, Any], token: str | None = None) -> client.CoreV1Api:
-    configuration = client.Configuration(
-        host=cluster["url"], api_key={"authorization": f"Bearer {token or cluster['token']}"}
-    )
-    return client.CoreV1Api(client.ApiClient(configuration))
+    return client.CoreV1Api(api_client_for(cluster["url"], token or cluster["token"]))
 
 
 def secret(name: str) -> client.V1Secret:

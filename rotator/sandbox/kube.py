@@ -1,13 +1,14 @@
 """A Kubernetes API server emulator: enough of core/v1, coordination.k8s.io/v1 and the review APIs
 for kubectl, the official Python client and rotator's adapter.
 
-Served: discovery, namespaces, secrets, serviceaccounts, configmaps, events, leases (CRUD, list with
-selectors and pagination, watch, three patch types, dry-run), TokenRequest (serviceaccounts/token),
-TokenReview and (Self)SubjectAccessReview.
+Served: discovery and OpenAPI v2/v3, namespaces, secrets, serviceaccounts, configmaps, events, leases
+(CRUD, list with selectors and pagination, watch, three patch types and server-side apply with
+managedFields, dry-run), TokenRequest (serviceaccounts/token), TokenReview and (Self)SubjectAccessReview.
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
-validation), kube_patch (patches), kube_select (selectors), kube_store (objects, history, watches),
+validation), kube_patch (patches), kube_apply (server-side apply, managedFields), kube_openapi
+(/openapi/v2 and /openapi/v3 for kubectl), kube_select (selectors), kube_store (objects, history, watches),
 kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_tokenrequest (minting
 service-account tokens for audiences), kube_auth (tokens, rules),
 kube_table (kubectl tables), kube_proto (kubectl's protobuf bodies), kube_tls (the https listener kubectl
@@ -25,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from rotator.sandbox import fleet
+from rotator.sandbox import kube_openapi as openapi
 from rotator.sandbox import kube_types as types
 from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User
 from rotator.sandbox.kube_list import Lister
@@ -181,6 +183,8 @@ class KubeEmulator:
             return web.Response(text="ok")
         if path == "/version":
             return respond(types.SERVER_VERSION)
+        if segments[:1] == ["openapi"]:
+            return self._openapi(request, segments[1:])
         if path == "/api":
             return respond(types.api_versions(request.host))
         if path == "/apis":
@@ -192,6 +196,22 @@ class KubeEmulator:
         if len(segments) == 3 and segments[0] == "apis" and segments[2] in types.BY_PATH.get(segments[1], {}):
             return respond(types.api_resource_list(segments[1], segments[2]))
         return None
+
+    @staticmethod
+    def _openapi(request: web.Request, segments: list[str]) -> web.StreamResponse:
+        if segments == ["v3"]:
+            return respond(openapi.v3_index())
+        if segments[:1] == ["v3"]:
+            document = openapi.v3_lookup(segments[1:])
+            if document is None:
+                raise not_found_path()
+            return respond(document)
+        if segments == ["v2"]:
+            accept = request.headers.get("Accept", "*/*")
+            if not any(t in accept for t in ("application/json", "*/*")):
+                raise KubeError(406, "the server was unable to respond with a content type that the client supports")
+            return respond(openapi.v2_document())
+        raise not_found_path()
 
     def _resolve(self, request: web.Request, segments: list[str]) -> Call | None:
         """The resource, namespace and name a path addresses, or None for an unknown path."""
