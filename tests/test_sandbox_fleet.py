@@ -19,6 +19,9 @@ from kubernetes.client.rest import ApiException
 from rotator.adapters.kubernetes import api_client_for
 from rotator.sandbox.control import SandboxProcess
 
+# Generous for a loaded machine: the sandbox cuts open connections within about a second.
+WATCH_CUT_TIMEOUT_S = 20.0
+
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[SandboxProcess]:
@@ -53,6 +56,7 @@ def test_clusters_are_independent(fleet: SandboxProcess) -> None:
     """A secret written to one cluster is absent from the other; a token of one is refused by the other."""
     first, second = fleet.endpoints["clusters"]
     name = f"only-one-{uuid.uuid4().hex[:8]}"
+    since = {service: fleet.last_seq(service) for service in ("kubernetes", "kubernetes-2")}
     core_api(first).create_namespaced_secret("team-a", secret(name))
     with pytest.raises(ApiException) as missing:
         core_api(second).read_namespaced_secret(name, "team-a")
@@ -65,6 +69,10 @@ def test_clusters_are_independent(fleet: SandboxProcess) -> None:
     assert refused_back.value.status == 401
     # Each cluster's admin token works on its own cluster.
     assert core_api(second).list_namespaced_secret("team-a").items == []
+    # Request logs (and fault rules) are per cluster too.
+    posts = [(r["method"], r["status"]) for r in fleet.requests("kubernetes", since["kubernetes"])]
+    assert ("POST", 201) in posts
+    assert all(r["method"] != "POST" for r in fleet.requests("kubernetes-2", since["kubernetes-2"]))
 
 
 @pytest.mark.real
@@ -118,3 +126,51 @@ def test_one_cluster_keeps_todays_kubeconfig_and_endpoints(tmp_path: Path) -> No
         (only,) = sbx.endpoints["clusters"]
         assert only["name"] == only["context"] == "sandbox" and only["token"] == sbx.endpoints["kubernetes_token"]
         assert "kubernetes-2" not in sbx.endpoints
+
+
+def test_taking_a_cluster_down_cuts_its_open_watches(fleet: SandboxProcess) -> None:
+    """A client watching cluster 2 sees its stream end (as when a real API server goes away), well before
+    its read timeout: no bytes flow on this watch otherwise (no events, no bookmarks asked for)."""
+    second = fleet.endpoints["clusters"][1]
+    headers = {"Authorization": f"Bearer {second['token']}"}
+    url = f"{second['url']}/api/v1/namespaces/team-c/secrets"
+    params = {"watch": "true", "timeoutSeconds": "300"}
+    outcome = "still open"
+    with (
+        httpx.Client(timeout=WATCH_CUT_TIMEOUT_S) as session,
+        session.stream("GET", url, params=params, headers=headers) as stream,
+    ):
+        assert stream.status_code == 200
+        fleet.take_down("kubernetes-2")
+        try:
+            for _ in stream.iter_bytes():
+                pass
+            outcome = "ended"
+        except httpx.ReadTimeout:
+            outcome = "timed out"
+        except httpx.HTTPError:
+            outcome = "cut"
+        finally:
+            fleet.bring_up("kubernetes-2")
+    assert outcome in ("ended", "cut")
+
+
+def test_clusters_keep_objects_and_tokens_across_restarts_with_a_state_dir(tmp_path: Path) -> None:
+    name = f"persisted-{uuid.uuid4().hex[:8]}"
+    state = tmp_path / "state"
+    with SandboxProcess.start(state_dir=state, extra_args=["--clusters", "2"]) as first_run:
+        second = first_run.endpoints["clusters"][1]
+        core_api(second).create_namespaced_secret("team-a", secret(name))
+    with SandboxProcess.start(state_dir=state, extra_args=["--clusters", "2"]) as second_run:
+        again = second_run.endpoints["clusters"][1]
+        assert again["token"] == second["token"]
+        assert core_api(again).read_namespaced_secret(name, "team-a").metadata.name == name
+        with pytest.raises(ApiException) as missing:
+            core_api(second_run.endpoints["clusters"][0]).read_namespaced_secret(name, "team-a")
+        assert missing.value.status == 404
+
+
+def test_a_bad_cluster_count_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as refused:
+        SandboxProcess.start(extra_args=["--clusters", "0"], log_path=tmp_path / "sandbox.log")
+    assert "--clusters takes a whole number from 1 to 50" in str(refused.value)
