@@ -203,6 +203,10 @@ def test_openapi_v3_lists_every_group_version_and_v2_is_json_only(http: httpx.Cl
     assert APPLY in patch["requestBody"]["content"]
     secret_schema = core_doc["components"]["schemas"]["io.k8s.api.core.v1.Secret"]
     assert secret_schema["properties"]["data"]["additionalProperties"] == {"type": "string", "format": "byte"}
+    # List patch strategies match the emulator's strategic merge: secrets merge by name, imagePullSecrets is atomic.
+    account = core_doc["components"]["schemas"]["io.k8s.api.core.v1.ServiceAccount"]["properties"]
+    assert account["secrets"]["x-kubernetes-patch-merge-key"] == "name"
+    assert "x-kubernetes-patch-strategy" not in account["imagePullSecrets"]
     assert http.get("/openapi/v3/apis/nothing.example.com/v1").status_code == 404
     v2 = http.get("/openapi/v2", headers={"Accept": "application/json"})
     assert v2.json()["swagger"] == "2.0" and "io.k8s.api.core.v1.ConfigMap" in v2.json()["definitions"]

@@ -11,7 +11,8 @@ causes, the apiserver's wording) unless ``force=true``, which takes ownership.
 Simplified, compared with the real structured-merge-diff:
 - every list is atomic (one field owned as a whole; no ``k:``/``v:`` list-item keys), and maps are
   always granular (each key its own field) — right for the maps of the kinds served here (labels,
-  annotations, data), coarser than the real thing for ServiceAccount ``imagePullSecrets``/``secrets``;
+  annotations, data) and for ServiceAccount ``imagePullSecrets`` (atomic in k8s.io/api too), coarser
+  than the real thing for ``secrets`` (a map keyed by name), ``ownerReferences`` and ``finalizers``;
 - a conflict is an exact field owned by another manager name (the applier's own Update entry does not
   conflict with its Apply);
 - Update ownership comes from a leaf-by-leaf diff of the stored object (defaults included), and a

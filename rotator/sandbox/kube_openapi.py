@@ -33,7 +33,8 @@ LIST = {"apiVersion": "string", "kind": "string", "metadata": f"{META}.ListMeta"
 REVIEW_STATUS = {"allowed": "boolean", "denied": "boolean", "reason": "string", "evaluationError": "string"}
 ATTRIBUTES = {k: "string" for k in ("namespace", "verb", "group", "version", "resource", "subresource", "name")}
 
-# Field types: string, integer, boolean, byte, map:<type>, []<type>, []<type>@<merge key>, or a definition.
+# Field types: string, integer, boolean, byte, map:<type>, []<type>, or a definition; a list type ending
+# in @<merge key> (or a bare @ for a primitive list) is merged by strategic merge patch, as kube_patch does.
 CORE, COORD, AUTHN, AUTHZ = (
     PACKAGES[g] for g in ("", "coordination.k8s.io", "authentication.k8s.io", "authorization.k8s.io")
 )
@@ -52,7 +53,7 @@ DEFINITIONS: dict[str, dict[str, str]] = {
         "labels": "map:string",
         "annotations": "map:string",
         "ownerReferences": f"[]{META}.OwnerReference@uid",
-        "finalizers": "[]string",
+        "finalizers": "[]string@",
         "managedFields": f"[]{META}.ManagedFieldsEntry",
     },
     f"{META}.ListMeta": {
@@ -87,7 +88,7 @@ DEFINITIONS: dict[str, dict[str, str]] = {
     f"{CORE}.ServiceAccount": OBJECT
     | {
         "secrets": f"[]{CORE}.ObjectReference@name",
-        "imagePullSecrets": f"[]{CORE}.LocalObjectReference@name",
+        "imagePullSecrets": f"[]{CORE}.LocalObjectReference",  # atomic, as in k8s.io/api
         "automountServiceAccountToken": "boolean",
     },
     f"{CORE}.LocalObjectReference": {"name": "string"},
@@ -209,10 +210,12 @@ class _Renderer:
 
     def field(self, spec: str) -> dict[str, Any]:
         if spec.startswith("[]"):
-            item, _, merge_key = spec[2:].partition("@")
+            item, merged, merge_key = spec[2:].partition("@")
             schema: dict[str, Any] = {"type": "array", "items": self.field(item)}
+            if merged:  # strategic merge: by the key, or (no key) a union of primitives
+                schema["x-kubernetes-patch-strategy"] = "merge"
             if merge_key:
-                schema |= {"x-kubernetes-patch-merge-key": merge_key, "x-kubernetes-patch-strategy": "merge"}
+                schema["x-kubernetes-patch-merge-key"] = merge_key
             return schema
         if spec.startswith("map:"):
             return {"type": "object", "additionalProperties": self.field(spec[4:])}
