@@ -1,5 +1,7 @@
 """Server-side apply, managedFields and the OpenAPI documents of the Kubernetes emulator, driven by the
-official Python client (in the spirit of its own ``test_apply_patch`` e2e test) and the real kubectl."""
+official Python client (its typed ``patch_*`` with ``_content_type``, and the requests of its own e2e tests:
+``DynamicClient.server_side_apply`` with a dry run, ``create_from_yaml(apply=True)`` twice) and the real
+kubectl (``apply`` validated by the server, ``apply --server-side`` with and without ``--force-conflicts``)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import httpx
 import pytest
 import yaml
 from kubectl_env import Kubectl, kubectl_runner
-from kubernetes import client
+from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
 
 from rotator.adapters.kubernetes import api_client_for
 from rotator.sandbox.control import SandboxProcess
@@ -249,3 +252,40 @@ def test_kubectl_validation_is_done_by_the_server(kubectl: Kubectl, ns: str) -> 
     assert refused.returncode != 0 and 'unknown field "bogus"' in refused.stderr
     created = kubectl("apply", "--server-side", "-f", "-", stdin=manifest(ns, "x"))
     assert "serverside-applied" in created.stdout
+
+
+# -- the client's own apply helpers: DynamicClient.server_side_apply and create_from_yaml(apply=True) ----
+@pytest.fixture
+def dynamic(kube: SandboxProcess) -> Iterator[DynamicClient]:
+    """The client's DynamicClient (its discovery cache file is keyed by this sandbox's URL)."""
+    with api_client_for(kube.endpoints["kubernetes"], kube.endpoints["kubernetes_token"]) as api:
+        yield DynamicClient(api)
+
+
+def test_dynamic_client_server_side_apply_dry_run_then_forced(
+    dynamic: DynamicClient, core: client.CoreV1Api, ns: str
+) -> None:
+    """As the client's own e2e test: a dry-run apply answers the object with its manager, storing nothing;
+    force_conflicts (sent as force=True) takes a field from another manager."""
+    configmaps = dynamic.resources.get(api_version="v1", kind="ConfigMap")
+    body = configmap("dyn", {"k": "mine"})
+    dry = configmaps.server_side_apply(namespace=ns, body=body, field_manager="kubernetes-unittests", dry_run="All")
+    assert dry.metadata.managedFields[0].manager == "kubernetes-unittests"
+    with pytest.raises(ApiException) as absent:
+        core.read_namespaced_config_map("dyn", ns)
+    assert absent.value.status == 404
+    core.create_namespaced_config_map(ns, configmap("dyn", {"k": "theirs"}), field_manager="someone")
+    taken = configmaps.server_side_apply(
+        namespace=ns, body=body, field_manager="kubernetes-unittests", force_conflicts=True
+    )
+    assert taken.data.k == "mine"
+
+
+def test_create_from_yaml_with_apply_is_idempotent(dynamic: DynamicClient, ns: str, tmp_path: Path) -> None:
+    manifest_file = tmp_path / "configmap.yaml"
+    manifest_file.write_text(yaml.safe_dump(configmap("from-file", {"k": "v"})))
+    for _ in range(2):
+        utils.create_from_yaml(dynamic.client, str(manifest_file), namespace=ns, apply=True)
+    stored = dynamic.resources.get(api_version="v1", kind="ConfigMap").get(name="from-file", namespace=ns)
+    assert stored.data.k == "v"
+    assert [(e.manager, e.operation) for e in stored.metadata.managedFields] == [("python-client", "Apply")]

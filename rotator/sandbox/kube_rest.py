@@ -49,6 +49,10 @@ BODY_TYPES = ["application/json", "application/yaml", PROTOBUF]
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_BODY = 3 * 1024 * 1024
+# Query booleans as the apiserver parses them (Go's strconv.ParseBool): the Python client sends "True".
+GO_BOOLS = {v: True for v in ("1", "t", "T", "TRUE", "true", "True")} | {
+    v: False for v in ("0", "f", "F", "FALSE", "false", "False")
+}
 SYSTEM_FIELDS = (
     "resourceVersion",
     "uid",
@@ -276,7 +280,7 @@ class Rest:
                 "fieldManager", f"Too long: may not be more than {kube_apply.MAX_MANAGER_LENGTH} bytes"
             )
         force = call.query.get("force", "false")
-        if force not in ("true", "false"):
+        if force not in GO_BOOLS:
             raise bad_request(f'force: invalid value "{force}": expected true or false')
         try:
             body = yaml.safe_load(await call.request.read())  # YAML, and JSON as a YAML subset
@@ -292,7 +296,7 @@ class Rest:
         canonical = kube_apply.leaves(normalise(rt, applied))
         fields = {p: v for p, v in canonical.items() if p in sent or (p[0] == "data" and "stringData" in applied)}
         live = self.store.get(rt.key, call.ns, call.name or "")
-        merged, managed = kube_apply.apply(live, applied, fields, manager, force == "true", rt.api_version)
+        merged, managed = kube_apply.apply(live, applied, fields, manager, GO_BOOLS[force], rt.api_version)
         if live is None:
             return respond(self.insert(rt, merged, dry_run=call.dry_run, managed=managed), 201, warnings)
         return respond(self.commit(call, live, merged, managed), 200, warnings)
