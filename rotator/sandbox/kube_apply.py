@@ -83,36 +83,28 @@ def _managed_part(obj: Obj) -> Obj:
     return top
 
 
-def leaves(obj: Obj) -> dict[Path, Any]:
-    """Every managed field of ``obj`` with its value: maps are walked key by key; scalars, lists and
-    empty maps are fields."""
+def fields_of(obj: Obj) -> tuple[dict[Path, Any], set[Path]]:
+    """``obj``'s managed fields with their values (maps are walked key by key; scalars, lists and empty
+    maps are fields), and the paths of the non-empty maps between them (``metadata`` itself excluded)."""
     found: dict[Path, Any] = {}
+    inner: set[Path] = set()
 
     def walk(node: Obj, path: Path) -> None:
         for key, value in node.items():
             here = (*path, key)
             if isinstance(value, dict) and value:
+                inner.add(here)
                 walk(value, here)
             else:
                 found[here] = value
 
     walk(_managed_part(obj), ())
-    return found
+    inner.discard(("metadata",))
+    return found, inner
 
 
-def maps(obj: Obj) -> set[Path]:
-    """The paths of the non-empty maps inside ``obj``'s managed part (``metadata`` itself excluded)."""
-    found: set[Path] = set()
-
-    def walk(node: Obj, path: Path) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                found.add((*path, key))
-                walk(value, (*path, key))
-
-    walk(_managed_part(obj), ())
-    found.discard(("metadata",))
-    return found
+def leaves(obj: Obj) -> dict[Path, Any]:
+    return fields_of(obj)[0]
 
 
 def to_fields_v1(paths: set[Path]) -> dict[str, Any]:
@@ -193,9 +185,8 @@ def _delete(obj: Obj, path: Path) -> None:
         parent.pop(path[-1], None)
 
 
-def _finish(entries: list[Entry], obj: Obj) -> list[dict[str, Any]]:
-    """Drop fields the object no longer has and entries left empty."""
-    present = set(leaves(obj)) | maps(obj)
+def _finish(entries: list[Entry], present: set[Path]) -> list[dict[str, Any]]:
+    """Drop fields the object no longer has (``present``: its leaves and maps) and entries left empty."""
     result = []
     for entry in entries:
         entry.fields &= present
@@ -209,16 +200,17 @@ def track_update(old: Obj | None, new: Obj, manager: str, api_version: str) -> l
     """``new``'s managedFields after ``manager`` wrote it over ``old`` (None for a create): the fields it
     changed become its own, and no one else's."""
     entries = entries_of(old)
-    before = leaves(old) if old is not None else {}
-    changed = {p for p, v in leaves(new).items() if before.get(p, _MISSING) != v}
-    created = maps(new) - (maps(old) if old is not None else set()) - set(before)
+    before, old_maps = fields_of(old) if old is not None else ({}, set())
+    after, new_maps = fields_of(new)
+    changed = {p for p, v in after.items() if before.get(p, _MISSING) != v}
+    created = new_maps - old_maps - set(before)
     if changed or created:
         for entry in entries:
             entry.fields -= changed
         mine = _entry(entries, manager, UPDATE, api_version)
         mine.fields |= changed | created
         mine.time = now_rfc3339()
-    return _finish(entries, new)
+    return _finish(entries, set(after) | new_maps)
 
 
 # -- Apply ----------------------------------------------------------------------------------------------
@@ -282,4 +274,5 @@ def apply(
     if changed or mine.fields != set(applied_leaves):
         mine.time = now_rfc3339()
     mine.fields = set(applied_leaves)
-    return result, _finish(entries, result)
+    result_leaves, result_maps = fields_of(result)
+    return result, _finish(entries, set(result_leaves) | result_maps)
