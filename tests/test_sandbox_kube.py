@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from kubectl_env import Kubectl, kubectl_runner
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from polling import wait_for
@@ -115,7 +113,7 @@ def test_discovery_lists_every_served_resource(kube: SandboxProcess) -> None:
     assert [(r["name"], r["kind"]) for r in leases] == [("leases", "Lease")]
     reviews = raw(kube, "GET", "/apis/authentication.k8s.io/v1").json()["resources"]
     assert reviews[0]["name"] == "tokenreviews" and reviews[0]["verbs"] == ["create"]
-    missing = raw(kube, "GET", "/openapi/v2")
+    missing = raw(kube, "GET", "/openapi/v1")
     assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
 
 
@@ -317,16 +315,17 @@ def test_service_account_image_pull_secrets_is_atomic_for_strategic_merge(core: 
 
 
 def test_unsupported_patch_type_is_415(kube: SandboxProcess, core: client.CoreV1Api, ns: str) -> None:
-    """Server-side apply is not emulated: 415 UnsupportedMediaType Status, not a silent success."""
+    """A patch type not served (CBOR apply, behind a feature gate in 1.32) is a 415 Status naming those that are."""
     core.create_namespaced_secret(ns, docker_secret("ssa"))
     response = raw(
         kube,
         "PATCH",
         f"/api/v1/namespaces/{ns}/secrets/ssa?fieldManager=me",
         content=b"{}",
-        headers={"Content-Type": "application/apply-patch+yaml"},
+        headers={"Content-Type": "application/apply-patch+cbor"},
     )
     assert response.status_code == 415 and response.json()["reason"] == "UnsupportedMediaType"
+    assert "application/apply-patch+yaml" in response.json()["message"]
 
 
 # -- list ---------------------------------------------------------------------------------------------
@@ -806,32 +805,13 @@ def test_kubeconfig_reaches_the_tls_listener(kube: SandboxProcess) -> None:
 
 # -- kubectl ------------------------------------------------------------------------------------------
 
-KUBECTL = shutil.which("kubectl")
-
 
 @pytest.fixture
-def kubectl(kube: SandboxProcess, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed")
-
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, HOME=str(tmp_path), KUBECONFIG=kube.endpoints["kubeconfig"])
-        result = subprocess.run(
-            [str(KUBECTL), "--cache-dir", str(tmp_path / "cache"), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    return run
+def kubectl(kube: SandboxProcess, tmp_path: Path) -> Kubectl:
+    return kubectl_runner(kube.endpoints["kubeconfig"], tmp_path)
 
 
-def registry_secret_yaml(kubectl: Callable[..., subprocess.CompletedProcess[str]], ns: str, password: str) -> str:
+def registry_secret_yaml(kubectl: Kubectl, ns: str, password: str) -> str:
     return kubectl(
         "create",
         "secret",
@@ -849,13 +829,12 @@ def registry_secret_yaml(kubectl: Callable[..., subprocess.CompletedProcess[str]
 
 
 @pytest.mark.real
-def test_kubectl_apply_patch_get_delete(
-    kubectl: Callable[..., subprocess.CompletedProcess[str]], core: client.CoreV1Api, ns: str
-) -> None:
+def test_kubectl_apply_patch_get_delete(kubectl: Kubectl, core: client.CoreV1Api, ns: str) -> None:
     """kubectl applies a docker-registry secret twice, patches the ServiceAccount, lists and deletes."""
-    kubectl("apply", "--validate=false", "-f", "-", stdin=registry_secret_yaml(kubectl, ns, "first"))
+    # Validated (no --validate=false): kubectl finds fieldValidation in /openapi/v3 and lets the server check.
+    kubectl("apply", "-f", "-", stdin=registry_secret_yaml(kubectl, ns, "first"))
     first = core.read_namespaced_secret("regcred", ns)
-    kubectl("apply", "--validate=false", "-f", "-", stdin=registry_secret_yaml(kubectl, ns, "second"))
+    kubectl("apply", "-f", "-", stdin=registry_secret_yaml(kubectl, ns, "second"))
     second = core.read_namespaced_secret("regcred", ns)
     auths = json.loads(base64.b64decode(second.data[".dockerconfigjson"]))["auths"]
     assert auths["registry.example.com"]["password"] == "second"
@@ -871,9 +850,7 @@ def test_kubectl_apply_patch_get_delete(
 
 
 @pytest.mark.real
-def test_kubectl_typed_commands_send_protobuf_that_is_understood(
-    kubectl: Callable[..., subprocess.CompletedProcess[str]], core: client.CoreV1Api
-) -> None:
+def test_kubectl_typed_commands_send_protobuf_that_is_understood(kubectl: Kubectl, core: client.CoreV1Api) -> None:
     """kubectl create namespace / secret generic and auth can-i (protobuf bodies) work end to end."""
     name = f"k-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
@@ -885,9 +862,7 @@ def test_kubectl_typed_commands_send_protobuf_that_is_understood(
 
 
 @pytest.mark.real
-def test_kubectl_with_the_readonly_token_is_forbidden_to_write(
-    kube: SandboxProcess, kubectl: Callable[..., subprocess.CompletedProcess[str]]
-) -> None:
+def test_kubectl_with_the_readonly_token_is_forbidden_to_write(kube: SandboxProcess, kubectl: Kubectl) -> None:
     """kubectl reports the emulator's 403 and 401 as a real cluster's."""
     token = kube.endpoints["kubernetes_readonly_token"]
     denied = kubectl("--token", token, "delete", "secret", "x", "-n", "team-a", check=False)

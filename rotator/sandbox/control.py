@@ -74,6 +74,14 @@ class SandboxProcess:
         log = self.requests(service)
         return int(log[-1]["seq"]) if log else 0
 
+    def take_down(self, service: str) -> None:
+        """Stop one emulator (e.g. ``kubernetes-2``, cluster 2 of a fleet): its ports refuse connections."""
+        self.admin.post(f"/services/{service}/down").raise_for_status()
+
+    def bring_up(self, service: str) -> None:
+        """Serve a stopped emulator again, on the same ports, with the state it had."""
+        self.admin.post(f"/services/{service}/up").raise_for_status()
+
     def issued_values(self) -> list[str]:
         """Every API key value the IAM emulator has issued, and every Docker Hub password and token
         (for the suite's log-leak scan)."""

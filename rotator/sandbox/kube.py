@@ -1,13 +1,14 @@
 """A Kubernetes API server emulator: enough of core/v1, coordination.k8s.io/v1 and the review APIs
 for kubectl, the official Python client and rotator's adapter.
 
-Served: discovery, namespaces, secrets, serviceaccounts, configmaps, events, leases (CRUD, list with
-selectors and pagination, watch, three patch types, dry-run), TokenRequest (serviceaccounts/token),
-TokenReview and (Self)SubjectAccessReview.
+Served: discovery and OpenAPI v2/v3, namespaces, secrets, serviceaccounts, configmaps, events, leases
+(CRUD, list with selectors and pagination, watch, three patch types and server-side apply with
+managedFields, dry-run), TokenRequest (serviceaccounts/token), TokenReview and (Self)SubjectAccessReview.
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
-validation), kube_patch (patches), kube_select (selectors), kube_store (objects, history, watches),
+validation), kube_patch (patches), kube_apply (server-side apply, managedFields), kube_openapi
+(/openapi/v2 and /openapi/v3 for kubectl), kube_select (selectors), kube_store (objects, history, watches),
 kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_tokenrequest (minting
 service-account tokens for audiences), kube_auth (tokens, rules),
 kube_table (kubectl tables), kube_proto (kubectl's protobuf bodies), kube_tls (the https listener kubectl
@@ -24,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from rotator.sandbox import fleet
+from rotator.sandbox import kube_openapi as openapi
 from rotator.sandbox import kube_types as types
 from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User, name_from_field_selector
 from rotator.sandbox.kube_list import Lister
@@ -59,17 +62,24 @@ VERBS_BY_METHOD = {
 
 
 class KubeEmulator:
-    name = "kubernetes"
-
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, name: str = fleet.FIRST_SERVICE) -> None:
+        """``name`` is the service: ``kubernetes`` (cluster 1, the seed's tokens) or ``kubernetes-i``
+        (cluster i of a fleet: tokens derived from the seed's, files in a subdirectory)."""
         self.ctx = ctx
+        self.name = name
+        self.admin_token, self.readonly_token = ctx.seed.kubernetes_token, ctx.seed.kubernetes_readonly_token
+        if name != fleet.FIRST_SERVICE:
+            self.admin_token = fleet.derived_token(ctx.seed.kubernetes_token, name, "admin")
+            self.readonly_token = fleet.derived_token(ctx.seed.kubernetes_token, name, "readonly")
         self.store = Store()
         self.auth = Authorizer()
-        self.auth.seed(admin_token=ctx.seed.kubernetes_token, readonly_token=ctx.seed.kubernetes_readonly_token)
+        self.auth.seed(admin_token=self.admin_token, readonly_token=self.readonly_token)
         self.rest = Rest(self.store)
         self.lister = Lister(self.store)
         self.reviews = Reviews(self.auth)
         files_dir = Path(ctx.files_dir) if ctx.files_dir else Path(tempfile.mkdtemp(prefix="rotator-kube-"))
+        if name != fleet.FIRST_SERVICE:
+            files_dir = files_dir / name
         self.tls = TlsListener(load_or_create(files_dir))
         self.ca_file = files_dir / "kube-apiserver-ca.crt"
         self.ca_file.write_text(self.tls.ca_pem())
@@ -93,22 +103,34 @@ class KubeEmulator:
         return error_response(status, message, retry_after)
 
     def describe(self) -> dict[str, Any]:
+        """Today's endpoint keys, for cluster 1 only (a fleet's clusters are in ``clusters``)."""
+        if self.name != fleet.FIRST_SERVICE:
+            return {}
         return {
             "kubernetes_system_namespace": SYSTEM_NAMESPACE,
             "kubernetes_tls": self.tls.url,
             "kubernetes_ca_file": str(self.ca_file),
         }
 
+    def cluster(self, count: int) -> dict[str, Any]:
+        """This cluster's entry in the endpoints file's ``clusters`` list."""
+        return {
+            "name": fleet.cluster_name(self.name, count),
+            "service": self.name,
+            "url": self.ctx.urls[self.name],
+            "tls_url": self.tls.url,
+            "ca_file": str(self.ca_file),
+            "token": self.admin_token,
+            "readonly_token": self.readonly_token,
+            "context": fleet.cluster_name(self.name, count),
+        }
+
+    def kubeconfig_entry(self, context: str, user: str) -> fleet.KubeconfigEntry:
+        return fleet.KubeconfigEntry(context, user, self.tls.url, self.tls.ca_data(), self.admin_token)
+
     def kubeconfig(self) -> str:
         """A kubeconfig for kubectl (and any client): the TLS listener, its CA inline, the admin token."""
-        return (
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: sandbox\n  cluster:\n    server: {self.tls.url}\n"
-            f"    certificate-authority-data: {self.tls.ca_data()}\n"
-            f"users:\n- name: admin\n  user:\n    token: {self.ctx.seed.kubernetes_token}\n"
-            "contexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: admin\n"
-            "current-context: sandbox\n"
-        )
+        return fleet.kubeconfig([self.kubeconfig_entry(fleet.SINGLE_CONTEXT, "admin")])
 
     def dump(self) -> dict[str, Any]:
         return {"store": self.store.dump(), "tokens": self.auth.dump()}
@@ -161,6 +183,8 @@ class KubeEmulator:
             return web.Response(text="ok")
         if path == "/version":
             return respond(types.SERVER_VERSION)
+        if segments[:1] == ["openapi"]:
+            return self._openapi(request, segments[1:])
         if path == "/api":
             return respond(types.api_versions(request.host))
         if path == "/apis":
@@ -172,6 +196,22 @@ class KubeEmulator:
         if len(segments) == 3 and segments[0] == "apis" and segments[2] in types.BY_PATH.get(segments[1], {}):
             return respond(types.api_resource_list(segments[1], segments[2]))
         return None
+
+    @staticmethod
+    def _openapi(request: web.Request, segments: list[str]) -> web.StreamResponse:
+        if segments == ["v3"]:
+            return respond(openapi.v3_index())
+        if segments[:1] == ["v3"]:
+            document = openapi.v3_lookup(segments[1:])
+            if document is None:
+                raise not_found_path()
+            return respond(document)
+        if segments == ["v2"]:
+            accept = request.headers.get("Accept", "*/*")
+            if not any(t in accept for t in ("application/json", "*/*")):
+                raise KubeError(406, "the server was unable to respond with a content type that the client supports")
+            return respond(openapi.v2_document())
+        raise not_found_path()
 
     def _resolve(self, request: web.Request, segments: list[str]) -> Call | None:
         """The resource, namespace and name a path addresses, or None for an unknown path."""
@@ -244,11 +284,11 @@ class KubeEmulator:
     # -- admin API (served on the sandbox admin port) -----------------------------------------------
     def admin_routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/kubernetes/tokens", self._admin_add_token),
-            web.delete("/kubernetes/tokens/{token}", self._admin_remove_token),
-            web.post("/kubernetes/compact", self._admin_compact),
-            web.get("/kubernetes/stats", self._admin_stats),
-            web.put("/kubernetes/config", self._admin_config),
+            web.post(f"/{self.name}/tokens", self._admin_add_token),
+            web.delete(f"/{self.name}/tokens/{{token}}", self._admin_remove_token),
+            web.post(f"/{self.name}/compact", self._admin_compact),
+            web.get(f"/{self.name}/stats", self._admin_stats),
+            web.put(f"/{self.name}/config", self._admin_config),
         ]
 
     @staticmethod

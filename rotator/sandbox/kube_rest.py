@@ -3,7 +3,10 @@
 create: decode (400) -> name/namespace rules (400) -> validate (422) -> namespace exists (404) ->
 already exists (409). replace/patch: decode -> object exists (404) -> resourceVersion matches
 (409) -> validate against the old object (422). A write that changes nothing bumps no
-resourceVersion and sends no watch event, like the real registry.
+resourceVersion and sends no watch event, like the real registry. apply (PATCH
+application/apply-patch+yaml): PatchOptions (422) -> decode (400) -> name/namespace (400) ->
+conflicts (409) -> create (201) or the replace checks. Every write records its field manager in
+``managedFields`` (see kube_apply).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict
 
-from rotator.sandbox import kube_patch, kube_proto
+from rotator.sandbox import kube_apply, kube_patch, kube_proto
 from rotator.sandbox.kube_status import (
     STALE,
     KubeError,
@@ -39,12 +42,17 @@ from rotator.sandbox.kube_validate import decode, normalise, validate
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
-PATCH_TYPES = [JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH]
+APPLY_PATCH = "application/apply-patch+yaml"
+PATCH_TYPES = [JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH, APPLY_PATCH]
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 BODY_TYPES = ["application/json", "application/yaml", PROTOBUF]
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_BODY = 3 * 1024 * 1024
+# Query booleans as the apiserver parses them (Go's strconv.ParseBool): the Python client sends "True".
+GO_BOOLS = {v: True for v in ("1", "t", "T", "TRUE", "true", "True")} | {
+    v: False for v in ("0", "f", "F", "FALSE", "false", "False")
+}
 SYSTEM_FIELDS = (
     "resourceVersion",
     "uid",
@@ -81,6 +89,12 @@ class Call:
     @property
     def strict(self) -> bool:
         return self.query.get("fieldValidation", "") == "Strict"
+
+    @property
+    def field_manager(self) -> str:
+        """``fieldManager``, else (not for apply) the User-Agent's product, as the apiserver defaults it."""
+        manager = self.query.get("fieldManager") or self.request.headers.get("User-Agent", "").split("/")[0]
+        return manager[: kube_apply.MAX_MANAGER_LENGTH]
 
 
 def respond(obj: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
@@ -120,6 +134,23 @@ async def read_body(call: Call, accepted: list[str]) -> Any:
         ) from None
 
 
+def _invalid_patch_options(field: str, detail: str) -> KubeError:
+    """422 as the apiserver's PatchOptions validation answers it."""
+    return KubeError(
+        422,
+        f'PatchOptions.meta.k8s.io "" is invalid: {field}: {detail}',
+        details={"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [{"field": field, "message": detail}]},
+    )
+
+
+def _check_identity(call: Call, meta: dict[str, Any]) -> None:
+    """A body written to an object's URL names that object (or no one)."""
+    if (meta.get("name") or call.name) != call.name:
+        raise bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL ({call.name})")
+    meta["name"] = call.name
+    _check_namespace(call, meta)
+
+
 def _check_namespace(call: Call, meta: dict[str, Any]) -> None:
     if not call.rt.namespaced:
         meta.pop("namespace", None)
@@ -147,11 +178,20 @@ class Rest:
             raise KubeError(500, "resourceVersion should not be set on objects to be created")
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(5))
-        stored = self.insert(call.rt, obj, dry_run=call.dry_run)
+        stored = self.insert(call.rt, obj, dry_run=call.dry_run, manager=call.field_manager)
         return respond(stored, 201, warnings)
 
-    def insert(self, rt: ResourceType, obj: Obj, *, dry_run: bool = False) -> Obj:
-        """Create ``obj`` (decoded, namespace set) with every server-side rule; used by seeding too."""
+    def insert(
+        self,
+        rt: ResourceType,
+        obj: Obj,
+        *,
+        dry_run: bool = False,
+        manager: str | None = None,
+        managed: list[dict[str, Any]] | None = None,
+    ) -> Obj:
+        """Create ``obj`` (decoded, namespace set) with every server-side rule; used by seeding too.
+        ``manager`` owns every field (an Update), unless ``managed`` (an apply's) says who owns what."""
         meta = obj["metadata"]
         for key in SYSTEM_FIELDS:
             meta.pop(key, None)
@@ -159,6 +199,10 @@ class Rest:
         meta["creationTimestamp"] = now_rfc3339()
         obj = normalise(rt, obj)
         validate(rt, obj)
+        if managed is None and manager is not None:
+            managed = kube_apply.track_update(None, obj, manager, rt.api_version)
+        if managed:
+            obj["metadata"]["managedFields"] = managed
         namespace, name = meta.get("namespace", ""), obj["metadata"]["name"]
         if rt.namespaced and self.store.get(NAMESPACES.key, "", namespace) is None:
             raise not_found("namespaces", "", namespace)
@@ -189,13 +233,7 @@ class Rest:
     # -- replace and patch --------------------------------------------------------------------------
     async def replace(self, call: Call) -> web.Response:
         obj, warnings = decode(call.rt, await read_body(call, BODY_TYPES), strict=call.strict)
-        meta = obj["metadata"]
-        if (meta.get("name") or call.name) != call.name:
-            raise bad_request(
-                f"the name of the object ({meta['name']}) does not match the name on the URL ({call.name})"
-            )
-        meta["name"] = call.name
-        _check_namespace(call, meta)
+        _check_identity(call, obj["metadata"])
         old = self.existing(call)
         return respond(self.commit(call, old, obj), 200, warnings)
 
@@ -203,6 +241,10 @@ class Rest:
         content_type = call.request.content_type
         if content_type not in PATCH_TYPES:
             raise unsupported_media_type(content_type, PATCH_TYPES)
+        if content_type == APPLY_PATCH:
+            return await self.apply(call)
+        if "force" in call.query:
+            raise _invalid_patch_options("force", "Forbidden: may not be specified for non-apply patch")
         raw = await call.request.read()
         try:
             body = json.loads(raw)
@@ -228,8 +270,40 @@ class Rest:
             raise bad_request("the name or namespace of the object may not be changed by a patch")
         return respond(self.commit(call, old, obj), 200, warnings)
 
-    def commit(self, call: Call, old: Obj, obj: Obj) -> Obj:
-        """Store ``obj`` over ``old`` if its resourceVersion (when given) is still current."""
+    async def apply(self, call: Call) -> web.Response:
+        """Server-side apply: merge the applied configuration, track ownership, create if absent."""
+        manager = call.query.get("fieldManager", "")
+        if not manager:
+            raise _invalid_patch_options("fieldManager", "Required value: is required for apply patch")
+        if len(manager) > kube_apply.MAX_MANAGER_LENGTH:
+            raise _invalid_patch_options(
+                "fieldManager", f"Too long: may not be more than {kube_apply.MAX_MANAGER_LENGTH} bytes"
+            )
+        force = call.query.get("force", "false")
+        if force not in GO_BOOLS:
+            raise bad_request(f'force: invalid value "{force}": expected true or false')
+        try:
+            body = yaml.safe_load(await call.request.read())  # YAML, and JSON as a YAML subset
+        except yaml.YAMLError as exc:
+            raise bad_request(f"error decoding YAML: {str(exc).splitlines()[0]}") from None
+        if isinstance(body, dict) and (not body.get("apiVersion") or not body.get("kind")):
+            raise bad_request("invalid object type: apply patches need apiVersion and kind")
+        rt = call.rt
+        applied, warnings = decode(rt, body, strict=call.strict)
+        _check_identity(call, applied["metadata"])
+        # The applied fields, in their stored encoding (stringData folded into data), as sent.
+        sent = kube_apply.leaves(applied)
+        canonical = kube_apply.leaves(normalise(rt, applied))
+        fields = {p: v for p, v in canonical.items() if p in sent or (p[0] == "data" and "stringData" in applied)}
+        live = self.store.get(rt.key, call.ns, call.name or "")
+        merged, managed = kube_apply.apply(live, applied, fields, manager, GO_BOOLS[force], rt.api_version)
+        if live is None:
+            return respond(self.insert(rt, merged, dry_run=call.dry_run, managed=managed), 201, warnings)
+        return respond(self.commit(call, live, merged, managed), 200, warnings)
+
+    def commit(self, call: Call, old: Obj, obj: Obj, managed: list[dict[str, Any]] | None = None) -> Obj:
+        """Store ``obj`` over ``old`` if its resourceVersion (when given) is still current; ``managed``
+        is an apply's managedFields, else the caller's field manager takes what it changed."""
         rt, meta, old_meta = call.rt, obj["metadata"], old["metadata"]
         if meta.get("resourceVersion") and meta["resourceVersion"] != old_meta["resourceVersion"]:
             raise conflict(rt.plural, rt.group, old_meta["name"], STALE)
@@ -247,6 +321,11 @@ class Rest:
             obj["status"] = old.get("status", {})
         obj = normalise(rt, obj)
         validate(rt, obj, old)
+        if managed is None:
+            managed = kube_apply.track_update(old, obj, call.field_manager, rt.api_version)
+        obj["metadata"].pop("managedFields", None)
+        if managed:
+            obj["metadata"]["managedFields"] = managed
         if obj == old or call.dry_run:
             return obj
         return self.store.put(rt.key, obj, old)

@@ -88,7 +88,9 @@ class TlsListener:
             tls_app.add_routes([handler])
             self._runner = web.AppRunner(tls_app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+            # The first start picks a free port; a restart (a service brought back up) takes the same
+            # one again, since kubeconfigs name it.
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context, reuse_address=True)
             await site.start()
             self.port = int(self._runner.addresses[0][1])
 

@@ -1,8 +1,10 @@
 """``rotator sandbox``: every emulator in one process, each on its own 127.0.0.1 port.
 
 Ports are ``--port-base`` + offset (admin 0, iam 1, kubernetes 2, registry 3, codeengine 4,
-dockerhub_api 5, dockerhub_registry 6); ``--port-base 0`` picks free ports. When all are
-listening, the endpoints file is written atomically: its presence means ready.
+dockerhub_api 5, dockerhub_registry 6, and with ``--clusters N`` the clusters kubernetes-2..N at
+7..N+5); ``--port-base 0`` picks free ports. When all are listening, the endpoints file is written
+atomically: its presence means ready. The admin API can take any emulator down (its ports refuse
+connections) and bring it back with its state.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rotator.sandbox import fleet
 from rotator.sandbox.base import Context, Emulator
 from rotator.sandbox.faults import FaultRule, ServiceControl
 from rotator.sandbox.tokens import TokenSigner
@@ -86,22 +89,27 @@ class Sandbox:
         state_dir: Path | None,
         files_dir: Path,
         overrides: dict[str, int] | None = None,
+        clusters: int = 1,
     ) -> None:
         self.state_dir = state_dir
         self.files_dir = files_dir
+        self.cluster_count = clusters
         files_dir.mkdir(parents=True, exist_ok=True)
         overrides = overrides or {}
         services = [("admin", 0, "")] + [s for s in SERVICES if _load_class(s[2]) is not None]
+        services += fleet.extra_services(clusters)
         self.sockets: dict[str, socket.socket] = {}
+        self.ports: dict[str, int] = {}
         try:
             for name, offset, _ in services:
                 port = overrides.get(name, port_base + offset if port_base else 0)
                 self.sockets[name] = bind(port, name)
+                self.ports[name] = self.sockets[name].getsockname()[1]
         except SandboxError:
             for sock in self.sockets.values():
                 sock.close()
             raise
-        self.urls = {name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in self.sockets.items()}
+        self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         self.seed = Seed.load_or_create(state_dir)
         self.signer = TokenSigner.load_or_generate(self.files_dir)
         self._write_secret_file("admin-apikey", self.seed.admin_apikey)
@@ -111,12 +119,12 @@ class Sandbox:
         for name, _, spec in services[1:]:
             cls = _load_class(spec)
             assert cls is not None
-            self.emulators[name] = cls(ctx)
+            self.emulators[name] = cls(ctx, name) if fleet.is_extra_service(name) else cls(ctx)
             ctx.peers[name] = self.emulators[name]
         self.controls = {name: ServiceControl(emu) for name, emu in self.emulators.items()}
         self._restore()
-        self.runner: web.AppRunner | None = None
-        self._runners: list[web.AppRunner] = []
+        self._apps: dict[str, web.Application] = {}
+        self._runners: dict[str, web.AppRunner] = {}
 
     def _write_secret_file(self, name: str, value: str) -> None:
         path = self.files_dir / name
@@ -171,6 +179,11 @@ class Sandbox:
             describe = getattr(emu, "describe", None)
             if describe is not None:
                 info.update(describe())
+        info["clusters"] = [
+            self.emulators[fleet.service_name(i)].cluster(self.cluster_count)  # type: ignore[attr-defined]
+            for i in range(1, self.cluster_count + 1)
+            if fleet.service_name(i) in self.emulators
+        ]
         return info
 
     def write_kubeconfig(self) -> Path:
@@ -179,7 +192,7 @@ class Sandbox:
         # The Kubernetes emulator writes its own (TLS: kubectl sends no token over plain HTTP).
         kubeconfig = getattr(self.emulators.get("kubernetes"), "kubeconfig", None)
         if kubeconfig is not None:
-            path.write_text(kubeconfig())
+            path.write_text(kubeconfig() if self.cluster_count == 1 else self._fleet_kubeconfig())
             path.chmod(0o600)
             return path
         path.write_text(
@@ -192,6 +205,14 @@ class Sandbox:
         path.chmod(0o600)
         return path
 
+    def _fleet_kubeconfig(self) -> str:
+        entries = []
+        for i in range(1, self.cluster_count + 1):
+            emu: Any = self.emulators[fleet.service_name(i)]
+            context = fleet.cluster_name(emu.name, self.cluster_count)
+            entries.append(emu.kubeconfig_entry(context, f"{context}-admin"))
+        return fleet.kubeconfig(entries, aliases={fleet.SINGLE_CONTEXT: entries[0].context})
+
     # -- serving -------------------------------------------------------------------------------
     def _admin_app(self) -> web.Application:
         app = web.Application()
@@ -199,7 +220,27 @@ class Sandbox:
 
         @routes.get("/healthz")
         async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "services": sorted(self.emulators)})
+            down = sorted(set(self.emulators) - set(self._runners))
+            return web.json_response({"status": "ok", "services": sorted(self.emulators), "down": down})
+
+        @routes.post("/services/{service}/{state:down|up}")
+        async def service_state(request: web.Request) -> web.Response:
+            """Take an emulator down (its ports refuse connections, open ones are cut) or bring it
+            back on the same ports with the state it had."""
+            name = request.match_info["service"]
+            if name not in self.emulators:
+                raise web.HTTPNotFound(
+                    text=json.dumps({"error": f"unknown service {name!r}; known: {sorted(self.emulators)}"}),
+                    content_type="application/json",
+                )
+            try:
+                if request.match_info["state"] == "down":
+                    await self.take_down(name)
+                else:
+                    await self.bring_up(name)
+            except SandboxError as exc:
+                return web.json_response({"error": str(exc)}, status=409)
+            return web.json_response({"service": name, "up": name in self._runners})
 
         @routes.get("/endpoints")
         async def endpoints(_: web.Request) -> web.Response:
@@ -260,20 +301,36 @@ class Sandbox:
                 app.add_routes(admin_routes())
         return app
 
+    def _service_app(self, name: str) -> web.Application:
+        app = web.Application(middlewares=[self.controls[name].middleware], client_max_size=8 * 1024**2)
+        self.emulators[name].setup(app)
+        return app
+
+    async def _serve(self, name: str, app: web.Application) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.SockSite(runner, self.sockets[name]).start()
+        self._runners[name] = runner
+
     async def start(self) -> None:
-        apps: dict[str, web.Application] = {"admin": self._admin_app()}
-        for name, emu in self.emulators.items():
-            app = web.Application(middlewares=[self.controls[name].middleware], client_max_size=8 * 1024**2)
-            emu.setup(app)
-            apps[name] = app
-        for name, app in apps.items():
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.SockSite(runner, self.sockets[name]).start()
-            self._runners.append(runner)
+        await self._serve("admin", self._admin_app())
+        for name in self.emulators:
+            await self._serve(name, self._service_app(name))
+
+    async def take_down(self, name: str) -> None:
+        """Close the service's listeners and connections; its emulator (the state) stays."""
+        runner = self._runners.pop(name, None)
+        if runner is not None:
+            await runner.cleanup()
+
+    async def bring_up(self, name: str) -> None:
+        if name in self._runners:
+            return
+        self.sockets[name] = bind(self.ports[name], name)
+        await self._serve(name, self._service_app(name))
 
     async def stop(self) -> None:
-        for runner in self._runners:
+        for runner in self._runners.values():
             await runner.cleanup()
         self.save()
 
@@ -294,6 +351,7 @@ async def serve(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         files_dir=Path(args.files_dir or args.state_dir or DEFAULT_FILES_DIR),
         overrides=overrides,
+        clusters=args.clusters,
     )
     await sandbox.start()
     info = sandbox.endpoints()
@@ -324,9 +382,19 @@ async def serve(args: argparse.Namespace) -> int:
 def _port_override(text: str) -> tuple[str, int]:
     name, _, port = text.partition("=")
     known = ["admin"] + [s[0] for s in SERVICES]
-    if name not in known or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected SERVICE=PORT with SERVICE one of {', '.join(known)}")
+    if (name not in known and not fleet.is_extra_service(name)) or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE=PORT with SERVICE one of {', '.join(known)} or kubernetes-2..kubernetes-N"
+        )
     return name, int(port)
+
+
+def _cluster_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= fleet.MAX_CLUSTERS:
+        raise argparse.ArgumentTypeError(
+            f"--clusters takes a whole number from 1 to {fleet.MAX_CLUSTERS} (got {text!r}); e.g. --clusters 2"
+        )
+    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -337,6 +405,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"first port (admin); services follow at +1.. (default {DEFAULT_PORT_BASE}; 0 = free ports)",
     )
     parser.add_argument("--port", action="append", type=_port_override, metavar="SERVICE=PORT", help="move one service")
+    parser.add_argument(
+        "--clusters",
+        type=_cluster_count,
+        default=1,
+        help="serve this many independent Kubernetes API emulators, a kubeconfig context each (default 1)",
+    )
     parser.add_argument("--endpoints-file", help="write the endpoints and seeded identities here (JSON) when ready")
     parser.add_argument("--state-dir", help="keep state here across restarts (default: in memory)")
     parser.add_argument(
