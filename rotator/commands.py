@@ -120,20 +120,45 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Config valid, IAM reachable and allowed, targets readable and writable, registry reachable."""
+    """Config valid, API tokens, Kubernetes API server, state store, IAM reachable and allowed, targets
+    readable and writable, registry reachable. The start-up checks of ``rotator run`` say the same."""
+    from rotator import preflight
+    from rotator.apiauth import TOKEN_FILE_FIELD, load_token_file
+
     cfg = _load(args)
     failures = 0
 
-    def report(ok: bool, what: str, detail: str = "") -> None:
+    def report(ok: bool, what: str, detail: str = "", *, warn: bool = False) -> None:
         nonlocal failures
         failures += 0 if ok else 1
-        print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
+        print(f"{'FAIL' if not ok else 'warn' if warn else 'ok  '} {what}" + (f": {detail}" if detail else ""))
 
     report(True, f"config {cfg.source}", f"{len(cfg.credentials)} credential(s)")
-    with App(cfg) as app:
+    auth = cfg.server.auth
+    if auth.mode == "token-file" and auth.file is not None:
         try:
-            app.store.check()
-            report(True, "state store")
+            report(True, f"{TOKEN_FILE_FIELD} {auth.file}", f"{len(load_token_file(auth.file))} token(s)")
+            warning = preflight.token_file_mode_warning(cfg)
+            if warning:
+                report(True, TOKEN_FILE_FIELD, warning.removeprefix(f"{TOKEN_FILE_FIELD}: "), warn=True)
+        except RotatorError as exc:
+            report(False, TOKEN_FILE_FIELD, str(exc).removeprefix(f"{TOKEN_FILE_FIELD}: "))
+    else:
+        report(True, "server.auth", f"mode {auth.mode}")
+    with App(cfg) as app:
+        kube_ok = True
+        if preflight.uses_kubernetes(cfg):
+            try:
+                report(True, "kubernetes API server", preflight.check_api_server(app))
+            except RotatorError as exc:
+                kube_ok = False
+                report(False, "kubernetes API server", str(exc))
+        try:
+            if kube_ok or cfg.state.kind != "configmap":
+                preflight.check_state(app)
+                report(True, "state store")
+            else:
+                report(False, "state store", "not checked: see the kubernetes API server line")
         except RotatorError as exc:
             report(False, "state store", str(exc))
         for name in _names(cfg, args.name):
@@ -143,24 +168,31 @@ def check(args: argparse.Namespace) -> int:
                 report(True, f"{name}: {cred.provider.service_label}", cred.provider.rights_label)
             except RotatorError as exc:
                 report(False, f"{name}: {cred.provider.service_label}", str(exc))
-            try:
-                reconciler = app.reconciler(name)
-                targets = reconciler.targets()
-                views = reconciler.read_targets(targets)
-                refused = [v for v in views if v.refused]
-                report(
-                    not refused,
-                    f"{name}: {len(views)} target(s) readable",
-                    "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
-                )
-                for sink in reconciler.sinks.values():
-                    denied = sink.check_writable([t for t in targets if t.sink == sink.name])
-                    report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
-            except RotatorError as exc:
-                report(False, f"{name}: targets", str(exc))
+            if cred.kubernetes is not None and not kube_ok:
+                report(False, f"{name}: targets", "not checked: see the kubernetes API server line")
+            else:
+                _check_targets(app, name, report)
             reachable, detail = _registry_reachable(app, cred.registry.server)
             report(reachable, f"{name}: registry {cred.registry.server}", detail)
     return 0 if failures == 0 else 1
+
+
+def _check_targets(app: App, name: str, report: Any) -> None:
+    try:
+        reconciler = app.reconciler(name)
+        targets = reconciler.targets()
+        views = reconciler.read_targets(targets)
+        refused = [v for v in views if v.refused]
+        report(
+            not refused,
+            f"{name}: {len(views)} target(s) readable",
+            "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
+        )
+        for sink in reconciler.sinks.values():
+            denied = sink.check_writable([t for t in targets if t.sink == sink.name])
+            report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
+    except RotatorError as exc:
+        report(False, f"{name}: targets", str(exc))
 
 
 def _registry_reachable(app: App, server: str) -> tuple[bool, str]:
