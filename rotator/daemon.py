@@ -505,6 +505,9 @@ class Daemon:
         self.prepare()
         for cred in self.settings.credentials:
             self.metrics.init_credential(cred.name, cred.registry.server)
+            # Built here, once, before the threads that share them: App builds lazily and without a lock,
+            # so a worker and the watches racing for it made two (and an event thread nobody stopped).
+            self.app.reconciler(cred.name)
         self.scheduler.start()
         if self.settings.daemon.leader_election:
             self._start_election()
