@@ -172,6 +172,8 @@ class ResourceWatch:
                 failures += 1
                 log.warning("watch.failed", resource=self.resource, status=exc.status, failures=failures)
             except Exception as exc:  # connection reset, API server restart: back off and resume
+                if self.stop_event.is_set():
+                    return  # stop() shut the stream down
                 failures += 1
                 log.warning("watch.failed", resource=self.resource, error=type(exc).__name__, failures=failures)
             if failures:
