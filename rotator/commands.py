@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rotator import logs, settings
@@ -177,7 +178,7 @@ def check(args: argparse.Namespace) -> int:
     return 0 if failures == 0 else 1
 
 
-def _check_targets(app: App, name: str, report: Any) -> None:
+def _check_targets(app: App, name: str, report: Callable[..., None]) -> None:
     try:
         reconciler = app.reconciler(name)
         targets = reconciler.targets()
