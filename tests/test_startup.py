@@ -28,6 +28,7 @@ from rotator.sandbox.control import SandboxProcess
 
 RUNS = 5  # per bad input: SIGABRT was seen in about one run in three
 TOKEN = "operator-token-0123456789"
+CORRUPT = '{"current": '  # a journal cut short
 
 
 def token_server(tmp_path: Path, text: str | None, *, listen: str = "127.0.0.1:0") -> dict[str, Any]:
@@ -77,6 +78,9 @@ def bad_run_config(case: str, tmp_path: Path, sbx: SandboxProcess, busy: socket.
         top["kubernetes"] = {"kubeconfig": kubeconfig(tmp_path, sbx, server=f"https://127.0.0.1:{closed_port()}")}
     elif case == "untrusted-api-server":
         top["kubernetes"] = {"kubeconfig": kubeconfig(tmp_path, sbx, ca_file=sbx.endpoints["registry_token_cert"])}
+    elif case == "corrupt-state":
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "icr-pull.journal.json").write_text(CORRUPT)
     return write_config(tmp_path, sbx, top=top)
 
 
@@ -89,13 +93,14 @@ BAD_INPUTS = {
     "missing-kubeconfig": (2, ["kubernetes.kubeconfig", "does not exist"]),
     "unreachable-api-server": (1, ["kubernetes.kubeconfig", "connection refused"]),
     "untrusted-api-server": (2, ["kubernetes.kubeconfig", "TLS certificate not trusted", "certificate authority"]),
+    "corrupt-state": (1, ["icr-pull.journal.json is corrupt", "move it aside"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_stops_run_before_anything_starts(case: str, sandbox: SandboxProcess, tmp_path: Path) -> None:
-    """Exit 2 (or 1 for an API server that does not answer) with one stderr line naming the field, every
-    time; no traceback; nothing sent to IAM and only reads to Kubernetes."""
+    """Exit 2 (or 1 for an API server that does not answer, a corrupt state store) with one stderr line
+    naming the field or file, every time; no traceback; nothing sent to IAM and only reads to Kubernetes."""
     code, words = BAD_INPUTS[case]
     with socket.create_server(("127.0.0.1", 0)) as busy:  # a port in use by someone else
         config = bad_run_config(case, tmp_path, sandbox, busy)
@@ -110,7 +115,10 @@ def test_bad_input_stops_run_before_anything_starts(case: str, sandbox: SandboxP
     assert sandbox.requests("iam") == [], "rotator talked to IAM before its inputs were checked"
     writes = [(r["method"], r["path"]) for r in sandbox.requests("kubernetes") if r["method"] != "GET"]
     assert writes == [], f"rotator wrote to Kubernetes before its inputs were checked: {writes}"
-    assert not FileStateStore(tmp_path / "state").load("icr-pull").history
+    if case == "corrupt-state":
+        assert (tmp_path / "state" / "icr-pull.journal.json").read_text() == CORRUPT  # never overwritten
+    else:
+        assert not FileStateStore(tmp_path / "state").load("icr-pull").history
 
 
 def test_check_reports_the_token_file_and_the_api_server(sandbox: SandboxProcess, tmp_path: Path) -> None:
