@@ -12,8 +12,11 @@ client per line, ``#`` starts a comment::
 
 Roles: ``read`` (list and get) and ``rotate`` (read, plus rotate and report leaks); every
 credential alike. Tokens are at least 16 characters. The file is read again whenever it changes
-(inode, size or modification time), so tokens are added and revoked without a restart; a line
-that does not parse is skipped and logged by number, never by content. Tokens are compared in
+(inode, size or modification time), so tokens are added and revoked without a restart. A file
+with a line that does not parse is refused as a whole, at start-up and on reload alike (one
+parser, ``load_token_file``): ``rotator run`` does not start, and a running daemon accepts no
+token until the file is fixed, so a typo never keeps a revoked token alive. Problems are reported
+by line number, never by content. Tokens are compared in
 constant time: the SHA-256 of the presented token against the digest of every entry, with no
 early exit.
 
@@ -132,6 +135,9 @@ class _Entry:
     role: str
 
 
+TOKEN_FILE_FIELD = "server.auth.file"
+
+
 def parse_token_file(text: str) -> tuple[list[_Entry], list[str]]:
     """Entries and problems (by line number, never quoting the line: it holds a token)."""
     entries: list[_Entry] = []
@@ -152,16 +158,31 @@ def parse_token_file(text: str) -> tuple[list[_Entry], list[str]]:
     return entries, problems
 
 
+def load_token_file(path: Path) -> list[_Entry]:
+    """The entries of ``server.auth.file``, or a ConfigError naming the field, the file, every bad line
+    (by number) and the fix. ``rotator check``, ``rotator run`` start-up and live reload all use this."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({type(exc).__name__})"
+        raise ConfigError(
+            f"{TOKEN_FILE_FIELD}: {path} {why}; create it with lines '<token> <principal> <read|rotate>', mode 0600"
+        ) from None
+    entries, problems = parse_token_file(text)
+    if problems:
+        raise ConfigError(
+            f"{TOKEN_FILE_FIELD}: {path}: " + "; ".join(problems) + f"; each line is '<token> <principal> <role>' "
+            f"with a token of at least {MIN_TOKEN_LENGTH} characters and a role of {', '.join(ROLES)}"
+        )
+    return entries
+
+
 class TokenFileAuthenticator:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._signature: tuple[int, ...] | None = None
-        self._entries: list[_Entry] = []
-        entries, problems = self._read()
-        if problems:
-            raise ConfigError(f"{path}: " + "; ".join(problems))
-        self._entries = entries
+        self._signature = self._stat()
+        self._entries = load_token_file(path)  # a bad file stops start-up (ConfigError, exit 2)
 
     def _stat(self) -> tuple[int, ...] | None:
         try:
@@ -170,31 +191,21 @@ class TokenFileAuthenticator:
             return None
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _read(self) -> tuple[list[_Entry], list[str]]:
-        signature = self._stat()
-        try:
-            text = self.path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{self.path}: cannot read the API token file: {type(exc).__name__}") from None
-        self._signature = signature
-        return parse_token_file(text)
-
     def _refresh(self) -> list[_Entry]:
         with self._lock:
-            if self._stat() == self._signature:
+            signature = self._stat()
+            if signature == self._signature:
                 return self._entries
+            self._signature = signature
             try:
-                entries, problems = self._read()
+                self._entries = load_token_file(self.path)
             except ConfigError as exc:
-                # Gone or unreadable: accept nobody rather than tokens that may have been revoked.
-                log.error("api.tokens.unreadable", path=str(self.path), error=str(exc))
-                self._entries, self._signature = [], self._stat()
+                # Refused as at start-up; accept nobody rather than tokens that may have been revoked.
+                log.error("api.tokens.refused", field=TOKEN_FILE_FIELD, path=str(self.path), error=str(exc))
+                self._entries = []
                 return self._entries
-            for problem in problems:
-                log.warning("api.tokens.bad_line", path=str(self.path), problem=problem)
-            self._entries = entries
-            log.info("api.tokens.reloaded", path=str(self.path), entries=len(entries))
-            return entries
+            log.info("api.tokens.reloaded", field=TOKEN_FILE_FIELD, path=str(self.path), entries=len(self._entries))
+            return self._entries
 
     def authenticate(self, token: SecretStr) -> Principal | None:
         digest = token_digest(token)

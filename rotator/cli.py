@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from rotator import logs
@@ -107,15 +109,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"rotator: configuration error:\n{logs.scrub(str(exc))}", file=sys.stderr)
-        return 2
+        text = str(exc)
+        sep = "\n" if "\n" in text else " "  # one problem on the same line, a list of them below
+        print(f"rotator: configuration error:{sep}{logs.scrub(text)}", file=sys.stderr)
+        code = 2
     except (LockedError, StateError) as exc:
         print(f"rotator: {logs.scrub(str(exc))}", file=sys.stderr)
-        return 1
+        code = 1
     except RotatorError as exc:
         print(f"rotator {args.command}: {type(exc).__name__}: {logs.scrub(str(exc))}", file=sys.stderr)
-        return 1
+        code = 1
+    if args.command == "run":
+        _exit_without_finalising(code)
     return code
+
+
+def _exit_without_finalising(code: int) -> None:
+    """End ``rotator run`` now when a daemon thread is still alive after the daemon's bounded joins (a
+    watch stream or an HTTP call that did not return in time). Python 3.11 finalises the interpreter
+    with daemon threads still running, and one inside an ssl call then aborts the process (SIGABRT,
+    exit 134; CPython gh-87135) instead of exiting with ``code``. Skipping finalisation is safe here:
+    the journal and vault are written atomically and fsynced as each step ends, and a step cut short
+    is resumed or rolled back on the next start (as after SIGKILL). Output is flushed first."""
+    if not any(t.daemon and t.is_alive() for t in threading.enumerate()):
+        return  # nothing left running: the normal exit is safe
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rotator import logs, redact, settings
@@ -128,28 +129,62 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Config valid, IAM reachable and allowed, targets readable and writable, registry reachable."""
+    """Config valid, API tokens, Kubernetes API server, state store, IAM reachable and allowed, targets
+    readable and writable, registry reachable. The start-up checks of ``rotator run`` say the same."""
+    from rotator import preflight
+    from rotator.apiauth import TOKEN_FILE_FIELD, load_token_file
+
     cfg = _load(args)
     failures = 0
 
-    def report(ok: bool, what: str, detail: str = "") -> None:
+    def report(ok: bool, what: str, detail: str = "", *, warn: bool = False) -> None:
         nonlocal failures
         failures += 0 if ok else 1
-        print(f"{'ok  ' if ok else 'FAIL'} {what}" + (f": {redact.clean(detail)}" if detail else ""))
+        print(
+            f"{'FAIL' if not ok else 'WARN' if warn else 'ok  '} {what}"
+            + (f": {redact.clean(detail)}" if detail else "")
+        )
 
     report(True, f"config {cfg.source}", f"{len(cfg.credentials)} credential(s)")
     for warning in cfg.insecure_endpoints():
-        print(f"WARN {warning}")
+        report(True, warning, warn=True)
+    auth = cfg.server.auth
+    if auth.mode == "token-file" and auth.file is not None:
+        try:
+            report(True, f"{TOKEN_FILE_FIELD} {auth.file}", f"{len(load_token_file(auth.file))} token(s)")
+            warning = preflight.token_file_mode_warning(cfg)
+            if warning:
+                report(True, TOKEN_FILE_FIELD, warning.removeprefix(f"{TOKEN_FILE_FIELD}: "), warn=True)
+        except RotatorError as exc:
+            report(False, TOKEN_FILE_FIELD, str(exc).removeprefix(f"{TOKEN_FILE_FIELD}: "))
+    else:
+        report(True, "server.auth", f"mode {auth.mode}")
+    try:
+        report(True, "server.tls", preflight.check_tls(cfg.server))
+    except RotatorError as exc:
+        report(False, "server.tls", str(exc).removeprefix("server.tls: "))
     with App(cfg) as app:
         if _kubeconfig_skips_tls_verify(cfg, app):
-            print(
-                f"WARN kubernetes: the kubeconfig ({cfg.kubernetes.kubeconfig or 'default'}) sets "
-                "insecure-skip-tls-verify: the API server's certificate is not checked; give its CA instead "
-                "(certificate-authority or certificate-authority-data)"
+            report(
+                True,
+                f"kubernetes: the kubeconfig ({cfg.kubernetes.kubeconfig or 'default'}) sets insecure-skip-tls-verify",
+                "the API server's certificate is not checked; give its CA instead "
+                "(certificate-authority or certificate-authority-data)",
+                warn=True,
             )
+        kube_ok = True
+        if preflight.uses_kubernetes(cfg):
+            try:
+                report(True, "kubernetes API server", preflight.check_api_server(app))
+            except RotatorError as exc:
+                kube_ok = False
+                report(False, "kubernetes API server", str(exc))
         try:
-            app.store.check()
-            report(True, "state store")
+            if kube_ok or cfg.state.kind != "configmap":
+                preflight.check_state(app)
+                report(True, "state store")
+            else:
+                report(False, "state store", "not checked: see the kubernetes API server line")
         except RotatorError as exc:
             report(False, "state store", str(exc))
         for name in _names(cfg, args.name):
@@ -159,21 +194,10 @@ def check(args: argparse.Namespace) -> int:
                 report(True, f"{name}: {cred.provider.service_label}", cred.provider.rights_label)
             except RotatorError as exc:
                 report(False, f"{name}: {cred.provider.service_label}", str(exc))
-            try:
-                reconciler = app.reconciler(name)
-                targets = reconciler.targets()
-                views = reconciler.read_targets(targets)
-                refused = [v for v in views if v.refused]
-                report(
-                    not refused,
-                    f"{name}: {len(views)} target(s) readable",
-                    "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
-                )
-                for sink in reconciler.sinks.values():
-                    denied = sink.check_writable([t for t in targets if t.sink == sink.name])
-                    report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
-            except RotatorError as exc:
-                report(False, f"{name}: targets", str(exc))
+            if cred.kubernetes is not None and not kube_ok:
+                report(False, f"{name}: targets", "not checked: see the kubernetes API server line")
+            else:
+                _check_targets(app, name, report)
             reachable, detail = _registry_reachable(app, cred.registry.server)
             report(reachable, f"{name}: registry {cred.registry.server}", detail)
     return 0 if failures == 0 else 1
@@ -189,6 +213,24 @@ def _kubeconfig_skips_tls_verify(cfg: settings.Settings, app: App) -> bool:
         return not app.kube.configuration.verify_ssl
     except Exception:  # no kubeconfig: the checks below report it
         return False
+
+
+def _check_targets(app: App, name: str, report: Callable[..., None]) -> None:
+    try:
+        reconciler = app.reconciler(name)
+        targets = reconciler.targets()
+        views = reconciler.read_targets(targets)
+        refused = [v for v in views if v.refused]
+        report(
+            not refused,
+            f"{name}: {len(views)} target(s) readable",
+            "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
+        )
+        for sink in reconciler.sinks.values():
+            denied = sink.check_writable([t for t in targets if t.sink == sink.name])
+            report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
+    except RotatorError as exc:
+        report(False, f"{name}: targets", str(exc))
 
 
 def _registry_reachable(app: App, server: str) -> tuple[bool, str]:

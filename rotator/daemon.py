@@ -10,6 +10,9 @@ Every trigger becomes work for one credential's worker thread, which does one th
 Only the leader acts (Lease election when enabled); followers keep serving health, metrics and
 status. A leader that loses its lease, or a daemon told to stop, finishes the step in progress
 and stops before the next one, leaving the journal consistent for whoever resumes.
+
+Every input is loaded and checked before any thread starts (``prepare``, see ``preflight.py``);
+``stop`` stops whatever ``start`` started, each thread joined with a bounded wait.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from rotator import logs
+from rotator import logs, preflight
 from rotator.adapters.kubernetes import MANAGED_LABEL, KubernetesSink
 from rotator.app import App
 from rotator.errors import NotFoundError, RotatorError
@@ -40,6 +43,8 @@ from rotator.watches import ResourceWatch, Selection, Trigger, route
 
 log = logs.get("rotator.daemon")
 ROTATIONS_KEPT = 1000
+# How long stop() waits for the watch threads once their streams are shut (each returns at once).
+WATCH_JOIN_S = 5.0
 
 
 @dataclass
@@ -272,6 +277,7 @@ class Daemon:
         self._kube: dict[str, KubernetesSink] | None = None
         self._selections: list[Selection] = []
         self._store_ok = (0.0, False)
+        self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
 
     # -- DaemonControl --------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -469,15 +475,43 @@ class Daemon:
         self.elector.start()
 
     def _start_server(self) -> None:
+        assert self._prepared is not None
+        authenticator, listener = self._prepared
         try:
             from rotator.server import start_server  # type: ignore[import-not-found,unused-ignore]
         except ImportError:  # the HTTP API is optional for the CLI-only build
+            listener.close()
             return
-        self.server = start_server(self, self.registry, self.settings)
+        self.server = start_server(self, self.registry, self.settings, authenticator=authenticator, sock=listener)
+
+    def prepare(self) -> None:
+        """Load and check every input before any thread starts: the API token file, the listen socket
+        (bound here), the Kubernetes config and API server, the state store. Raises ConfigError (exit 2)
+        or another RotatorError (exit 1) with nothing started and nothing left open."""
+        if self._prepared is not None:
+            return
+        listener: socket.socket | None = None
+        try:
+            authenticator = preflight.authenticator(self.app)
+            listener = preflight.bind_listener(self.settings.server)
+            preflight.check_tls(self.settings.server)
+            if preflight.uses_kubernetes(self.settings):
+                preflight.check_api_server(self.app)
+            preflight.check_state(self.app)
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            self.app.close()
+            raise
+        self._prepared = (authenticator, listener)
 
     def start(self) -> None:
+        self.prepare()
         for cred in self.settings.credentials:
             self.metrics.init_credential(cred.name, cred.registry.server)
+            # Built here, once, before the threads that share them: App builds lazily and without a lock,
+            # so a worker and the watches racing for it made two (and an event thread nobody stopped).
+            self.app.reconciler(cred.name)
         self.scheduler.start()
         if self.settings.daemon.leader_election:
             self._start_election()
@@ -502,6 +536,7 @@ class Daemon:
         )
 
     def stop(self) -> None:
+        """Stop what ``start`` started (all of it, or the part it got to), each wait bounded."""
         log.info("daemon.stopping")
         self.stopping.set()
         for worker in self.workers.values():
@@ -509,16 +544,28 @@ class Daemon:
                 worker.cond.notify_all()
         deadline = time.monotonic() + self.settings.daemon.shutdown_grace.total_seconds()
         for worker in self.workers.values():
-            worker.thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        self.scheduler.shutdown(wait=False)
+            if worker.thread.ident is not None:
+                worker.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         if self.elector is not None:
             self.elector.stop(release=True)
+        for watch in self.watches:
+            watch.stop()  # shuts its stream's socket, so a read in progress returns now
+        watches_deadline = time.monotonic() + WATCH_JOIN_S
+        for watch in self.watches:
+            watch.thread.join(timeout=max(0.1, watches_deadline - time.monotonic()))
         if self.server is not None:
             self.server.stop()
+        elif self._prepared is not None:
+            self._prepared[1].close()
         self.app.close()
-        log.info("daemon.stopped")
+        left = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+        log.info("daemon.stopped", threads_left=left)
 
     def serve(self) -> int:
+        """``rotator run``: check every input, start, run until SIGTERM or SIGINT, stop; 0 after a signal."""
+        self.prepare()  # raises with nothing started
         stop = threading.Event()
 
         def on_signal(signum: int, _: Any) -> None:
@@ -527,7 +574,9 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        self.start()
-        stop.wait()
-        self.stop()
+        try:
+            self.start()
+            stop.wait()
+        finally:
+            self.stop()
         return 0

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -197,8 +198,10 @@ class ApiServer:
         authenticator: Authenticator,
         clock: Callable[[], float] = time.monotonic,
         shutdown_timeout: float = 5.0,
+        sock: socket.socket | None = None,
     ) -> None:
         self.control = control
+        self.sock = sock  # bound before the daemon starts anything (a busy port stops start-up)
         self.registry = metrics_registry
         self.settings = settings
         self.authenticator = authenticator
@@ -285,7 +288,13 @@ class ApiServer:
         await runner.setup()
         self._runner = runner
         ssl_context = self.tls.context if self.tls else None
-        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True, ssl_context=ssl_context)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(runner, self.sock, ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(
+                runner, self.settings.host, self.settings.port, reuse_address=True, ssl_context=ssl_context
+            )
         try:
             await site.start()
         except BaseException:
@@ -579,14 +588,22 @@ def _field(name: str, value: Any) -> str:
 
 
 def start_server(
-    control: DaemonControl, metrics_registry: CollectorRegistry, settings: Settings, *, api_client: Any = None
+    control: DaemonControl,
+    metrics_registry: CollectorRegistry,
+    settings: Settings,
+    *,
+    api_client: Any = None,
+    authenticator: Authenticator | None = None,
+    sock: socket.socket | None = None,
 ) -> ApiServer:
-    """Build the authenticator ``settings.server.auth`` asks for and start the API (the daemon's entry point)."""
-    if settings.server.auth.mode == "kubernetes" and api_client is None:
-        from rotator.adapters.kubernetes import api_client as kube_client
+    """Start the API with ``authenticator`` (default: built from ``settings.server.auth``) on ``sock`` (default:
+    bind ``server.listen``): the daemon's entry point, which loads and binds both before starting anything."""
+    if authenticator is None:
+        if settings.server.auth.mode == "kubernetes" and api_client is None:
+            from rotator.adapters.kubernetes import api_client as kube_client
 
-        api_client = kube_client(settings.kubernetes)
-    authenticator = build_authenticator(settings.server.auth, api_client=api_client)
-    server = ApiServer(control, metrics_registry, settings.server, authenticator=authenticator)
+            api_client = kube_client(settings.kubernetes)
+        authenticator = build_authenticator(settings.server.auth, api_client=api_client)
+    server = ApiServer(control, metrics_registry, settings.server, authenticator=authenticator, sock=sock)
     server.start()
     return server

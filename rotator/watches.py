@@ -114,9 +114,17 @@ class ResourceWatch:
         self.resource_version: str | None = None
         self.relists = 0
         self.thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
+        self._stream: Any = None  # the kubernetes Watch in progress
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> None:
+        """Interrupt the stream in progress (the caller has set the stop event): the client's Watch.stop
+        shuts its socket down, so the thread's read returns instead of waiting out the stream timeout."""
+        stream = self._stream
+        if stream is not None:
+            stream.stop()
 
     def _list_version(self) -> str:
         import json
@@ -138,6 +146,7 @@ class ResourceWatch:
                     if self.on_relist is not None and self.relists > 1:
                         self.on_relist(self.resource)
                 w: Any = watch.Watch()  # type: ignore[no-untyped-call]
+                self._stream = w
                 for event in w.stream(
                     self.list_fn,
                     resource_version=self.resource_version,
@@ -163,6 +172,8 @@ class ResourceWatch:
                 failures += 1
                 log.warning("watch.failed", resource=self.resource, status=exc.status, failures=failures)
             except Exception as exc:  # connection reset, API server restart: back off and resume
+                if self.stop_event.is_set():
+                    return  # stop() shut the stream down
                 failures += 1
                 log.warning("watch.failed", resource=self.resource, error=type(exc).__name__, failures=failures)
             if failures:

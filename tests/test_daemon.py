@@ -116,7 +116,8 @@ def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, 
     assert "rotator.example.com/rotate" not in annotations
     assert read_secret(sandbox, "team-x") is None  # not selected
     assert daemon.stop() == 0
-    assert daemon.logged("daemon.stopped")
+    stopped = [e for e in daemon.events() if e.get("event") == "daemon.stopped"]
+    assert stopped and stopped[0]["threads_left"] == [], "stop() left threads running (watches, events, API)"
 
 
 def test_two_replicas_one_leader_survives_a_leader_crash(

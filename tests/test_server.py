@@ -737,13 +737,15 @@ def test_token_file_gone_refuses_everyone_until_restored(api: Api, file_tokens: 
 
 
 def test_token_file_bad_lines(tmp_path: Path) -> None:
-    """A bad line fails start-up naming its number, never its token; on reload it is skipped and logged."""
+    """A bad line fails start-up naming server.auth.file and its number, never its token; on reload the same
+    file is refused the same way (one parser): no token is accepted until it is fixed, then all are again."""
     token, short = new_token(), "tooshort"
     path = tmp_path / "tokens"
     path.write_text(f"{token} alice rotate\n{short} bob read\n{token}x carol admin\n")
     with pytest.raises(ConfigError) as info:
         TokenFileAuthenticator(path)
     message = str(info.value)
+    assert message.startswith("server.auth.file: ")
     assert "line 2" in message and "line 3" in message and "admin" in message
     assert short not in message and token not in message
     path.write_text(f"{token} alice rotate\n")
@@ -751,9 +753,13 @@ def test_token_file_bad_lines(tmp_path: Path) -> None:
     tail = LogTail()
     write_token_file(path, {token: ("alice", "rotate"), "x" * 20: ("mallory", "root")})
     with running(FakeControl(), auth, tokens={"rotate": token}) as api:
+        assert api.rotate().status_code == 401  # refused as a whole, as at start-up
+        write_token_file(path, {token: ("alice", "rotate")})
         assert api.rotate().status_code == 202
-    problems = [e for e in tail.events() if e["event"] == "api.tokens.bad_line"]
-    assert len(problems) == 1 and "line 3" in problems[0]["problem"]
+    refused = [e for e in tail.events() if e["event"] == "api.tokens.refused"]
+    assert len(refused) == 1 and refused[0]["field"] == "server.auth.file"
+    assert refused[0]["error"].startswith("server.auth.file: ") and "line 3" in refused[0]["error"]
+    assert "'root' is not one of read, rotate" in refused[0]["error"]
     assert token not in tail.text() and "x" * 20 not in tail.text()
 
 

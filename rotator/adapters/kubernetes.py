@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rotator import dockerconfig, redact
 from rotator.errors import (
+    ConfigError,
     NotFoundError,
     PermanentError,
     RateLimited,
@@ -42,21 +45,138 @@ WriteHook = Callable[[str, str], None]
 
 
 def api_client(settings: KubernetesSettings) -> Any:
-    """An ApiClient of its own (never the global configuration), sized for the fan-out pool."""
+    """An ApiClient of its own (never the global configuration), sized for the fan-out pool; a
+    kubeconfig or in-cluster config that cannot be loaded is a ConfigError naming the field."""
     from kubernetes import client, config
 
+    origin = config_origin(settings)
     configuration = client.Configuration()
-    if settings.in_cluster:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
-            context=settings.context,
-            client_configuration=configuration,
-            persist_config=False,
+    try:
+        if settings.in_cluster:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            if settings.kubeconfig is not None and not settings.kubeconfig.is_file():
+                raise ConfigError(
+                    f"kubernetes.kubeconfig: {settings.kubeconfig} does not exist; give the path of a kubeconfig, "
+                    "or set kubernetes.in_cluster: true when rotator runs in the cluster"
+                )
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(settings.kubeconfig) if settings.kubeconfig else None,
+                context=settings.context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except ConfigError:
+        raise
+    except Exception as exc:  # a YAML error would quote the file (tokens too): only the loader's own words
+        text = str(exc).strip() if isinstance(exc, config.ConfigException) else ""
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        fix = (
+            "run inside a pod with a service account, or set kubernetes.kubeconfig instead"
+            if settings.in_cluster
+            else "fix that file, or set kubernetes.context to a context it has"
         )
+        raise ConfigError(f"{origin}: cannot load the Kubernetes client config ({detail[:200]}); {fix}") from None
     configuration.connection_pool_maxsize = max(settings.concurrency, 4)
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    # Wrapped rather than subclassed: the client calls only request() and close() on it.
+    api.rest_client = _MappedRest(api.rest_client, origin, str(configuration.host))  # type: ignore[assignment]
+    return api
+
+
+def config_origin(settings: KubernetesSettings) -> str:
+    """The config field that decides which API server rotator talks to (for messages)."""
+    if settings.in_cluster:
+        return "kubernetes.in_cluster"
+    if settings.kubeconfig is not None:
+        return f"kubernetes.kubeconfig {settings.kubeconfig}"
+    return "kubernetes.kubeconfig (unset: $KUBECONFIG or ~/.kube/config)"
+
+
+class ApiServerUnreachable(TransientError):
+    """The API server could not be talked to (refused, reset, timed out, name or TLS failure).
+
+    Transient while the daemon runs (the pass backs off and is counted); ``tls`` tells start-up
+    checks that a retry will not help until the CA or server URL is fixed."""
+
+    def __init__(self, message: str, *, tls: bool) -> None:
+        super().__init__(message)
+        self.tls = tls
+
+
+def _transport_cause(exc: BaseException) -> tuple[str, bool] | None:
+    """What went wrong below HTTP, in a few words, and whether it was TLS; None for anything else."""
+    import ssl
+
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):  # the client turns a bare urllib3 SSLError into status 0
+        if exc.status == 0 and str(exc.reason).startswith("SSLError"):
+            return "TLS handshake failed", True
+        return None
+    if not isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return None
+    chain: list[BaseException] = [exc]
+    index = 0
+    while index < min(len(chain), 8):  # the causes urllib3 wraps: MaxRetryError.reason, args, __cause__
+        item = chain[index]
+        nested = [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
+        chain += [e for e in nested if isinstance(e, BaseException) and e not in chain]
+        index += 1
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({item.verify_message})", True
+    for item in chain:
+        if isinstance(item, ssl.SSLError):
+            return f"TLS handshake failed ({item.reason or type(item).__name__})", True
+    if any(isinstance(item, urllib3.exceptions.SSLError) for item in chain):
+        return "TLS handshake failed", True
+    if any(isinstance(item, urllib3.exceptions.NameResolutionError) for item in chain):
+        return "host name does not resolve", False
+    for item in chain:  # refused, reset, unreachable: the system's words
+        if isinstance(item, OSError) and item.errno:
+            return os.strerror(item.errno).lower(), False
+    if any(isinstance(item, urllib3.exceptions.TimeoutError | TimeoutError) for item in chain):
+        return "timed out", False
+    return f"connection failed ({type(chain[-1]).__name__})", False
+
+
+def transport_error(exc: BaseException, origin: str, what: str) -> ApiServerUnreachable | None:
+    """The one place that maps the kubernetes client's failures below HTTP (urllib3 MaxRetryError,
+    ProtocolError, SSLError, timeouts, refused connections) to rotator's TransientError, so a pass
+    that meets an unreachable API server is retried with backoff and counted, never a crash."""
+    cause = _transport_cause(exc)
+    if cause is None:
+        return None
+    why, tls = cause
+    fix = f"check the certificate authority in {origin}" if tls else f"check that it is up and that {origin} names it"
+    return ApiServerUnreachable(f"{what}: Kubernetes API server {why}; {fix}", tls=tls)
+
+
+class _MappedRest:
+    """The client's REST layer with transport failures mapped by ``transport_error``. Bodies of
+    non-watch answers are read here, so a connection lost mid-body is mapped too (urllib3 keeps the
+    body it read for the client and the caller)."""
+
+    def __init__(self, inner: Any, origin: str, host: str) -> None:
+        self.inner, self.origin, self.host = inner, origin, host
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            response = self.inner.request(method, url, *args, **kwargs)
+            if "watch=" not in parts.query:
+                response.response.data  # noqa: B018 - read now, inside the mapping
+            return response
+        except Exception as exc:
+            mapped = transport_error(exc, self.origin, f"{method} {self.host}{parts.path}")
+            if mapped is None:
+                raise
+            raise mapped from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def api_client_for(server: str, token: str, *, pool: int = 16) -> Any:
