@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from rotator.journal import CredentialJournal, Vault
+from rotator.journal import CredentialJournal, RequestBook, Vault
 from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 
 
@@ -98,6 +98,12 @@ class StateStore(Protocol):
     def load(self, credential: str) -> CredentialJournal: ...
 
     def save(self, credential: str, journal: CredentialJournal) -> None: ...
+
+    def load_requests(self, credential: str) -> RequestBook:
+        """Accepted requests and leak reports (written by the API before it answers)."""
+        ...
+
+    def save_requests(self, credential: str, book: RequestBook) -> None: ...
 
     def load_vault(self, credential: str) -> Vault: ...
 
