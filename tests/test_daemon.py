@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_env import Daemon
+from daemon_env import API_AUTH, Daemon, api_config, first_rotation_done
 from polling import POLL_S, wait_for
 from rotation_env import (
     SECRET,
@@ -25,8 +25,6 @@ from rotation_env import (
 
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.sandbox.control import SandboxProcess
-
-API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
 
 
 @pytest.fixture
@@ -41,19 +39,6 @@ def namespace(sbx: SandboxProcess, name: str, *, labelled: bool = True) -> None:
     key, _, value = sbx.endpoints["namespace_label"].partition("=")
     labels = {key: value} if labelled else {}
     core(sbx).create_namespace({"metadata": {"name": name, "labels": labels}})
-
-
-def first_rotation_done(sbx: SandboxProcess, tmp_path: Path) -> str:
-    """Waits until the daemon's first rotation is over (not just under way) and returns the credential it stored.
-
-    Its distribution writes the namespaces one by one, so a secret that already holds the new value does not
-    mean the rotation is done; a test that acts on a half-finished first rotation races with it.
-    """
-    store = FileStateStore(tmp_path / "state")
-    wait_for(lambda: (j := store.load("icr-pull")).rotation is None and j.last_result is not None, "the first rotation")
-    current = stored_password(sbx, "team-a")
-    assert current is not None and all(stored_password(sbx, ns) == current for ns in ("team-b", "team-c"))
-    return current
 
 
 def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
@@ -321,3 +306,54 @@ def credential_status(base: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     entry: dict[str, Any] = response.json()["credentials"][0]
     return entry
+
+
+def test_requests_while_a_rotation_waits_join_it_and_a_leak_ends_disabled(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """While a rotation waits out a retry (one namespace refuses writes), a rotate request joins it and its status
+    is that rotation's, never another's failure; a leak report of the key being replaced is recorded at once and
+    the key is disabled as soon as the replacement is in place, without the grace period (1 h here)."""
+    schedule = {"interval": "1h", "retry_backoff": "1s", "retry_backoff_max": "2s"}
+    config = api_config(tmp_path, sandbox, schedule=schedule)
+    daemons.append(daemon := Daemon(config))
+    first_rotation_done(sandbox, tmp_path)
+    base = daemon.api()
+    store = FileStateStore(tmp_path / "state")
+    old_key = store.load("icr-pull").current
+    assert old_key is not None
+    down = {"path_prefix": "/api/v1/namespaces/team-b/", "methods": ["PUT"], "error_status": 503, "error_rate": 1.0}
+    sandbox.set_faults("kubernetes", down)
+    first = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": "first"})
+    assert first.status_code == 202, first.text
+    in_flight = first.json()["rotation_id"]
+    wait_for(
+        lambda: (r := store.load("icr-pull").rotation) is not None and r.id == in_flight and r.waiting,
+        "the rotation to wait out a retry",
+    )
+    second = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": "second"})
+    assert second.status_code == 202, second.text
+    assert second.json()["joined"] is True and second.json()["rotation_id"] == in_flight
+    shown = httpx.get(f"{base}/v1/rotations/{in_flight}", headers=API_AUTH).json()
+    assert shown["state"] in ("waiting", "running") and shown["id"] == in_flight
+    assert shown["state"] == "running" or shown["retry_at"] is not None
+
+    stranger = httpx.post(f"{base}/v1/credentials/icr-pull/leaked", headers=API_AUTH, json={"key_id": "ApiKey-nope"})
+    assert stranger.status_code == 422 and "not one of" in stranger.json()["error"], stranger.text
+    leak = httpx.post(f"{base}/v1/credentials/icr-pull/leaked", headers=API_AUTH, json={"key_id": old_key.id})
+    assert leak.status_code == 202 and leak.json()["rotation_id"] == in_flight, leak.text
+    recorded = store.load_requests("icr-pull").leaks
+    assert [(x.key_id, x.by) for x in recorded] == [(old_key.id, "alice")]
+
+    sandbox.clear_faults()
+    done = wait_for(
+        lambda: httpx.get(f"{base}/v1/rotations/{in_flight}", headers=API_AUTH).json()["state"] == "succeeded",
+        "the joined rotation to succeed",
+    )
+    assert done
+    wait_for(lambda: {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[old_key.id], "the leaked key disabled")
+    leaks = credential_status(base)["leaks"]
+    assert [(x["key_id"], x["state"]) for x in leaks] == [(old_key.id, "disabled")]
+    journal = store.load("icr-pull")
+    assert [r.rotation_id for r in journal.history].count(in_flight) == 1
+    assert all(r.rotation_id == in_flight or r is journal.history[0] for r in journal.history), "one rotation only"
