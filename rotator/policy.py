@@ -11,7 +11,8 @@ Safety invariants (guarded by a property test):
   that rotation's steps, so enabled owned keys stay <= 2 + (retired keys inside their grace) however
   often rotations are requested;
 - a key reported leaked is disabled without grace as soon as it is retired and no writable target holds
-  it; a leaked key still current starts an emergency rotation (ignoring backoff and window).
+  it; a leaked key still current starts an emergency rotation (outside any window; after a failed one,
+  once the backoff is over).
 """
 
 from __future__ import annotations
@@ -169,10 +170,12 @@ def plan(obs: Observation, policy: Policy) -> Action:
         if key_id not in known:
             return Action(kind="sweep", key_id=key_id, reason="owned key not accounted for by the journal")
 
-    # 5. Requested or planned rotations. A current key reported leaked is replaced at once, whatever asked.
+    # 5. Requested or planned rotations. A current key reported leaked is replaced at once, whatever asked
+    #    (after a failed attempt, once the backoff is over: a rejected replacement is not minted in a loop).
     request = obs.request
     current = current_id(journal)
-    if request is None and current is not None and current in obs.leaked:
+    backing_off = journal.backoff_until is not None and now < journal.backoff_until
+    if request is None and current is not None and current in obs.leaked and not backing_off:
         return Action(
             kind="start",
             reason=f"key {current} reported leaked",
@@ -180,7 +183,6 @@ def plan(obs: Observation, policy: Policy) -> Action:
             leaked_key_id=current,
             in_sync=in_sync,
         )
-    backing_off = journal.backoff_until is not None and now < journal.backoff_until
     # Someone asked (CLI, HTTP, annotation, failed health check): that is not held back by a backoff.
     if request is not None:
         return Action(

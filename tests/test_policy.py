@@ -256,7 +256,7 @@ def test_revocation_goes_between_the_steps_of_a_waiting_rotation() -> None:
 
 def test_leaked_key_is_disabled_without_grace_or_replaced_at_once() -> None:
     """A retired key reported leaked is disabled inside its grace once no writable target holds it; a leaked
-    current key starts an emergency rotation even while planned ones back off."""
+    current key starts an emergency rotation, nobody asking."""
     retired = Retired(key_id="k-old", retired_at=T0, disable_at=T0 + dt.timedelta(hours=1))
     j = journal_with_current(retired=(retired,))
     early = T0 + dt.timedelta(minutes=1)
@@ -266,9 +266,12 @@ def test_leaked_key_is_disabled_without_grace_or_replaced_at_once() -> None:
     )
     assert plan(leak, POLICY).kind == "disable"
     assert plan(replace(leak, out_of_sync=None), POLICY).kind == "idle"  # targets unknown: not yet
-    backing_off = replace(j, backoff_until=T0 + dt.timedelta(days=1), failures_in_a_row=3)
-    start = plan(Observation(journal=backing_off, now=early, out_of_sync=(), leaked=frozenset({"k-cur"})), POLICY)
+    start = plan(Observation(journal=j, now=early, out_of_sync=(), leaked=frozenset({"k-cur"})), POLICY)
     assert (start.kind, start.emergency, start.leaked_key_id) == ("start", True, "k-cur")
+    # After a failed attempt the next one waits the backoff (a rejected replacement is not minted in a loop).
+    backing_off = replace(j, backoff_until=early + dt.timedelta(minutes=2), failures_in_a_row=1)
+    held = plan(Observation(journal=backing_off, now=early, out_of_sync=(), leaked=frozenset({"k-cur"})), POLICY)
+    assert (held.kind, held.until) == ("idle", early + dt.timedelta(minutes=2))
 
 
 def test_schedule_counts_from_the_last_successful_rotation() -> None:
