@@ -76,6 +76,7 @@ class Worker:
         self.tick_due = True
         self.health_due = False
         self.recover_due = True
+        self.recovered = False  # the queue was rebuilt from the stored book
         self.heals: dict[str, TargetRef] = {}
         self.tickets: collections.deque[str] = collections.deque()  # ids of own, queued requests
         self.running: str | None = None
@@ -199,10 +200,12 @@ class Worker:
 
     def _recover(self) -> None:
         with self.cond:
-            self.book = None
+            self.recovered, self.book = False, None
             book = self._book()
             queued = [r.id for r in book.requests if not r.joined and r.state in ("queued", "running")]
             self.tickets = collections.deque(queued)
+            self.recovered = True
+            self.tick_due = True  # a tick taken to retry recovering still owes its pass
         self._settle()
 
     def _settle(self) -> None:
@@ -245,7 +248,8 @@ class Worker:
                         return "health", None
                     if self.tick_due:
                         self.tick_due = False
-                        return "tick", None
+                        # The book could not be read when recovering (store down): again, on this retry tick.
+                        return ("tick" if self.recovered else "recover"), None
                 else:
                     self.heals.clear()  # the leader heals; a follower forgets
                 self.cond.wait(timeout=1.0)
@@ -276,11 +280,11 @@ class Worker:
                     self.failing = None
                     self.daemon.metrics.last_pass.labels(self.name).set_to_current_time()
             finally:
-                if kind == "recover" and self.book is None:
-                    self.recover_due = True  # the store could not be read: the retry tick tries again
                 self.daemon.observe(self.name)
-                with contextlib.suppress(RotatorError):
+                try:
                     self._settle()
+                except Exception as exc:  # the store is down: records settle after a later pass
+                    log.warning("requests.settle_failed", credential=self.name, error=type(exc).__name__)
 
     def _retry_later(self, exc: BaseException) -> float:
         """A pass that raised scheduled nothing after it: without this tick the credential would wait for
@@ -359,12 +363,13 @@ class Worker:
             # A finished rotation leaves revocations due later: the next pass right away computes when.
             self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
         except Exception as exc:  # the pass could not run: the request failed, and says why
-            journal = self.daemon.app.store.load(self.name)
-            if journal.rotation is not None and journal.rotation.id == request_id:
-                self._update(request_id, state="waiting")  # started: later passes finish it
-            else:
-                detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
-                self._update(request_id, state="failed", detail=detail, finished_at=dt.datetime.now(dt.UTC))
+            with contextlib.suppress(RotatorError):  # the store down too: the record stays, recovered later
+                journal = self.daemon.app.store.load(self.name)
+                if journal.rotation is not None and journal.rotation.id == request_id:
+                    self._update(request_id, state="waiting")  # started: later passes finish it
+                else:
+                    detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
+                    self._update(request_id, state="failed", detail=detail, finished_at=dt.datetime.now(dt.UTC))
             raise
         finally:
             with self.cond:

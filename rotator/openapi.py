@@ -136,6 +136,12 @@ def _schemas() -> dict[str, Any]:
                 "next_rotation_at": nullable_string,
                 "rotation_in_progress": {"type": "object", "nullable": True},
                 "revocations_pending": {"type": "array", "items": {"type": "object"}},
+                "leaks": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "Keys reported leaked: who reported them, when, and their way out (state, "
+                    "disabled_at).",
+                },
                 "last_result": {"type": "object", "nullable": True},
                 "passes_failing": {
                     "type": "object",

@@ -129,6 +129,7 @@ class ChaosRun:
         doc["server"]["rate_limit"] = {"per_minute": 6000, "burst": 100}
         self.config.write_text(yaml.safe_dump(doc))
         self.daemon: Daemon | None = None
+        self.armed = False
         self.base = ""
         self.accepted: list[Accepted] = []
         self.leaks: dict[str, float] = {}  # key id -> when reported (monotonic)
@@ -138,6 +139,7 @@ class ChaosRun:
     # -- the daemon ----------------------------------------------------------------------------------
     def start(self, crash_at: str | None = None) -> None:
         env = {"ROTATOR_CRASH_AT": crash_at} if crash_at else None
+        self.armed = crash_at is not None
         self.daemon = Daemon(self.config, identity=f"chaos-{self.figures.kills}", env=env)
         self.base = self.daemon.api()
 
@@ -267,8 +269,8 @@ class ChaosRun:
                 time.sleep(self.rng.uniform(0.1, 0.5))  # request pacing, not a wait for a condition
             self.sbx.clear_faults()
             self.set_deny(False)
-            if not self.alive():
-                self.restart()
+            if self.armed or not self.alive():
+                self.restart()  # settling is done by a daemon that is not armed to die
             self.settle()
         finally:
             self.figures.seconds = time.monotonic() - started
