@@ -32,6 +32,7 @@ from polling import wait_for
 from rotation_env import CRED, iam_keys, pulls, stored_password
 
 from rotator.adapters.state import FileStateStore
+from rotator.journal import Result
 from rotator.sandbox.control import SandboxProcess
 
 TEAMS = ("team-a", "team-b", "team-c")
@@ -56,6 +57,7 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
 # Restarts armed to die at a boundary: during a rollback (with new keys rejected), or right after IAM minted
 # a key and before the journal saw its id (which leaves an orphan for the sweep).
 ARMED = ("rollback:after-restore", "mint:after-provider")
+ROLLBACK_FAULT = {"path_prefix": "/v1/apikeys/", "methods": ["DELETE"], "error_status": 503, "error_rate": 0.5}
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Figures:
     leaks_disabled: int = 0
     disable_seconds: list[float] = field(default_factory=list)
     kills: int = 0
-    armed_kills: list[str] = field(default_factory=list)
+    armed_kills: list[str] = field(default_factory=list)  # restarts armed to die at a boundary
+    armed_reached: int = 0  # ... that did
     rollbacks: int = 0
     orphans_swept: int = 0
     max_enabled: int = 0
@@ -85,7 +88,7 @@ class Figures:
         timing = f"median {statistics.median(d):.1f}s max {max(d):.1f}s" if d else "n/a"
         return (
             f"seed {self.seed}: {self.seconds:.0f}s, {self.kills} kills "
-            f"({', '.join(self.armed_kills) or 'none armed'}), "
+            f"({len(self.armed_kills)} armed: {', '.join(self.armed_kills) or '-'}; {self.armed_reached} reached), "
             f"{self.steps} steps, {self.posts} posts ({self.refused} refused); "
             f"requests accepted {self.accepted} (replays {self.replays}) -> served {sum(self.served.values())} "
             f"{dict(sorted(self.served.items()))}, joined {self.joined}; leaks {self.leaks_reported} reported, "
@@ -134,6 +137,7 @@ class ChaosRun:
         self.accepted: list[Accepted] = []
         self.leaks: dict[str, float] = {}  # key id -> when reported (monotonic)
         self.disabled_seen: dict[str, float] = {}
+        self.results: dict[str, Result] = {}  # every rotation result seen in the journal
         self.deny_new_keys = False
 
     # -- the daemon ----------------------------------------------------------------------------------
@@ -141,10 +145,21 @@ class ChaosRun:
         env = {"ROTATOR_CRASH_AT": crash_at} if crash_at else None
         self.armed = crash_at is not None
         self.daemon = Daemon(self.config, identity=f"chaos-{self.figures.kills}", env=env)
-        self.base = self.daemon.api()
+        try:
+            self.base = self.daemon.api()
+        except AssertionError:  # died before its API listened: only an armed one may, at its boundary
+            if not (self.armed and self.daemon.proc.wait(5) == -signal.SIGKILL):
+                raise
+            self.revive()
 
     def alive(self) -> bool:
         return self.daemon is not None and self.daemon.proc.poll() is None
+
+    def revive(self) -> None:
+        """A daemon armed to die at a boundary that did is replaced by a clean one."""
+        if self.daemon is not None and not self.alive():
+            self.figures.armed_reached += 1 if self.armed and self.daemon.proc.returncode == -signal.SIGKILL else 0
+            self.restart()
 
     def restart(self, crash_at: str | None = None) -> None:
         if self.daemon is not None:
@@ -161,15 +176,13 @@ class ChaosRun:
             return None  # the daemon died under it: the same key is sent again after the restart
 
     def request(self, leaked_key_id: str | None = None, key: str | None = None) -> None:
-        replay = key is not None
         key = key or f"chaos-{len(self.accepted)}-{self.rng.randrange(10**9)}"
         path, body = (f"/v1/credentials/{CRED}/rotate", {"reason": f"chaos {key}"})
         if leaked_key_id:
             path, body = (f"/v1/credentials/{CRED}/leaked", {"key_id": leaked_key_id})
         response = self.post(path, body, key)
         if response is None:
-            if not self.alive():
-                self.restart()
+            self.revive()
             response = self.post(path, body, key)
             if response is None:
                 return
@@ -189,8 +202,6 @@ class ChaosRun:
                 self.figures.problems.append(
                     f"replay of {key} answered {answer['rotation_id']}, not {known.rotation_id}"
                 )
-            return
-        if replay:
             return
         self.accepted.append(Accepted(answer["rotation_id"], answer["joined"], key, leaked_key_id))
         if leaked_key_id and leaked_key_id not in self.leaks:
@@ -232,8 +243,33 @@ class ChaosRun:
             self.restart(crash_at)
             if crash_at:
                 self.figures.armed_kills.append(crash_at)
-        if not self.alive():  # an armed restart reached its boundary: start a clean one
-            self.restart()
+        self.revive()
+
+    def forced_kill(self, crash_at: str) -> None:
+        """Whatever the dice say, once per run at each armed boundary: let the rotation in flight end (a request
+        would join it, and it may be past the boundary), restart armed, ask for a rotation (its new key rejected
+        for the rollback one, whose key deletions then half fail), and wait until the daemon died there."""
+        self.sbx.clear_faults()
+        self.set_deny(False)
+        self.revive()
+        wait_for(lambda: self.store.load(CRED).rotation is None, "the rotation in flight to end", timeout=60)
+        if crash_at.startswith("rollback:"):
+            self.set_deny(True)
+            self.sbx.set_faults("iam", ROLLBACK_FAULT)
+        self.restart(crash_at)
+        self.figures.armed_kills.append(crash_at)
+        armed = self.daemon
+        assert armed is not None
+        key = f"forced-{crash_at}"
+        if self.armed and self.alive():  # (it may have died there already, starting: then it was replaced)
+            response = self.post(f"/v1/credentials/{CRED}/rotate", {"reason": f"chaos {key}"}, key)
+            if response is not None and response.status_code == 202:
+                answer = response.json()
+                self.accepted.append(Accepted(answer["rotation_id"], answer["joined"], key))
+            wait_for(lambda: armed.proc.poll() is not None, f"the daemon to die at {crash_at}", timeout=60)
+            assert armed.proc.returncode == -signal.SIGKILL, f"the armed daemon exited {armed.proc.returncode}"
+        self.revive()
+        self.request(key=key)  # answered before the kill: a replay of the same id; cut off: accepted now
 
     def set_deny(self, enabled: bool) -> None:
         if enabled != self.deny_new_keys:
@@ -245,6 +281,7 @@ class ChaosRun:
         now = dt.datetime.now(dt.UTC)
         keys = iam_keys(self.sbx)
         journal = self.store.load(CRED)
+        self.results.update({r.rotation_id: r for r in journal.history})  # the journal keeps only the newest
         known = journal.known_key_ids()
         enabled = [k["id"] for k in keys if k["id"] in known and not k["disabled"] and not k["deleted"]]
         slack = dt.timedelta(seconds=REVOKE_SLACK_S)
@@ -262,7 +299,10 @@ class ChaosRun:
         self.start()
         first_rotation_done(self.sbx, self.tmp)
         try:
+            forced = list(ARMED)
             while time.monotonic() - started < seconds:
+                if forced and time.monotonic() - started > seconds * (len(ARMED) - len(forced) + 1) / (len(ARMED) + 1):
+                    self.forced_kill(forced.pop(0))
                 self.step()
                 self.sample()
                 self.figures.steps += 1
@@ -296,7 +336,8 @@ class ChaosRun:
 
         wait_for(all_done, "every accepted request to end and every leak to be disabled", timeout=SETTLE_TIMEOUT_S)
         journal = self.store.load(CRED)
-        own_results = {r.rotation_id: r for r in journal.history}
+        self.results.update({r.rotation_id: r for r in journal.history})
+        own_results = self.results
         for a in self.accepted:
             shown = self.rotation(a.rotation_id)
             if shown["id"] != a.rotation_id:
@@ -308,10 +349,12 @@ class ChaosRun:
             result = own_results.get(a.rotation_id)
             if shown["state"] == "joined" and not str(shown.get("detail") or "").startswith("joined rotation "):
                 self.figures.problems.append(f"{a.rotation_id} joined without naming the rotation")
-            if result is not None and shown["state"] != result.result:
+            if result is not None and (shown["state"], shown["detail"]) != (result.result, result.detail or None):
                 self.figures.problems.append(f"{a.rotation_id} shows {shown['state']}, its rotation {result.result}")
+            if result is None and shown["state"] == "succeeded" and not a.leaked_key_id:
+                self.figures.problems.append(f"{a.rotation_id} succeeded without a rotation of its own")
         self.figures.accepted = len(self.accepted)
-        self.figures.rollbacks = sum(1 for r in journal.history if r.result == "failed")
+        self.figures.rollbacks = sum(1 for r in self.results.values() if r.result == "failed")
         self.figures.leaks_reported = len(self.leaks)
         self.figures.leaks_disabled = len(set(self.disabled_seen) & set(self.leaks))
         self.figures.disable_seconds = [
@@ -328,19 +371,26 @@ class ChaosRun:
 
 
 def sweep_orphans(chaos: ChaosRun) -> tuple[list[str], list[str]]:
-    """One pass with a clock moved past the orphan window: owned keys nothing accounts for (a kill right after
-    IAM minted) are deleted. Returns (swept, still unaccounted)."""
+    """Orphans after the run (the daemon stopped). A kill right after IAM minted is what leaves one; the
+    rotation it belonged to deletes its own key when it resumes, so to see the sweep itself one more is minted
+    the way a process whose journal write was lost leaves it (a rotation id no journal holds). A pass now must
+    keep it (it may be a concurrent rotation's), a pass with the clock past the orphan window deletes it and
+    any other. Returns (swept, still unaccounted)."""
     from rotation_env import FakeClock, live_owned_keys, make_app
 
     def unaccounted() -> list[str]:
         known = chaos.store.load(CRED).known_key_ids()
         return [k["id"] for k in live_owned_keys(chaos.sbx) if k["id"] not in known]
 
-    before = unaccounted()
     clock = FakeClock()
-    clock.advance(ORPHAN_WINDOW_S)
     with make_app(chaos.config, clock=clock) as app:
+        lost = app.provider(app.settings.credential(CRED)).mint(credential=CRED, rotation_id="lost-journal-write")
+        before = unaccounted()
+        app.reconciler(CRED).run()
+        assert lost.info.id in unaccounted(), "a young orphan was swept inside its window"
+        clock.advance(ORPHAN_WINDOW_S)
         app.reconciler(CRED).run()
     after = unaccounted()
-    chaos.figures.orphans_swept = len(set(before) - set(after))
-    return sorted(set(before) - set(after)), after
+    swept = sorted(set(before) - set(after))
+    chaos.figures.orphans_swept = len(swept)
+    return swept, after
