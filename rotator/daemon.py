@@ -10,6 +10,9 @@ Every trigger becomes work for one credential's worker thread, which does one th
 Only the leader acts (Lease election when enabled); followers keep serving health, metrics and
 status. A leader that loses its lease, or a daemon told to stop, finishes the step in progress
 and stops before the next one, leaving the journal consistent for whoever resumes.
+
+A rotation request is written to the credential's request book before it is answered (see
+``Worker.request``), so the process that serves it may be a later one, or another replica.
 """
 
 from __future__ import annotations
