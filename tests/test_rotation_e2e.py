@@ -353,3 +353,29 @@ def test_leaked_key_is_disabled_without_waiting_for_grace(sandbox: SandboxProces
     states = {k["id"]: k["disabled"] for k in iam_keys(sandbox)}
     assert states[k2] is True
     assert states[k1] is False  # still inside its grace period
+
+
+def test_leak_of_a_retired_key_disables_it_inside_its_grace(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """A leak report (the request book) naming a key already retired, still inside its 1 h grace, disables it on
+    the next pass without a rotation; the current key and the rest stay as they are."""
+    import datetime as dt
+
+    from rotator.journal import Leak, RequestBook
+
+    clock = FakeClock()
+    app = make_app(write_config(tmp_path, sandbox), clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="first")).result == "succeeded"
+        k1 = key_id_of(sandbox, stored_password(sandbox, "team-a") or "")
+        assert app.reconciler(CRED).run(Request(reason="second")).result == "succeeded"
+        app.reconciler(CRED).run()
+        assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is False  # in its grace
+        leak = Leak(key_id=k1, reported_at=dt.datetime.now(dt.UTC), by="alice", request_id="r-1")
+        app.store.save_requests(CRED, RequestBook(leaks=(leak,)))
+        current = app.store.load(CRED).current
+        assert app.reconciler(CRED).run().result == "idle"
+    finally:
+        app.close()
+    assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is True
+    journal = app.store.load(CRED)
+    assert journal.current == current and len(journal.history) == 2, "no rotation for a retired key"
