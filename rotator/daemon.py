@@ -42,6 +42,7 @@ from rotator.metrics import Metrics, pass_error_reason
 from rotator.model import TargetRef
 from rotator.policy import Request, backoff
 from rotator.reconcile import Reconciler, new_rotation_id
+from rotator.status import leak_progress
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
 log = logs.get("rotator.daemon")
@@ -437,18 +438,10 @@ class Daemon:
 
     def credentials(self) -> list[dict[str, Any]]:
         now = dt.datetime.now(dt.UTC)
-        out = []
-        for c in self.settings.credentials:
-            journal = self.app.store.load(c.name)
-            leaks = self.app.store.load_requests(c.name).leaks
-            out.append(
-                {
-                    **self.app.status(c.name, now),
-                    "passes_failing": self.workers[c.name].failing,
-                    "leaks": [leak_progress(leak, journal) for leak in leaks],
-                }
-            )
-        return out
+        return [
+            {**self.app.status(c.name, now), "passes_failing": self.workers[c.name].failing}
+            for c in self.settings.credentials
+        ]
 
     def request_rotation(
         self,
@@ -707,26 +700,3 @@ def rotation_view(
         )
         return out
     return out if record is not None else None
-
-
-def leak_progress(leak: Leak, journal: CredentialJournal) -> dict[str, Any]:
-    """Where a reported key is on its way out: current (a rotation replaces it), retired (disable due),
-    disabled, or gone (deleted)."""
-    retired = next((r for r in journal.retired if r.key_id == leak.key_id), None)
-    rotation = journal.rotation
-    if journal.current is not None and journal.current.id == leak.key_id:
-        state = "being replaced" if rotation is not None else "current: an emergency rotation replaces it"
-    elif rotation is not None and rotation.new_key is not None and rotation.new_key.id == leak.key_id:
-        state = "being rolled out: replaced by the next rotation"
-    elif retired is not None:
-        state = "disabled" if retired.disabled_at else "retired: disabled once no target holds it"
-    else:
-        state = "deleted"
-    return {
-        "key_id": leak.key_id,
-        "reported_at": leak.reported_at.isoformat(timespec="seconds"),
-        "reported_by": leak.by,
-        "request_id": leak.request_id,
-        "state": state,
-        "disabled_at": retired.disabled_at.isoformat(timespec="seconds") if retired and retired.disabled_at else None,
-    }

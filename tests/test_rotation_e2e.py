@@ -373,7 +373,10 @@ def test_leak_of_a_retired_key_disables_it_inside_its_grace(sandbox: SandboxProc
         leak = Leak(key_id=k1, reported_at=dt.datetime.now(dt.UTC), by="alice", request_id="r-1")
         app.store.save_requests(CRED, RequestBook(leaks=(leak,)))
         current = app.store.load(CRED).current
+        assert app.status(CRED, clock.now())["leaks"][0]["state"] == "retired: disabled once no target holds it"
         assert app.reconciler(CRED).run().result == "idle"
+        shown = app.status(CRED, clock.now())["leaks"]  # what `rotator status` and GET /v1/credentials show
+        assert [(x["key_id"], x["reported_by"], x["state"]) for x in shown] == [(k1, "alice", "disabled")]
     finally:
         app.close()
     assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is True
