@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import time
@@ -104,11 +105,23 @@ def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, 
     assert daemon.logged("daemon.stopped")
 
 
-def test_two_replicas_one_leader_survives_a_leader_crash(
-    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
-) -> None:
-    """Exactly one replica rotates; SIGKILL it mid-rotation and the other resumes the same rotation."""
-    top = {
+def lease_holder(sbx: SandboxProcess) -> str:
+    from kubernetes import client
+    from rotation_env import api_client
+
+    coordination = client.CoordinationV1Api(api_client(sbx))
+    try:
+        lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(lease.spec.holder_identity or "")
+
+
+def replicated_config(tmp_path: Path, sbx: SandboxProcess) -> Path:
+    """Two replicas' config: a Lease, the state in a ConfigMap, the API with the operator token."""
+    top: dict[str, Any] = {
         "state": {"kind": "configmap", "name": "rotator-state"},
         "daemon": {
             "leader_election": True,
@@ -122,24 +135,23 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     tokens = tmp_path / "api-tokens"
     tokens.write_text("operator-token-0123456789 alice rotate\n")
     top["server"] = {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}
-    config = write_config(tmp_path, sandbox, top=top)
+    return write_config(tmp_path, sbx, top=top)
+
+
+def test_two_replicas_one_leader_survives_a_leader_crash(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Exactly one replica rotates; SIGKILL it mid-rotation and the other resumes the same rotation."""
+    config = replicated_config(tmp_path, sandbox)
     daemons.append(Daemon(config, identity="replica-a"))
     daemons.append(Daemon(config, identity="replica-b"))
     store = ConfigMapStateStore(core(sandbox), "rotator-system", "rotator-state")
-
-    def lease_holder() -> str:
-        from kubernetes import client
-        from rotation_env import api_client
-
-        coordination = client.CoordinationV1Api(api_client(sandbox))
-        lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
-        return str(lease.spec.holder_identity or "")
 
     first = wait_for(lambda: store.load("icr-pull").last_success_at, "the first rotation")
     assert first is not None
     minted = [k for k in iam_keys(sandbox) if k["name"].startswith("rotator-icr-pull-")]
     assert len(minted) == 1, "one mint, not one per replica"
-    leader_name = wait_for(lease_holder, "a lease holder")
+    leader_name = wait_for(lambda: lease_holder(sandbox), "a lease holder")
     leader = next(d for d in daemons if d.identity == leader_name)
     follower = next(d for d in daemons if d.identity != leader_name)
     follower_api = follower.api()
@@ -166,7 +178,7 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     leader.stop(signal.SIGKILL)
     sandbox.clear_faults()
 
-    wait_for(lambda: lease_holder() == follower.identity, "the follower to take the lease", timeout=20)
+    wait_for(lambda: lease_holder(sandbox) == follower.identity, "the follower to take the lease", timeout=20)
     done = wait_for(
         lambda: (j := store.load("icr-pull")).rotation is None and j.last_result.rotation_id == in_flight and j,
         "the follower to finish the same rotation",
@@ -357,3 +369,35 @@ def test_requests_while_a_rotation_waits_join_it_and_a_leak_ends_disabled(
     journal = store.load("icr-pull")
     assert [r.rotation_id for r in journal.history].count(in_flight) == 1
     assert all(r.rotation_id == in_flight or r is journal.history[0] for r in journal.history), "one rotation only"
+
+
+def test_a_request_accepted_by_a_leader_that_dies_is_served_by_the_next(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The leader records a request and is killed before starting it: the other replica takes the lease, finds
+    the request in the shared state, serves it, and answers the same Idempotency-Key with the same id."""
+    config = replicated_config(tmp_path, sandbox)
+    daemons.append(leader := Daemon(config, identity="replica-a", env={"ROTATOR_CRASH_AT": "request:before-start"}))
+    wait_for(lambda: lease_holder(sandbox) == "replica-a", "replica-a to lead", timeout=30)
+    store = ConfigMapStateStore(core(sandbox), "rotator-system", "rotator-state")
+    wait_for(lambda: store.load("icr-pull").last_success_at, "the first rotation", timeout=30)
+    daemons.append(other := Daemon(config, identity="replica-b"))
+    other_api = other.api()
+    headers = {**API_AUTH, "Idempotency-Key": "change-9"}
+    with contextlib.suppress(httpx.TransportError):  # killed before it answered, or just after
+        httpx.post(f"{leader.api()}/v1/credentials/icr-pull/rotate", headers=headers, json={"reason": "c9"}, timeout=10)
+    assert leader.proc.wait(30) == -signal.SIGKILL
+    recorded = [r for r in store.load_requests("icr-pull").requests if r.idempotency_key == "change-9"]
+    assert len(recorded) == 1 and recorded[0].state == "queued"
+
+    wait_for(lambda: lease_holder(sandbox) == "replica-b", "replica-b to take the lease", timeout=30)
+    status_url = f"{other_api}/v1/rotations/{recorded[0].id}"
+    state = wait_for(
+        lambda: (s := httpx.get(status_url, headers=API_AUTH).json()["state"]) in ("succeeded", "failed") and s,
+        "the new leader to serve the recorded request",
+        timeout=30,
+    )
+    assert state == "succeeded"
+    again = httpx.post(f"{other_api}/v1/credentials/icr-pull/rotate", headers=headers, json={"reason": "c9"})
+    assert again.status_code == 202 and again.json()["rotation_id"] == recorded[0].id, again.text
+    assert [r.rotation_id for r in store.load("icr-pull").history].count(recorded[0].id) == 1
