@@ -226,7 +226,8 @@ class App:
 
     def status(self, name: str, now: dt.datetime) -> dict[str, Any]:
         """``rotator status --json`` for one credential (the CLI and the HTTP API show the same)."""
-        return credential_status(name, self.store.load(name), self.policy(self.settings.credential(name)), now)
+        policy = self.policy(self.settings.credential(name))
+        return credential_status(name, self.store.load(name), policy, now, self.store.load_requests(name).leaks)
 
     def __enter__(self) -> App:
         return self

@@ -13,11 +13,14 @@ and stops before the next one, leaving the journal consistent for whoever resume
 
 Every input is loaded and checked before any thread starts (``prepare``, see ``preflight.py``);
 ``stop`` stops whatever ``start`` started, each thread joined with a bounded wait.
+A rotation request is written to the credential's request book before it is answered (see
+``Worker.request``), so the process that serves it may be a later one, or another replica.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import os
 import random
@@ -25,7 +28,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -34,46 +37,45 @@ from prometheus_client import CollectorRegistry
 from rotator import logs, preflight
 from rotator.adapters.kubernetes import MANAGED_LABEL, KubernetesSink
 from rotator.app import App
-from rotator.errors import NotFoundError, RotatorError
+from rotator.errors import NotFoundError, RequestRefused, RotatorError
+from rotator.faultpoint import boundary
+from rotator.journal import Accepted, CredentialJournal, Leak, RequestBook
 from rotator.metrics import Metrics, pass_error_reason
 from rotator.model import TargetRef
 from rotator.policy import Request, backoff
-from rotator.reconcile import new_rotation_id
+from rotator.reconcile import Reconciler, new_rotation_id
+from rotator.status import leak_progress
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
 log = logs.get("rotator.daemon")
-ROTATIONS_KEPT = 1000
 # How long stop() waits for the watch threads once their streams are shut (each returns at once).
 WATCH_JOIN_S = 5.0
+# Finished requests kept in each credential's book (for GET /v1/rotations/<id> and Idempotency-Key replays):
+# a few days of requests at any sane rate, and small enough for a ConfigMap (~300 bytes each).
+REQUESTS_KEPT = 500
+LEAKS_KEPT = 100
+FINISHED = ("succeeded", "failed", "joined")
 
 
-@dataclass
-class RotationTicket:
-    id: str
-    credential: str
+@dataclass(frozen=True, kw_only=True)
+class Ask:
+    """A rotation request as it arrives (API, annotation, failed health check)."""
+
     reason: str
-    emergency: bool
-    leaked_key_id: str | None
-    state: str = "queued"  # queued | running | succeeded | failed | inconclusive | stopped
-    detail: str = ""
-    requested_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-    finished_at: dt.datetime | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "credential": self.credential,
-            "state": self.state,
-            "reason": self.reason,
-            "emergency": self.emergency,
-            "detail": self.detail or None,
-            "requested_at": self.requested_at.isoformat(timespec="seconds"),
-            "finished_at": self.finished_at.isoformat(timespec="seconds") if self.finished_at else None,
-        }
+    emergency: bool = False
+    leaked_key_id: str | None = None
+    principal: str = "rotator"
+    idempotency_key: str = ""
+    fingerprint: str = ""
 
 
 class Worker:
-    """One credential's queue: ticks, heals and rotation requests, coalesced, handled one at a time."""
+    """One credential's queue: ticks, heals and rotation requests, coalesced, handled one at a time.
+
+    Accepted requests live in the credential's request book (``journal.RequestBook`` in the state store),
+    written before the caller is answered; the in-memory queue holds only their ids, and is rebuilt from
+    the book at start and whenever this replica becomes the leader.
+    """
 
     def __init__(self, name: str, daemon: Daemon) -> None:
         self.name = name
@@ -81,9 +83,12 @@ class Worker:
         self.cond = threading.Condition()
         self.tick_due = True
         self.health_due = False
+        self.recover_due = True
+        self.recovered = False  # the queue was rebuilt from the stored book
         self.heals: dict[str, TargetRef] = {}
-        self.tickets: collections.deque[RotationTicket] = collections.deque()
-        self.running: RotationTicket | None = None
+        self.tickets: collections.deque[str] = collections.deque()  # ids of own, queued requests
+        self.running: str | None = None
+        self.book: RequestBook | None = None  # this credential's request book, as last saved
         self.failing: dict[str, Any] | None = None  # the current streak of passes that could not run
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
@@ -104,27 +109,131 @@ class Worker:
             self.heals[target.key] = target
             self.cond.notify()
 
-    def request(self, *, reason: str, emergency: bool, leaked_key_id: str | None) -> tuple[RotationTicket, bool]:
-        """Queue a rotation, or join the one queued or running (an emergency upgrades a queued one)."""
+    def recover(self) -> None:
+        """Rebuild the queue from the stored book (start-up, or this replica just became the leader)."""
         with self.cond:
-            for ticket in (*self.tickets, *((self.running,) if self.running else ())):
-                if ticket.state in ("queued", "running"):
-                    if ticket.state == "queued" and emergency and not ticket.emergency:
-                        ticket.emergency, ticket.leaked_key_id = True, leaked_key_id
-                    elif leaked_key_id and ticket.leaked_key_id != leaked_key_id:
-                        continue  # a different leaked key needs its own rotation
-                    return ticket, True
-            ticket = RotationTicket(
-                id=new_rotation_id(dt.datetime.now(dt.UTC)),
-                credential=self.name,
-                reason=reason,
-                emergency=emergency,
-                leaked_key_id=leaked_key_id,
-            )
-            self.tickets.append(ticket)
-            self.daemon.remember(ticket)
+            self.recover_due = True
             self.cond.notify()
-            return ticket, False
+
+    def request(self, ask: Ask) -> tuple[str, bool]:
+        """Record a request in the book, then queue it or join the rotation it belongs with (see
+        docs/runbooks.md, "Rotation requests"): (rotation id, joined). Nothing is answered before the
+        record is stored, so an answered request survives a crash."""
+        now = dt.datetime.now(dt.UTC)
+        with self.cond:
+            book = self._book()
+            if ask.idempotency_key:
+                ttl = self.daemon.settings.server.idempotency_ttl
+                for old in reversed(book.requests):
+                    if (old.principal, old.idempotency_key) == (ask.principal, ask.idempotency_key) and (
+                        now - old.requested_at < ttl
+                    ):
+                        if old.fingerprint != ask.fingerprint:
+                            raise RequestRefused("this Idempotency-Key was used with a different request")
+                        return old.id, True
+            journal = self.daemon.app.store.load(self.name)
+            if ask.leaked_key_id is not None and ask.leaked_key_id not in journal.known_key_ids():
+                raise RequestRefused(
+                    f"key {ask.leaked_key_id!r} is not one of {self.name}'s keys (current, pending or retired); "
+                    f"GET /v1/credentials shows them"
+                )
+            target = self._joinable(ask, journal)
+            record = Accepted(
+                id=target or new_rotation_id(now),
+                kind="leaked" if ask.leaked_key_id else "rotate",
+                reason=ask.reason,
+                principal=ask.principal,
+                requested_at=now,
+                emergency=ask.emergency,
+                leaked_key_id=ask.leaked_key_id,
+                idempotency_key=ask.idempotency_key,
+                fingerprint=ask.fingerprint,
+                joined=target is not None,
+                state="joined" if target else "queued",
+                detail=f"joined rotation {target}" if target else "",
+            )
+            leaks = book.leaks
+            if ask.leaked_key_id and ask.leaked_key_id not in book.leaked_key_ids():
+                leaks += (Leak(key_id=ask.leaked_key_id, reported_at=now, by=ask.principal, request_id=record.id),)
+            requests = book.requests
+            if target is not None and ask.emergency:  # a queued rotation joined by an emergency becomes one
+                requests = tuple(
+                    replace(r, emergency=True, leaked_key_id=r.leaked_key_id or ask.leaked_key_id)
+                    if r.id == target and not r.joined and r.state == "queued"
+                    else r
+                    for r in requests
+                )
+            self._save(RequestBook(requests=(*requests, record), leaks=leaks))
+            boundary("request:recorded")
+            if target is None:
+                self.tickets.append(record.id)
+                self.cond.notify()
+            return record.id, target is not None
+
+    def _joinable(self, ask: Ask, journal: CredentialJournal) -> str | None:
+        """The rotation this request joins, if any: one queued, running, or in flight in the journal (any
+        phase, waiting included), except that a leak of the key that rotation is rolling out needs one after it."""
+        rotation = journal.rotation
+        if self.tickets:
+            return self.tickets[-1]
+        rolling_out = rotation is not None and rotation.new_key is not None and rotation.new_key.id == ask.leaked_key_id
+        if rotation is not None and not rolling_out:
+            return rotation.id
+        return self.running if not rolling_out else None
+
+    # -- the request book ---------------------------------------------------------------------------
+    def _book(self) -> RequestBook:
+        if self.book is None:
+            self.book = self.daemon.app.store.load_requests(self.name)
+        return self.book
+
+    def _save(self, book: RequestBook) -> None:
+        """Store the book (finished records beyond the newest kept are dropped), then keep it in memory."""
+        done = [r for r in book.requests if r.state in FINISHED]
+        drop = {id(r) for r in done[: max(0, len(done) - REQUESTS_KEPT)]}
+        book = replace(
+            book, requests=tuple(r for r in book.requests if id(r) not in drop), leaks=book.leaks[-LEAKS_KEPT:]
+        )
+        self.daemon.app.store.save_requests(self.name, book)
+        self.book = book
+
+    def _update(self, request_id: str, **changes: Any) -> None:
+        with self.cond:
+            book = self._book()
+            requests = tuple(replace(r, **changes) if r.id == request_id and not r.joined else r for r in book.requests)
+            self._save(replace(book, requests=requests))
+
+    def _record(self, request_id: str) -> Accepted | None:
+        return next((r for r in self._book().requests if r.id == request_id and not r.joined), None)
+
+    def _recover(self) -> None:
+        with self.cond:
+            self.recovered, self.book = False, None
+            book = self._book()
+            queued = [r.id for r in book.requests if not r.joined and r.state in ("queued", "running")]
+            self.tickets = collections.deque(queued)
+            self.recovered = True
+            self.tick_due = True  # a tick taken to retry recovering still owes its pass
+        self._settle()
+
+    def _settle(self) -> None:
+        """Records still running or waiting take the result the journal holds for their rotation (a waiting
+        rotation is finished by later passes, not by the request that started it)."""
+        journal = self.daemon.app.store.load(self.name)
+        results = {r.rotation_id: r for r in journal.history}
+        with self.cond:
+            book = self._book()
+            changed = False
+            requests = []
+            for r in book.requests:
+                if not r.joined and r.state in ("running", "waiting") and r.id != self.running:
+                    result = results.get(r.id)
+                    if result is not None:
+                        r = replace(r, state=result.result, detail=result.detail, finished_at=result.finished_at)
+                        changed = True
+                requests.append(r)
+            if changed:
+                self._save(replace(book, requests=tuple(requests)))
 
     # -- the loop -------------------------------------------------------------------------------
     def _take(self) -> tuple[str, Any]:
@@ -132,9 +241,12 @@ class Worker:
             while not self.daemon.stopping.is_set():
                 self.heartbeat = time.monotonic()
                 if self.daemon.may_act():
+                    if self.recover_due:
+                        self.recover_due = False
+                        return "recover", None
                     if self.tickets:
+                        boundary("request:before-start")
                         self.running = self.tickets.popleft()
-                        self.running.state = "running"
                         return "rotate", self.running
                     if self.heals:
                         heals, self.heals = list(self.heals.values()), {}
@@ -144,7 +256,8 @@ class Worker:
                         return "health", None
                     if self.tick_due:
                         self.tick_due = False
-                        return "tick", None
+                        # The book could not be read when recovering (store down): again, on this retry tick.
+                        return ("tick" if self.recovered else "recover"), None
                 else:
                     self.heals.clear()  # the leader heals; a follower forgets
                 self.cond.wait(timeout=1.0)
@@ -176,6 +289,10 @@ class Worker:
                     self.daemon.metrics.last_pass.labels(self.name).set_to_current_time()
             finally:
                 self.daemon.observe(self.name)
+                try:
+                    self._settle()
+                except Exception as exc:  # the store is down: records settle after a later pass
+                    log.warning("requests.settle_failed", credential=self.name, error=type(exc).__name__)
 
     def _retry_later(self, exc: BaseException) -> float:
         """A pass that raised scheduled nothing after it: without this tick the credential would wait for
@@ -200,49 +317,71 @@ class Worker:
 
     def _handle(self, kind: str, item: Any) -> None:
         reconciler = self.daemon.app.reconciler(self.name)
-        if kind == "rotate":
-            ticket: RotationTicket = item
-            request = Request(
-                reason=ticket.reason,
-                emergency=ticket.emergency,
-                leaked_key_id=ticket.leaked_key_id,
-                rotation_id=ticket.id,
-            )
-            try:
-                outcome = reconciler.run(request, should_continue=self.daemon.may_act)
-                if outcome.rotation_id not in (None, ticket.id):
-                    # A rotation left in flight (a crash, a previous leader) was finished first; now ours.
-                    outcome = reconciler.run(request, should_continue=self.daemon.may_act)
-                if outcome.rotation_id == ticket.id:
-                    ticket.state = {"inconclusive": "waiting"}.get(outcome.result, outcome.result)
-                else:
-                    ticket.state = "stopped" if outcome.result == "stopped" else "failed"
-                ticket.detail = outcome.detail
-                # A finished rotation leaves revocations due later: the next pass right away computes when.
-                self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
-            except Exception as exc:  # the pass could not run: the request failed, and says why
-                ticket.state = "failed"
-                ticket.detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
-                raise
-            finally:
-                if ticket.state in ("queued", "running"):
-                    ticket.state = "stopped"
-                if ticket.state != "waiting":
-                    ticket.finished_at = dt.datetime.now(dt.UTC)
-                with self.cond:
-                    self.running = None
+        if kind == "recover":
+            self._recover()
+        elif kind == "rotate":
+            self._serve(reconciler, item)
         elif kind == "heal":
             reconciler.heal(item)
         elif kind == "health":
             result = reconciler.check_current()
             if result is not None and result.outcome == "rejected":
                 log.error("health.key_rejected", credential=self.name, detail=result.detail)
-                self.request(
-                    reason=f"current key rejected by the registry: {result.detail}", emergency=True, leaked_key_id=None
-                )
+                self.request(Ask(reason=f"current key rejected by the registry: {result.detail}", emergency=True))
         elif kind == "tick":
             outcome = reconciler.run(None, should_continue=self.daemon.may_act)
             self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
+
+    def _serve(self, reconciler: Reconciler, request_id: str) -> None:
+        """Run one queued request. Its record always ends describing its own rotation: the result, waiting
+        (later passes finish it), joined (a rotation that started in between was still in progress), or
+        queued again (stopped: whoever acts next serves it)."""
+        try:
+            with self.cond:
+                record = self._record(request_id)
+            if record is None:
+                return
+            self._update(request_id, state="running")
+            # A leak of a key already retired needs no rotation: the pass disables it.
+            retired_leak = bool(record.leaked_key_id) and record.leaked_key_id in {
+                r.key_id for r in self.daemon.app.store.load(self.name).retired
+            }
+            request = Request(
+                reason=record.reason,
+                emergency=record.emergency,
+                leaked_key_id=record.leaked_key_id,
+                rotation_id=record.id,
+            )
+            ask = None if retired_leak else request
+            outcome = reconciler.run(ask, should_continue=self.daemon.may_act)
+            if outcome.rotation_id not in (None, record.id) and outcome.result in ("succeeded", "failed"):
+                outcome = reconciler.run(ask, should_continue=self.daemon.may_act)  # one left in flight: now ours
+            if outcome.result == "stopped":
+                changes: dict[str, Any] = {"state": "queued"}
+            elif outcome.rotation_id == record.id:
+                changes = {"state": "waiting" if outcome.result == "inconclusive" else outcome.result}
+                changes["detail"] = outcome.detail
+            elif outcome.rotation_id is not None:
+                changes = {"state": "joined", "detail": f"joined rotation {outcome.rotation_id} (still in progress)"}
+            else:
+                changes = {"state": "succeeded", "detail": f"key {record.leaked_key_id} was already retired"}
+            if changes["state"] in FINISHED:
+                changes["finished_at"] = dt.datetime.now(dt.UTC)
+            self._update(request_id, **changes)
+            # A finished rotation leaves revocations due later: the next pass right away computes when.
+            self._schedule_after(outcome.next_at, now=outcome.result in ("succeeded", "failed"))
+        except Exception as exc:  # the pass could not run: the request failed, and says why
+            with contextlib.suppress(RotatorError):  # the store down too: the record stays, recovered later
+                journal = self.daemon.app.store.load(self.name)
+                if journal.rotation is not None and journal.rotation.id == request_id:
+                    self._update(request_id, state="waiting")  # started: later passes finish it
+                else:
+                    detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
+                    self._update(request_id, state="failed", detail=detail, finished_at=dt.datetime.now(dt.UTC))
+            raise
+        finally:
+            with self.cond:
+                self.running = None
 
     def _schedule_after(self, next_at: dt.datetime | None, *, now: bool = False) -> None:
         settings = self.daemon.app.settings
@@ -269,8 +408,6 @@ class Daemon:
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"coalesce": True, "max_instances": 1})
         self.workers = {c.name: Worker(c.name, self) for c in self.settings.credentials}
-        self.tickets: collections.OrderedDict[str, RotationTicket] = collections.OrderedDict()
-        self._tickets_lock = threading.Lock()
         self.elector: Any = None
         self.watches: list[ResourceWatch] = []
         self.server: Any = None
@@ -312,51 +449,47 @@ class Daemon:
         ]
 
     def request_rotation(
-        self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None
+        self,
+        name: str,
+        *,
+        reason: str,
+        emergency: bool = False,
+        leaked_key_id: str | None = None,
+        principal: str = "rotator",
+        idempotency_key: str = "",
+        fingerprint: str = "",
     ) -> tuple[str, bool]:
         worker = self.workers.get(name)
         if worker is None:
             raise NotFoundError(f"no credential named {name!r}")
-        ticket, joined = worker.request(reason=reason, emergency=emergency, leaked_key_id=leaked_key_id)
-        log.info("rotation.requested", credential=name, rotation_id=ticket.id, joined=joined, emergency=emergency)
-        return ticket.id, joined
+        ask = Ask(
+            reason=reason,
+            emergency=emergency,
+            leaked_key_id=leaked_key_id,
+            principal=principal,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
+        rotation_id, joined = worker.request(ask)
+        log.info("rotation.requested", credential=name, rotation_id=rotation_id, joined=joined, emergency=emergency)
+        return rotation_id, joined
 
     def rotation(self, rotation_id: str) -> dict[str, Any] | None:
-        with self._tickets_lock:
-            ticket = self.tickets.get(rotation_id)
-        if ticket is not None and ticket.state in ("queued", "succeeded", "failed", "stopped"):
-            return ticket.to_json()
-        # Running, waiting, or from before this process started: the journal knows.
-        names = [ticket.credential] if ticket else [c.name for c in self.settings.credentials]
-        for name in names:
+        """The request's own record when one started it, the journal for its live phase and result."""
+        for name in self.workers:
+            record = next(
+                (r for r in self.app.store.load_requests(name).requests if r.id == rotation_id and not r.joined), None
+            )
             journal = self.app.store.load(name)
-            if journal.rotation and journal.rotation.id == rotation_id:
-                out: dict[str, Any] = ticket.to_json() if ticket else {"id": rotation_id, "credential": name}
-                out.update(
-                    state="waiting" if journal.rotation.waiting else "running",
-                    phase=journal.rotation.phase,
-                    waiting=journal.rotation.waiting or None,
-                )
+            out = rotation_view(rotation_id, name, record, journal)
+            if out is not None:
+                if record is not None and record.leaked_key_id:
+                    leaks = self.app.store.load_requests(name).leaks
+                    out["leaks"] = [leak_progress(x, journal) for x in leaks if x.request_id == rotation_id]
                 return out
-            for result in journal.history:
-                if result.rotation_id == rotation_id:
-                    out = ticket.to_json() if ticket else {"id": rotation_id, "credential": name}
-                    out.update(
-                        state=result.result,
-                        reason=result.reason,
-                        detail=result.detail or None,
-                        finished_at=result.finished_at.isoformat(timespec="seconds"),
-                    )
-                    return out
-        return ticket.to_json() if ticket else None
+        return None
 
     # -- internals ------------------------------------------------------------------------------
-    def remember(self, ticket: RotationTicket) -> None:
-        with self._tickets_lock:
-            self.tickets[ticket.id] = ticket
-            while len(self.tickets) > ROTATIONS_KEPT:
-                self.tickets.popitem(last=False)
-
     def may_act(self) -> bool:
         return not self.stopping.is_set() and (self.elector is None or self.elector.is_leader)
 
@@ -380,8 +513,9 @@ class Daemon:
 
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)
-        if leading:  # a new leader resumes whatever the journal holds
+        if leading:  # a new leader resumes whatever the journal and the request book hold
             for worker in self.workers.values():
+                worker.recover()
                 worker.tick()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
@@ -405,7 +539,7 @@ class Daemon:
             sink = self._kube_sinks().get(trigger.credential)
             if sink is not None:
                 sink.clear_rotate_annotation(trigger.target)
-            worker.request(reason=trigger.reason, emergency=False, leaked_key_id=None)
+            worker.request(Ask(reason=trigger.reason, principal="annotation"))
 
     def _kube_sinks(self) -> dict[str, KubernetesSink]:
         """Each credential's Kubernetes sink (built once; every watch event consults them)."""
@@ -580,3 +714,40 @@ class Daemon:
         finally:
             self.stop()
         return 0
+
+
+def rotation_view(
+    rotation_id: str, credential: str, record: Accepted | None, journal: CredentialJournal
+) -> dict[str, Any] | None:
+    """GET /v1/rotations/<id>: the request that started it (if any) and what the journal says of it."""
+    out: dict[str, Any] = {"id": rotation_id, "credential": credential, "state": "queued", "detail": None}
+    if record is not None:
+        out.update(
+            state=record.state,
+            reason=record.reason,
+            emergency=record.emergency,
+            requested_by=record.principal,
+            detail=record.detail or None,
+            requested_at=record.requested_at.isoformat(timespec="seconds"),
+            finished_at=record.finished_at.isoformat(timespec="seconds") if record.finished_at else None,
+        )
+    if journal.rotation is not None and journal.rotation.id == rotation_id:
+        rotation = journal.rotation
+        out.update(
+            state="waiting" if rotation.waiting else "running",
+            reason=rotation.reason,
+            phase=rotation.phase,
+            waiting=rotation.waiting or None,
+            retry_at=rotation.retry_at.isoformat(timespec="seconds") if rotation.retry_at else None,
+        )
+        return out
+    result = next((r for r in journal.history if r.rotation_id == rotation_id), None)
+    if result is not None:
+        out.update(
+            state=result.result,
+            reason=result.reason,
+            detail=result.detail or None,
+            finished_at=result.finished_at.isoformat(timespec="seconds"),
+        )
+        return out
+    return out if record is not None else None

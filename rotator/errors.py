@@ -11,7 +11,8 @@
         ├── NotFoundError           the object is gone (404)
         ├── TargetRefusedError      a target we must not write (wrong type, malformed content)
         ├── LockedError             another process is working on the same credential
-        └── StateError              the state store is unreadable or corrupt (never overwritten)
+        ├── StateError              the state store is unreadable or corrupt (never overwritten)
+        └── RequestRefused          a rotation request that cannot be accepted as asked (HTTP 422)
 
 Messages never contain a key, token or password.
 """
@@ -67,3 +68,7 @@ class LockedError(PermanentError):
 
 class StateError(PermanentError):
     pass
+
+
+class RequestRefused(PermanentError):
+    """A request naming a key the credential does not have, or an Idempotency-Key reused for another request."""

@@ -1,7 +1,8 @@
 """Named step boundaries where a test can kill the process (``ROTATOR_CRASH_AT=<name>``).
 
 The crash-safety test runs ``rotator rotate`` once per boundary below, SIGKILLs it there, and
-runs it again: the journal must carry the rotation to a safe end from every one of them.
+runs it again: the journal must carry the rotation to a safe end from every one of them. The
+request boundaries are crossed by the daemon's API path; their test kills ``rotator run`` there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ BOUNDARIES = (
     "rollback:after-delete",
     "disable:after",
     "delete:after",
+)
+
+# The daemon's request path (``rotator run`` only): a request recorded in the book but not yet answered,
+# and one answered (or about to be) that the worker has not started.
+REQUEST_BOUNDARIES = (
+    "request:recorded",
+    "request:before-start",
 )
 
 

@@ -71,6 +71,11 @@ class Rotation:
     retry_at: dt.datetime | None = None
     attempts: int = 0
     failure: str = ""
+    # Transient step failures in a row: the wait before the next try grows with them (retry_backoff..max).
+    retries: int = 0
+    # Every target held the current key when this rotation started: a retired key is then held by none,
+    # so a revocation that falls due may go ahead between the rotation's steps.
+    started_in_sync: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +114,50 @@ class CredentialJournal:
         return replace(self, history=(*self.history, result)[-HISTORY_LIMIT:])
 
 
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """A rotation request the API (or an event) accepted: written to the request book *before* it is
+    answered, so a crash, a restart or a new leader serves it. ``id`` is the rotation id answered;
+    ``joined`` means that id is a rotation already queued or in progress, and the record is kept only
+    for accounting and Idempotency-Key replays."""
+
+    id: str
+    kind: str  # "rotate" | "leaked"
+    reason: str
+    principal: str
+    requested_at: dt.datetime
+    emergency: bool = False
+    leaked_key_id: str | None = None
+    idempotency_key: str = ""
+    fingerprint: str = ""
+    joined: bool = False
+    state: str = "queued"  # queued | running | waiting | succeeded | failed | joined
+    detail: str = ""
+    finished_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leak:
+    """A key reported leaked: the policy rotates it away (if current) and disables it without grace."""
+
+    key_id: str
+    reported_at: dt.datetime
+    by: str
+    request_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestBook:
+    """Each credential's accepted requests and leak reports. Kept next to the journal in the same store
+    but as its own record: the API writes it while a reconcile pass holds the journal."""
+
+    requests: tuple[Accepted, ...] = ()
+    leaks: tuple[Leak, ...] = ()
+
+    def leaked_key_ids(self) -> frozenset[str]:
+        return frozenset(leak.key_id for leak in self.leaks)
+
+
 # -- JSON ------------------------------------------------------------------------------------
 
 
@@ -125,7 +174,7 @@ def _to_json(obj: Any) -> Any:
 def _from_json(cls: type, data: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     nested = {"new_key": KeyRef, "current": KeyRef, "rotation": Rotation}
-    lists = {"retired": Retired, "history": Result}
+    lists = {"retired": Retired, "history": Result, "requests": Accepted, "leaks": Leak}
     for f in fields(cls):
         if f.name not in data:
             continue
@@ -151,6 +200,17 @@ def load(data: dict[str, Any]) -> CredentialJournal:
     data = {k: v for k, v in data.items() if k != "version"}
     journal: CredentialJournal = _from_json(CredentialJournal, data)
     return journal
+
+
+def dump_book(book: RequestBook) -> dict[str, Any]:
+    result: dict[str, Any] = _to_json(book)
+    result["version"] = 1
+    return result
+
+
+def load_book(data: dict[str, Any]) -> RequestBook:
+    book: RequestBook = _from_json(RequestBook, {k: v for k, v in data.items() if k != "version"})
+    return book
 
 
 @dataclass(kw_only=True)

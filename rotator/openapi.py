@@ -97,8 +97,8 @@ def _schemas() -> dict[str, Any]:
                 "credential": {"type": "string"},
                 "joined": {
                     "type": "boolean",
-                    "description": "True when the request joined a rotation already queued or running, "
-                    "or repeated an Idempotency-Key.",
+                    "description": "True when the request joined a rotation already queued or in progress "
+                    "(waiting included), or repeated an Idempotency-Key (also across restarts).",
                 },
                 "status_url": {"type": "string"},
             },
@@ -111,9 +111,18 @@ def _schemas() -> dict[str, Any]:
                 "credential": {"type": "string"},
                 "state": {
                     "type": "string",
-                    "description": "queued, running, waiting, or the result (succeeded, failed, ...).",
+                    "description": "queued, running, waiting (retrying later, see retry_at), the result "
+                    "(succeeded, failed), or joined (a rotation that started first was still in progress; "
+                    "detail names it).",
                 },
                 "phase": nullable_string,
+                "retry_at": nullable_string,
+                "requested_by": nullable_string,
+                "leaks": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "For a leak report: the key's way out (state, disabled_at).",
+                },
                 "reason": nullable_string,
                 "detail": nullable_string,
                 "requested_at": nullable_string,
@@ -131,6 +140,12 @@ def _schemas() -> dict[str, Any]:
                 "next_rotation_at": nullable_string,
                 "rotation_in_progress": {"type": "object", "nullable": True},
                 "revocations_pending": {"type": "array", "items": {"type": "object"}},
+                "leaks": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "Keys reported leaked: who reported them, when, and their way out (state, "
+                    "disabled_at).",
+                },
                 "last_result": {"type": "object", "nullable": True},
                 "passes_failing": {
                     "type": "object",
@@ -199,7 +214,10 @@ def _rotate_operation(*, leaked: bool) -> dict[str, Any]:
             "404": _error("No credential by that name."),
             "413": _error("The body is larger than the limit."),
             "415": _error("A body that is not application/json."),
-            "422": _error("The Idempotency-Key was used before with a different body."),
+            "422": _error(
+                "The Idempotency-Key was used before with a different body, or key_id is not one of the "
+                "credential's keys (current, pending or retired)."
+            ),
             "429": _error(
                 "Too many rotation requests from this caller, or failed authentications from this address.",
                 headers=_RETRY_AFTER,

@@ -5,7 +5,14 @@ Safety invariants (guarded by a property test):
   is known to hold the current key;
 - only keys the journal retired are disabled or deleted; orphans are swept only when no target
   holds them and they are older than the safety window;
-- a rotation that failed verification rolls back, one that was inconclusive waits.
+- a rotation that failed verification rolls back, one that was inconclusive waits;
+- revocations are not starved: a due disable of a retired key no target holds (every target held the
+  current key when the rotation in flight started) and a due delete of a disabled key go ahead between
+  that rotation's steps, so enabled owned keys stay <= 2 + (retired keys inside their grace) however
+  often rotations are requested;
+- a key reported leaked is disabled without grace as soon as it is retired and no writable target holds
+  it; a leaked key still current starts an emergency rotation (outside any window; after a failed one,
+  once the backoff is over).
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ class Observation:
     orphans: tuple[str, ...] = ()
     vault_has_pending: bool = True
     vault_has_current: bool = True
+    # Key ids reported leaked (the request book), whatever their state.
+    leaked: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +86,7 @@ class Action:
     emergency: bool = False
     leaked_key_id: str | None = None
     rotation_id: str | None = None
+    in_sync: bool = False  # start: every target held the current key (see Rotation.started_in_sync)
 
 
 def in_window(policy: Policy, now: dt.datetime) -> tuple[bool, dt.datetime | None]:
@@ -95,11 +105,14 @@ def due(journal: CredentialJournal, policy: Policy) -> tuple[dt.datetime | None,
     current = journal.current
     if current is None:
         return None, "no current key"
+    # The schedule counts from the end of the last successful rotation (a slow one must not be followed
+    # at once by a scheduled one); a key adopted without one counts from its creation. max_age is the key's.
+    since = max(current.created_at, journal.last_success_at or current.created_at)
     candidates: list[tuple[dt.datetime, str]] = [(current.created_at + policy.max_age, "max_age reached")]
     if policy.interval is not None:
-        candidates.append((current.created_at + policy.interval, "scheduled"))
+        candidates.append((since + policy.interval, "scheduled"))
     if policy.cron is not None:
-        candidates.append((cron_next(policy.cron, current.created_at), "scheduled (cron)"))
+        candidates.append((cron_next(policy.cron, since), "scheduled (cron)"))
     if current.expires_at is not None:
         candidates.append((current.expires_at - policy.renew_before, "key expires soon"))
     return min(candidates, key=lambda c: c[0])
@@ -124,12 +137,18 @@ def plan(obs: Observation, policy: Policy) -> Action:
     journal, now = obs.journal, obs.now
     rotation = journal.rotation
 
-    # 1. A rotation in flight always goes first: finish it or roll it back.
+    # 1. A rotation in flight goes first (finish it or roll it back), but a due revocation of a key that no
+    #    target holds is not held back by it: it goes between the rotation's steps.
     if rotation is not None:
+        revoke = revocation(obs, policy, in_sync=rotation.started_in_sync)
+        if revoke is not None:
+            return revoke
         if rotation.phase in ("minted", "verified", "distributing") and not obs.vault_has_pending:
             return Action(kind="rollback", reason="the new key's value was lost before it was distributed")
         if rotation.retry_at is not None and now < rotation.retry_at and rotation.phase != "rolling_back":
-            return Action(kind="wait", until=rotation.retry_at, reason=rotation.waiting or "waiting to retry")
+            # Wake for a revocation that falls due while the rotation waits, not only for the retry.
+            until = min([rotation.retry_at, *revocation_deadlines(journal, in_sync=rotation.started_in_sync)])
+            return Action(kind="wait", until=until, reason=rotation.waiting or "waiting to retry")
         kind = PHASE_ACTIONS.get(rotation.phase)
         if kind is None:
             return Action(kind="rollback", reason=f"unknown phase {rotation.phase!r} in the journal")
@@ -141,13 +160,9 @@ def plan(obs: Observation, policy: Policy) -> Action:
 
     # 3. Revocations that are due, only when every target is known to hold the current key.
     in_sync = obs.out_of_sync is not None and not obs.out_of_sync and not obs.stale_refused
-    for retired in journal.retired:
-        if current_id(journal) == retired.key_id:
-            continue  # never revoke the key in use
-        if retired.disabled_at is None and now >= retired.disable_at and in_sync:
-            return Action(kind="disable", key_id=retired.key_id, reason=f"grace period over ({retired.reason})")
-        if retired.disabled_at is not None and retired.delete_at is not None and now >= retired.delete_at:
-            return Action(kind="delete", key_id=retired.key_id, reason="disabled long enough")
+    revoke = revocation(obs, policy, in_sync=in_sync)
+    if revoke is not None:
+        return revoke
 
     # 4. Keys of ours that nothing accounts for.
     known = journal.known_key_ids()
@@ -155,9 +170,19 @@ def plan(obs: Observation, policy: Policy) -> Action:
         if key_id not in known:
             return Action(kind="sweep", key_id=key_id, reason="owned key not accounted for by the journal")
 
-    # 5. Requested or planned rotations.
+    # 5. Requested or planned rotations. A current key reported leaked is replaced at once, whatever asked
+    #    (after a failed attempt, once the backoff is over: a rejected replacement is not minted in a loop).
     request = obs.request
+    current = current_id(journal)
     backing_off = journal.backoff_until is not None and now < journal.backoff_until
+    if request is None and current is not None and current in obs.leaked and not backing_off:
+        return Action(
+            kind="start",
+            reason=f"key {current} reported leaked",
+            emergency=True,
+            leaked_key_id=current,
+            in_sync=in_sync,
+        )
     # Someone asked (CLI, HTTP, annotation, failed health check): that is not held back by a backoff.
     if request is not None:
         return Action(
@@ -166,12 +191,13 @@ def plan(obs: Observation, policy: Policy) -> Action:
             emergency=request.emergency,
             leaked_key_id=request.leaked_key_id,
             rotation_id=request.rotation_id,
+            in_sync=in_sync,
         )
     due_at, why = due(journal, policy)
     open_now, next_window = in_window(policy, now)
     # A credential with no key at all is not held back by a window: nothing can pull without one.
     if (due_at is None or (due_at <= now and open_now)) and not backing_off:
-        return Action(kind="start", reason=why)
+        return Action(kind="start", reason=why, in_sync=in_sync)
 
     # 6. Nothing to do until the earliest deadline.
     if due_at is not None and due_at <= now and next_window is not None:
@@ -182,6 +208,33 @@ def plan(obs: Observation, policy: Policy) -> Action:
     candidates += [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
     deadlines = [d for d in candidates if d is not None]
     return Action(kind="idle", until=min(deadlines) if deadlines else None)
+
+
+def revocation(obs: Observation, policy: Policy, *, in_sync: bool) -> Action | None:
+    """The first due revocation: a disable once its grace is over (at once for a key reported leaked) when
+    ``in_sync`` (no target holds a retired key), a delete once the key was disabled long enough."""
+    journal, now = obs.journal, obs.now
+    rotation = journal.rotation
+    # A leaked key is not held back by targets rotator may not write; every writable one must have moved.
+    leak_clear = in_sync or (rotation is None and obs.out_of_sync is not None and not obs.out_of_sync)
+    for retired in journal.retired:
+        if current_id(journal) == retired.key_id or (
+            rotation and rotation.new_key and rotation.new_key.id == retired.key_id
+        ):
+            continue  # never revoke the key in use, nor the one being rolled out
+        leaked = retired.key_id in obs.leaked
+        if retired.disabled_at is None and ((now >= retired.disable_at and in_sync) or (leaked and leak_clear)):
+            why = "reported leaked" if leaked else f"grace period over ({retired.reason})"
+            return Action(kind="disable", key_id=retired.key_id, reason=why)
+        if retired.disabled_at is not None and retired.delete_at is not None and now >= retired.delete_at:
+            return Action(kind="delete", key_id=retired.key_id, reason="disabled long enough")
+    return None
+
+
+def revocation_deadlines(journal: CredentialJournal, *, in_sync: bool) -> list[dt.datetime]:
+    """When each pending revocation may go: deletes always, disables only when no target holds the key."""
+    out = [r.delete_at for r in journal.retired if r.disabled_at is not None and r.delete_at is not None]
+    return out + ([r.disable_at for r in journal.retired if r.disabled_at is None] if in_sync else [])
 
 
 def current_id(journal: CredentialJournal) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from rotator.journal import CredentialJournal, Vault
+from rotator.journal import CredentialJournal, RequestBook, Vault
 from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 
 
@@ -99,6 +99,12 @@ class StateStore(Protocol):
 
     def save(self, credential: str, journal: CredentialJournal) -> None: ...
 
+    def load_requests(self, credential: str) -> RequestBook:
+        """Accepted requests and leak reports (written by the API before it answers)."""
+        ...
+
+    def save_requests(self, credential: str, book: RequestBook) -> None: ...
+
     def load_vault(self, credential: str) -> Vault: ...
 
     def save_vault(self, credential: str, vault: Vault) -> None: ...
@@ -132,10 +138,20 @@ class DaemonControl(Protocol):
         ...
 
     def request_rotation(
-        self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None
+        self,
+        name: str,
+        *,
+        reason: str,
+        emergency: bool = False,
+        leaked_key_id: str | None = None,
+        principal: str = "rotator",
+        idempotency_key: str = "",
+        fingerprint: str = "",
     ) -> tuple[str, bool]:
-        """Queue a rotation (or join the one queued or running): (rotation id, joined an existing one).
-        Raises ``NotFoundError`` for an unknown credential."""
+        """Record the request durably, then queue it or join the rotation queued or in progress: (rotation id,
+        joined). A repeated ``idempotency_key`` of ``principal`` answers the first id (joined).
+        Raises ``NotFoundError`` for an unknown credential, ``RequestRefused`` for a key id that is not the
+        credential's or a reused Idempotency-Key with another request."""
         ...
 
     def rotation(self, rotation_id: str) -> dict[str, Any] | None:

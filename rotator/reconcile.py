@@ -24,6 +24,7 @@ from rotator.errors import (
     NotFoundError,
     NotOwnedError,
     PermanentError,
+    RateLimited,
     RotatorError,
     TransientError,
 )
@@ -34,7 +35,7 @@ from rotator.policy import Action, Observation, Policy, Request, backoff, orphan
 from rotator.ports import Clock, CredentialProvider, RegistryVerifier, SecretSink, StateStore
 
 # A rotation waits this long after an inconclusive verification before checking again (the default of
-# ``Reconciler(inconclusive_retry=...)``, set from ``registry.recheck_interval``).
+# ``Reconciler(inconclusive_retry=...)``; the daemon and CLI set it from ``registry.recheck_interval``).
 INCONCLUSIVE_RETRY = dt.timedelta(seconds=30)
 # Before anything is distributed, give up (and delete the new key) after this many inconclusive checks.
 MAX_INCONCLUSIVE_BEFORE_DISTRIBUTION = 5
@@ -216,6 +217,7 @@ class Reconciler:
             request=request,
             vault_has_pending=bool(vault.pending),
             vault_has_current=bool(vault.current),
+            leaked=self.store.load_requests(self.credential).leaked_key_ids(),
         )
         if journal.rotation is not None or views is None:
             return obs
@@ -274,11 +276,16 @@ class Reconciler:
         try:
             return handler(action, journal, vault)
         except TransientError as exc:
-            # The step will be tried again: record why and when.
+            # The step will be tried again (the adapters already retried within it): after the credential's
+            # retry_backoff, doubling with each failure in a row, or later if the upstream asked for more.
             log.warning("step.failed", step=action.kind, error=str(exc), transient=True)
             if journal.rotation is not None:
-                retry_at = self.clock.now() + INCONCLUSIVE_RETRY
-                waiting = replace(journal.rotation, waiting=f"{action.kind}: {exc}", retry_at=retry_at)
+                retries = journal.rotation.retries + 1
+                delay = backoff(retries, self.policy)
+                if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                    delay = max(delay, dt.timedelta(seconds=exc.retry_after))
+                retry_at = self.clock.now() + delay
+                waiting = replace(journal.rotation, waiting=f"{action.kind}: {exc}", retry_at=retry_at, retries=retries)
                 self._save(replace(journal, rotation=waiting))
                 return None
             raise
@@ -310,6 +317,7 @@ class Reconciler:
             phase="minting",
             emergency=action.emergency,
             leaked_key_id=action.leaked_key_id,
+            started_in_sync=action.in_sync,
         )
         self._save(replace(journal, rotation=rotation))
         self.log.info("rotation.started", rotation_id=rotation.id, reason=action.reason, emergency=action.emergency)
@@ -378,7 +386,9 @@ class Reconciler:
         log = self.log.bind(rotation_id=rotation.id)
         if result.ok:
             log.info("verification.passed", step=step, requests=result.requests)
-            self._save(replace(journal, rotation=replace(rotation, phase=next_phase, waiting="", retry_at=None)))
+            self._save(
+                replace(journal, rotation=replace(rotation, phase=next_phase, waiting="", retry_at=None, retries=0))
+            )
             return None
         if result.outcome == "rejected":
             log.warning("verification.rejected", step=step, detail=result.detail)
@@ -445,7 +455,9 @@ class Reconciler:
             snapshot = dict(vault.snapshot)
             snapshot["refused"] = {**snapshot.get("refused", {}), **{k: str(e) for k, e in failed.items()}}
             self.store.save_vault(self.credential, replace(vault, snapshot=snapshot))
-        self._save(replace(journal, rotation=replace(rotation, phase="distributed", waiting="", retry_at=None)))
+        self._save(
+            replace(journal, rotation=replace(rotation, phase="distributed", waiting="", retry_at=None, retries=0))
+        )
         boundary("distribute:after")
         return None
 
@@ -500,14 +512,13 @@ class Reconciler:
         if vault.pending:
             self.store.save_vault(self.credential, Vault(current=vault.pending))
         boundary("promote:after-vault")
-        # A key reported leaked is disabled right after this promotion, not after the grace period.
-        retired = [
-            replace(r, disable_at=now, reason="leaked") if r.key_id == rotation.leaked_key_id else r
-            for r in journal.retired
-        ]
+        # A key reported leaked (by this request or any other) is disabled right after this promotion,
+        # not after the grace period.
+        leaks = self.store.load_requests(self.credential).leaked_key_ids() | {rotation.leaked_key_id}
+        retired = [replace(r, disable_at=now, reason="leaked") if r.key_id in leaks else r for r in journal.retired]
         old = journal.current
         if old is not None and old.id != rotation.new_key.id:
-            leaked = rotation.leaked_key_id == old.id
+            leaked = old.id in leaks
             disable_at = now if leaked else now + self.policy.grace_period
             retired.append(
                 Retired(key_id=old.id, retired_at=now, disable_at=disable_at, reason="leaked" if leaked else "rotated")

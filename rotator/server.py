@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from rotator import apitransport, logs, openapi, redact
 from rotator.apiauth import Access, Authenticator, AuthUnavailable, Principal, build_authenticator
-from rotator.errors import NotFoundError, RotatorError, TransientError
+from rotator.errors import NotFoundError, RequestRefused, RotatorError, TransientError
 from rotator.model import SecretStr
 from rotator.ports import DaemonControl
 from rotator.settings import ServerSettings, Settings
@@ -532,9 +532,14 @@ class ApiServer:
                 reason=f"{reason} (by {principal.name})",
                 emergency=leaked,
                 leaked_key_id=fields.get("key_id"),
+                principal=principal.name,
+                idempotency_key=key or "",
+                fingerprint=fingerprint,
             )
         except NotFoundError:
             raise ApiError(404, f"no credential named {name!r}") from None
+        except RequestRefused as exc:
+            raise ApiError(422, str(exc)) from None
         except TransientError as exc:
             raise ApiError(
                 503, "cannot queue the rotation now", detail=str(exc), headers=self._retry_after(5)

@@ -9,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 from rotator.durations import format_duration
-from rotator.journal import CredentialJournal
+from rotator.journal import CredentialJournal, Leak
 from rotator.policy import Policy, due
 
 
@@ -17,7 +17,9 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds") if value else None
 
 
-def credential_status(name: str, journal: CredentialJournal, policy: Policy, now: dt.datetime) -> dict[str, Any]:
+def credential_status(
+    name: str, journal: CredentialJournal, policy: Policy, now: dt.datetime, leaks: tuple[Leak, ...] = ()
+) -> dict[str, Any]:
     current = journal.current
     due_at, why = due(journal, policy)
     if journal.backoff_until and (due_at is None or journal.backoff_until > due_at):
@@ -54,6 +56,7 @@ def credential_status(name: str, journal: CredentialJournal, policy: Policy, now
             }
             for r in journal.retired
         ],
+        "leaks": [leak_progress(leak, journal) for leak in leaks],
         "last_success_at": _iso(journal.last_success_at),
         "last_result": (
             {
@@ -66,6 +69,29 @@ def credential_status(name: str, journal: CredentialJournal, policy: Policy, now
             if last
             else None
         ),
+    }
+
+
+def leak_progress(leak: Leak, journal: CredentialJournal) -> dict[str, Any]:
+    """Where a key reported leaked is on its way out: current (an emergency rotation replaces it), being
+    replaced, retired (disabled once no target holds it), disabled, or deleted."""
+    retired = next((r for r in journal.retired if r.key_id == leak.key_id), None)
+    rotation = journal.rotation
+    if journal.current is not None and journal.current.id == leak.key_id:
+        state = "being replaced" if rotation is not None else "current: an emergency rotation replaces it"
+    elif rotation is not None and rotation.new_key is not None and rotation.new_key.id == leak.key_id:
+        state = "being rolled out: replaced by the next rotation"
+    elif retired is not None:
+        state = "disabled" if retired.disabled_at else "retired: disabled once no target holds it"
+    else:
+        state = "deleted"
+    return {
+        "key_id": leak.key_id,
+        "reported_at": _iso(leak.reported_at),
+        "reported_by": leak.by,
+        "request_id": leak.request_id,
+        "state": state,
+        "disabled_at": _iso(retired.disabled_at) if retired else None,
     }
 
 
@@ -86,6 +112,8 @@ def render_text(statuses: list[dict[str, Any]], now: dt.datetime) -> str:
             lines.append(
                 f"  in progress   {r['id']} phase {r['phase']}" + (f" — {r['waiting']}" if r["waiting"] else "")
             )
+        for leak in s.get("leaks", []):
+            lines.append(f"  leak          {leak['key_id']} reported by {leak['reported_by']}: {leak['state']}")
         for rev in s["revocations_pending"]:
             lines.append(f"  pending       {rev['step']} {rev['key_id']} at {rev['deadline']} ({rev['reason']})")
         if s["last_result"]:

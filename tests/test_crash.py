@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
+from daemon_env import API_AUTH, Daemon, api_config, first_rotation_done
+from polling import wait_for
 from rotation_env import CRED, live_owned_keys, pulls, run_rotator, settled_after_crash, stored_password, write_config
 
-from rotator.faultpoint import BOUNDARIES
+from rotator.adapters.state import FileStateStore
+from rotator.faultpoint import BOUNDARIES, REQUEST_BOUNDARIES
 from rotator.sandbox.control import SandboxProcess
 
 TEAMS = ("team-a", "team-b", "team-c")
@@ -58,3 +62,45 @@ def test_kill_at_boundary_then_rerun_is_safe(sandbox: SandboxProcess, tmp_path: 
     owned = {k["id"] for k in live_owned_keys(sandbox)}
     assert owned <= journal.known_key_ids(), f"unaccounted keys: {owned - journal.known_key_ids()}"
     assert owned == {journal.current.id}  # grace 0: the rerun's passes revoked everything retired
+
+
+@pytest.mark.parametrize("boundary", REQUEST_BOUNDARIES)
+def test_accepted_request_survives_a_kill_of_the_daemon(sandbox: SandboxProcess, tmp_path: Path, boundary: str) -> None:
+    """SIGKILL ``rotator run`` after it recorded a request (before or just after the 202): the restarted daemon
+    serves that request, and the same Idempotency-Key answers the same rotation id, which succeeds, once."""
+    config = api_config(tmp_path, sandbox)
+    daemon = Daemon(config, env={"ROTATOR_CRASH_AT": boundary})
+    try:
+        first_rotation_done(sandbox, tmp_path)
+        url = f"{daemon.api()}/v1/credentials/{CRED}/rotate"
+        headers = {**API_AUTH, "Idempotency-Key": "change-7"}
+        answered: str | None = None
+        try:
+            response = httpx.post(url, headers=headers, json={"reason": "change 7"}, timeout=10)
+            answered = response.json()["rotation_id"] if response.status_code == 202 else None
+        except httpx.TransportError:
+            pass  # killed before it answered
+        assert daemon.proc.wait(30) == SIGKILL, f"{boundary} was not reached"
+    finally:
+        daemon.stop()
+    store = FileStateStore(tmp_path / "state")
+    recorded = [r for r in store.load_requests(CRED).requests if r.idempotency_key == "change-7"]
+    assert len(recorded) == 1 and recorded[0].state in ("queued", "running")
+
+    restarted = Daemon(config)
+    try:
+        again = httpx.post(
+            restarted.api() + f"/v1/credentials/{CRED}/rotate", headers=headers, json={"reason": "change 7"}
+        )
+        assert again.status_code == 202 and again.json()["rotation_id"] == recorded[0].id, again.text
+        assert answered in (None, recorded[0].id)
+        status_url = restarted.api() + f"/v1/rotations/{recorded[0].id}"
+        state = wait_for(
+            lambda: (s := httpx.get(status_url, headers=API_AUTH).json()["state"]) in ("succeeded", "failed") and s,
+            "the recorded request to be served",
+        )
+    finally:
+        restarted.stop()
+    assert state == "succeeded"
+    history = [r.rotation_id for r in store.load(CRED).history]
+    assert history.count(recorded[0].id) == 1 and len(history) == 2, "bootstrap, then the one requested rotation"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_env import Daemon
+from daemon_env import API_AUTH, Daemon, api_config, first_rotation_done
 from polling import POLL_S, wait_for
 from rotation_env import (
     SECRET,
@@ -25,8 +26,6 @@ from rotation_env import (
 
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
 from rotator.sandbox.control import SandboxProcess
-
-API_AUTH = {"Authorization": "Bearer operator-token-0123456789"}
 
 
 @pytest.fixture
@@ -41,19 +40,6 @@ def namespace(sbx: SandboxProcess, name: str, *, labelled: bool = True) -> None:
     key, _, value = sbx.endpoints["namespace_label"].partition("=")
     labels = {key: value} if labelled else {}
     core(sbx).create_namespace({"metadata": {"name": name, "labels": labels}})
-
-
-def first_rotation_done(sbx: SandboxProcess, tmp_path: Path) -> str:
-    """Waits until the daemon's first rotation is over (not just under way) and returns the credential it stored.
-
-    Its distribution writes the namespaces one by one, so a secret that already holds the new value does not
-    mean the rotation is done; a test that acts on a half-finished first rotation races with it.
-    """
-    store = FileStateStore(tmp_path / "state")
-    wait_for(lambda: (j := store.load("icr-pull")).rotation is None and j.last_result is not None, "the first rotation")
-    current = stored_password(sbx, "team-a")
-    assert current is not None and all(stored_password(sbx, ns) == current for ns in ("team-b", "team-c"))
-    return current
 
 
 def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]) -> None:
@@ -120,11 +106,23 @@ def test_daemon_follows_cluster_events(sandbox: SandboxProcess, tmp_path: Path, 
     assert stopped and stopped[0]["threads_left"] == [], "stop() left threads running (watches, events, API)"
 
 
-def test_two_replicas_one_leader_survives_a_leader_crash(
-    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
-) -> None:
-    """Exactly one replica rotates; SIGKILL it mid-rotation and the other resumes the same rotation."""
-    top = {
+def lease_holder(sbx: SandboxProcess) -> str:
+    from kubernetes import client
+    from rotation_env import api_client
+
+    coordination = client.CoordinationV1Api(api_client(sbx))
+    try:
+        lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(lease.spec.holder_identity or "")
+
+
+def replicated_config(tmp_path: Path, sbx: SandboxProcess) -> Path:
+    """Two replicas' config: a Lease, the state in a ConfigMap, the API with the operator token."""
+    top: dict[str, Any] = {
         "state": {"kind": "configmap", "name": "rotator-state"},
         "daemon": {
             "leader_election": True,
@@ -138,24 +136,23 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     tokens = tmp_path / "api-tokens"
     tokens.write_text("operator-token-0123456789 alice rotate\n")
     top["server"] = {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}}
-    config = write_config(tmp_path, sandbox, top=top)
+    return write_config(tmp_path, sbx, top=top)
+
+
+def test_two_replicas_one_leader_survives_a_leader_crash(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Exactly one replica rotates; SIGKILL it mid-rotation and the other resumes the same rotation."""
+    config = replicated_config(tmp_path, sandbox)
     daemons.append(Daemon(config, identity="replica-a"))
     daemons.append(Daemon(config, identity="replica-b"))
     store = ConfigMapStateStore(core(sandbox), "rotator-system", "rotator-state")
-
-    def lease_holder() -> str:
-        from kubernetes import client
-        from rotation_env import api_client
-
-        coordination = client.CoordinationV1Api(api_client(sandbox))
-        lease = coordination.read_namespaced_lease("rotator-leader", "rotator-system")
-        return str(lease.spec.holder_identity or "")
 
     first = wait_for(lambda: store.load("icr-pull").last_success_at, "the first rotation")
     assert first is not None
     minted = [k for k in iam_keys(sandbox) if k["name"].startswith("rotator-icr-pull-")]
     assert len(minted) == 1, "one mint, not one per replica"
-    leader_name = wait_for(lease_holder, "a lease holder")
+    leader_name = wait_for(lambda: lease_holder(sandbox), "a lease holder")
     leader = next(d for d in daemons if d.identity == leader_name)
     follower = next(d for d in daemons if d.identity != leader_name)
     follower_api = follower.api()
@@ -182,7 +179,7 @@ def test_two_replicas_one_leader_survives_a_leader_crash(
     leader.stop(signal.SIGKILL)
     sandbox.clear_faults()
 
-    wait_for(lambda: lease_holder() == follower.identity, "the follower to take the lease", timeout=20)
+    wait_for(lambda: lease_holder(sandbox) == follower.identity, "the follower to take the lease", timeout=20)
     done = wait_for(
         lambda: (j := store.load("icr-pull")).rotation is None and j.last_result.rotation_id == in_flight and j,
         "the follower to finish the same rotation",
@@ -374,3 +371,86 @@ def test_own_writes_route_no_heal_while_outside_changes_do(
         ("rotate", f"kubernetes:team-a/{SECRET}", f"annotation rotator.example.com/rotate on team-a/{SECRET}"),
     ]
     assert routed_after(seen) == [*annotated, healed], "only the annotation (an outside change) and the tampering"
+
+
+def test_requests_while_a_rotation_waits_join_it_and_a_leak_ends_disabled(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """While a rotation waits out a retry (one namespace refuses writes), a rotate request joins it and its status
+    is that rotation's, never another's failure; a leak report of the key being replaced is recorded at once and
+    the key is disabled as soon as the replacement is in place, without the grace period (1 h here)."""
+    schedule = {"interval": "1h", "retry_backoff": "1s", "retry_backoff_max": "2s"}
+    config = api_config(tmp_path, sandbox, schedule=schedule)
+    daemons.append(daemon := Daemon(config))
+    first_rotation_done(sandbox, tmp_path)
+    base = daemon.api()
+    store = FileStateStore(tmp_path / "state")
+    old_key = store.load("icr-pull").current
+    assert old_key is not None
+    down = {"path_prefix": "/api/v1/namespaces/team-b/", "methods": ["PUT"], "error_status": 503, "error_rate": 1.0}
+    sandbox.set_faults("kubernetes", down)
+    first = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": "first"})
+    assert first.status_code == 202, first.text
+    in_flight = first.json()["rotation_id"]
+    wait_for(
+        lambda: (r := store.load("icr-pull").rotation) is not None and r.id == in_flight and r.waiting,
+        "the rotation to wait out a retry",
+    )
+    second = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": "second"})
+    assert second.status_code == 202, second.text
+    assert second.json()["joined"] is True and second.json()["rotation_id"] == in_flight
+    shown = httpx.get(f"{base}/v1/rotations/{in_flight}", headers=API_AUTH).json()
+    assert shown["state"] in ("waiting", "running") and shown["id"] == in_flight
+    assert shown["state"] == "running" or shown["retry_at"] is not None
+
+    stranger = httpx.post(f"{base}/v1/credentials/icr-pull/leaked", headers=API_AUTH, json={"key_id": "ApiKey-nope"})
+    assert stranger.status_code == 422 and "not one of" in stranger.json()["error"], stranger.text
+    leak = httpx.post(f"{base}/v1/credentials/icr-pull/leaked", headers=API_AUTH, json={"key_id": old_key.id})
+    assert leak.status_code == 202 and leak.json()["rotation_id"] == in_flight, leak.text
+    recorded = store.load_requests("icr-pull").leaks
+    assert [(x.key_id, x.by) for x in recorded] == [(old_key.id, "alice")]
+
+    sandbox.clear_faults()
+    done = wait_for(
+        lambda: httpx.get(f"{base}/v1/rotations/{in_flight}", headers=API_AUTH).json()["state"] == "succeeded",
+        "the joined rotation to succeed",
+    )
+    assert done
+    wait_for(lambda: {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[old_key.id], "the leaked key disabled")
+    leaks = credential_status(base)["leaks"]
+    assert [(x["key_id"], x["state"]) for x in leaks] == [(old_key.id, "disabled")]
+    journal = store.load("icr-pull")
+    assert [r.rotation_id for r in journal.history].count(in_flight) == 1
+    assert all(r.rotation_id == in_flight or r is journal.history[0] for r in journal.history), "one rotation only"
+
+
+def test_a_request_accepted_by_a_leader_that_dies_is_served_by_the_next(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The leader records a request and is killed before starting it: the other replica takes the lease, finds
+    the request in the shared state, serves it, and answers the same Idempotency-Key with the same id."""
+    config = replicated_config(tmp_path, sandbox)
+    daemons.append(leader := Daemon(config, identity="replica-a", env={"ROTATOR_CRASH_AT": "request:before-start"}))
+    wait_for(lambda: lease_holder(sandbox) == "replica-a", "replica-a to lead", timeout=30)
+    store = ConfigMapStateStore(core(sandbox), "rotator-system", "rotator-state")
+    wait_for(lambda: store.load("icr-pull").last_success_at, "the first rotation", timeout=30)
+    daemons.append(other := Daemon(config, identity="replica-b"))
+    other_api = other.api()
+    headers = {**API_AUTH, "Idempotency-Key": "change-9"}
+    with contextlib.suppress(httpx.TransportError):  # killed before it answered, or just after
+        httpx.post(f"{leader.api()}/v1/credentials/icr-pull/rotate", headers=headers, json={"reason": "c9"}, timeout=10)
+    assert leader.proc.wait(30) == -signal.SIGKILL
+    recorded = [r for r in store.load_requests("icr-pull").requests if r.idempotency_key == "change-9"]
+    assert len(recorded) == 1 and recorded[0].state == "queued"
+
+    wait_for(lambda: lease_holder(sandbox) == "replica-b", "replica-b to take the lease", timeout=30)
+    status_url = f"{other_api}/v1/rotations/{recorded[0].id}"
+    state = wait_for(
+        lambda: (s := httpx.get(status_url, headers=API_AUTH).json()["state"]) in ("succeeded", "failed") and s,
+        "the new leader to serve the recorded request",
+        timeout=30,
+    )
+    assert state == "succeeded"
+    again = httpx.post(f"{other_api}/v1/credentials/icr-pull/rotate", headers=headers, json={"reason": "c9"})
+    assert again.status_code == 202 and again.json()["rotation_id"] == recorded[0].id, again.text
+    assert [r.rotation_id for r in store.load("icr-pull").history].count(recorded[0].id) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -157,18 +158,22 @@ def journals(draw: st.DrawFn) -> CredentialJournal:
             started_at=times,
             phase=st.sampled_from(PHASES),
             new_key=st.none() | st.builds(KeyRef, id=key_ids, created_at=times),
+            started_in_sync=st.booleans(),
+            retry_at=st.none() | times,
         )
     )
     return CredentialJournal(current=current, retired=tuple(retired), rotation=rotation)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     journal=journals(),
     now=times,
     out_of_sync=st.none() | st.lists(st.just("kubernetes:a/s"), max_size=1).map(tuple),
     stale=st.lists(st.just("kubernetes:b/s"), max_size=1).map(tuple),
     orphan_ids=st.lists(key_ids, max_size=2).map(tuple),
+    leaked=st.frozensets(key_ids, max_size=2),
+    request=st.none() | st.just(Request(reason="asked")),
 )
 def test_safety_invariants(
     journal: CredentialJournal,
@@ -176,22 +181,111 @@ def test_safety_invariants(
     out_of_sync: tuple[str, ...] | None,
     stale: tuple[str, ...],
     orphan_ids: tuple[str, ...],
+    leaked: frozenset[str],
+    request: Request | None,
 ) -> None:
-    """Whatever the state: never revoke the current key or a key in use, never revoke during a rotation."""
-    obs = Observation(journal=journal, now=now, out_of_sync=out_of_sync, stale_refused=stale, orphans=orphan_ids)
+    """Whatever the state: never revoke the current key or the one being rolled out, never a key a target may
+    hold; and never starve a revocation that may go (the bound on enabled keys rests on that)."""
+    obs = Observation(
+        journal=journal,
+        now=now,
+        out_of_sync=out_of_sync,
+        stale_refused=stale,
+        orphans=orphan_ids,
+        leaked=leaked,
+        request=request,
+    )
     action = plan(obs, POLICY)
+    rotation = journal.rotation
+    in_use = {
+        journal.current.id if journal.current else None,
+        rotation.new_key.id if rotation and rotation.new_key else None,
+    }
+    in_sync = rotation.started_in_sync if rotation else (out_of_sync == () and stale == ())
     if action.kind in ("disable", "delete", "sweep"):
-        assert journal.rotation is None
-        assert action.key_id != (journal.current.id if journal.current else None)
+        assert action.key_id not in in_use
+    if action.kind == "sweep":
+        assert rotation is None and action.key_id not in journal.known_key_ids()
     if action.kind == "disable":
-        assert out_of_sync == () and stale == ()
         retired = [r for r in journal.retired if r.key_id == action.key_id]
-        assert retired and retired[0].disable_at <= now
+        assert retired and retired[0].disabled_at is None
+        # Grace over with no target holding it, or reported leaked with every writable target moved on.
+        assert (retired[0].disable_at <= now and in_sync) or (
+            action.key_id in leaked and (in_sync or (rotation is None and out_of_sync == ()))
+        )
     if action.kind == "delete":
         retired = [r for r in journal.retired if r.key_id == action.key_id]
-        assert retired and retired[0].disabled_at is not None
-    if action.kind == "sweep":
-        assert action.key_id not in journal.known_key_ids()
+        assert retired and retired[0].disabled_at is not None and retired[0].delete_at is not None
+        assert retired[0].delete_at <= now
+    # No starvation: a revocation that may go is what happens next, rotation or not (a rotation in flight
+    # is only ahead of it when there is none; before one starts, heals come first).
+    may_go = [
+        r
+        for r in journal.retired
+        if r.key_id not in in_use
+        and (
+            (r.disabled_at is None and r.disable_at <= now and in_sync)
+            or (r.disabled_at is not None and r.delete_at is not None and r.delete_at <= now)
+        )
+    ]
+    if may_go and (rotation is not None or not out_of_sync):
+        assert action.kind in ("disable", "delete"), f"{action.kind} while {may_go[0].key_id} is due"
+
+
+def test_revocation_goes_between_the_steps_of_a_waiting_rotation() -> None:
+    """A key whose grace ends while a rotation waits out a retry is disabled then, not after the rotation
+    (which may take long, and be followed by another): the wait wakes for it."""
+    retired = Retired(key_id="k-old", retired_at=T0, disable_at=T0 + dt.timedelta(minutes=10))
+    rot = Rotation(
+        id="r",
+        reason="asked",
+        started_at=T0,
+        phase="distributing",
+        new_key=KeyRef(id="k-new", created_at=T0),
+        retry_at=T0 + dt.timedelta(hours=1),
+        started_in_sync=True,
+    )
+    j = journal_with_current(retired=(retired,), rotation=rot)
+    waiting = plan(Observation(journal=j, now=T0 + dt.timedelta(minutes=5)), POLICY)
+    assert waiting.kind == "wait" and waiting.until == T0 + dt.timedelta(minutes=10)
+    assert plan(Observation(journal=j, now=T0 + dt.timedelta(minutes=10)), POLICY).kind == "disable"
+    # Targets that did not all hold the current key when it started may still hold the old one: not then.
+    unsure = replace(j, rotation=replace(rot, started_in_sync=False))
+    assert plan(Observation(journal=unsure, now=T0 + dt.timedelta(minutes=10)), POLICY).kind == "wait"
+
+
+def test_leaked_key_is_disabled_without_grace_or_replaced_at_once() -> None:
+    """A retired key reported leaked is disabled inside its grace once no writable target holds it; a leaked
+    current key starts an emergency rotation, nobody asking."""
+    retired = Retired(key_id="k-old", retired_at=T0, disable_at=T0 + dt.timedelta(hours=1))
+    j = journal_with_current(retired=(retired,))
+    early = T0 + dt.timedelta(minutes=1)
+    assert plan(Observation(journal=j, now=early, out_of_sync=()), POLICY).kind == "idle"
+    leak = Observation(
+        journal=j, now=early, out_of_sync=(), stale_refused=("kubernetes:b/s",), leaked=frozenset({"k-old"})
+    )
+    assert plan(leak, POLICY).kind == "disable"
+    assert plan(replace(leak, out_of_sync=None), POLICY).kind == "idle"  # targets unknown: not yet
+    start = plan(Observation(journal=j, now=early, out_of_sync=(), leaked=frozenset({"k-cur"})), POLICY)
+    assert (start.kind, start.emergency, start.leaked_key_id) == ("start", True, "k-cur")
+    # After a failed attempt the next one waits the backoff (a rejected replacement is not minted in a loop).
+    backing_off = replace(j, backoff_until=early + dt.timedelta(minutes=2), failures_in_a_row=1)
+    held = plan(Observation(journal=backing_off, now=early, out_of_sync=(), leaked=frozenset({"k-cur"})), POLICY)
+    assert (held.kind, held.until) == ("idle", early + dt.timedelta(minutes=2))
+
+
+def test_schedule_counts_from_the_last_successful_rotation() -> None:
+    """A rotation whose key was minted at T0 but that only succeeded 30 s later (it waited out a retry) is
+    followed by the next scheduled one an interval after it succeeded, not 0.2 s after it ended."""
+    policy = replace(POLICY, interval=dt.timedelta(seconds=30), max_age=dt.timedelta(days=1))
+    finished = T0 + dt.timedelta(seconds=30)
+    j = journal_with_current(last_success_at=finished)
+    assert due(j, policy) == (finished + dt.timedelta(seconds=30), "scheduled")
+    assert plan(Observation(journal=j, now=finished + dt.timedelta(seconds=1), out_of_sync=()), policy).kind == "idle"
+    # A key adopted without a recorded success counts from its creation; max_age always from the key.
+    assert due(journal_with_current(), policy)[0] == T0 + dt.timedelta(seconds=30)
+    old = journal_with_current(last_success_at=T0 + dt.timedelta(days=2))
+    assert due(old, replace(policy, interval=dt.timedelta(days=7)))[0] == T0 + dt.timedelta(days=1)
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,62 @@ def test_iam_5xx_burst_and_secret_409_storm_are_ridden_out(sandbox: SandboxProce
     assert len(live_owned_keys(sandbox)) == 1
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"error_status": 500, "error_count": 1}, id="one-500"),
+        pytest.param({"error_status": 503, "error_count": 2}, id="two-503"),
+        pytest.param({"throttle_seconds": 0.5, "retry_after": 1}, id="429-retry-after"),
+    ],
+)
+def test_transient_secret_write_errors_are_retried_inside_the_step(
+    sandbox: SandboxProcess, tmp_path: Path, fault: dict[str, Any]
+) -> None:
+    """A 5xx or a 429 on a secret write is retried within distribution (honouring Retry-After): the rotation
+    succeeds in the same pass instead of waiting for a step retry with one target behind."""
+    clock = FakeClock()
+    app = make_app(write_config(tmp_path, sandbox), clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="first")).result == "succeeded"
+        sandbox.set_faults("kubernetes", {"path_prefix": "/api/v1/namespaces/", "methods": ["PUT"], **fault})
+        outcome = app.reconciler(CRED).run(Request(reason="second"))
+    finally:
+        app.close()
+    assert outcome.result == "succeeded", outcome.detail
+    value = stored_password(sandbox, "team-a")
+    assert value is not None and all(stored_password(sandbox, ns) == value for ns in TEAMS)
+    puts = [r["status"] for r in sandbox.requests("kubernetes") if r["method"] == "PUT" and "/secrets/" in r["path"]]
+    assert any(status >= 429 for status in puts), "the fault was not hit"
+
+
+def test_a_step_that_keeps_failing_waits_the_configured_backoff(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """A distribution still failing after its in-step retries waits schedule.retry_backoff, doubling with each
+    failure in a row (not a fixed 30 s), and status shows when it tries again."""
+    clock = FakeClock()
+    schedule = {"interval": "1d", "retry_backoff": "7s", "retry_backoff_max": "20s"}
+    app = make_app(write_config(tmp_path, sandbox, schedule=schedule), clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="first")).result == "succeeded"
+        down = {"path_prefix": "/api/v1/namespaces/team-b/", "methods": ["PUT"], "error_status": 503, "error_rate": 1.0}
+        sandbox.set_faults("kubernetes", down)
+        waits = []
+        for _ in range(3):
+            started = clock.now()
+            outcome = app.reconciler(CRED).run(Request(reason="second") if not waits else None)
+            rotation = app.store.load(CRED).rotation
+            assert outcome.result == "inconclusive" and rotation is not None and rotation.retry_at is not None
+            waits.append((rotation.retry_at - started).total_seconds())
+            assert app.status(CRED, clock.now())["rotation_in_progress"]["retry_at"] == rotation.retry_at.isoformat(
+                timespec="seconds"
+            )
+            clock.advance(waits[-1])
+        sandbox.clear_faults()
+        assert app.reconciler(CRED).run().result == "succeeded"
+    finally:
+        app.close()
+    assert waits == [7.0, 14.0, 20.0]
+
+
 def test_namespace_deleted_mid_rotation(sandbox: SandboxProcess, tmp_path: Path) -> None:
     """A target namespace that disappears during a rotation is skipped; the rest complete."""
     app = make_app(write_config(tmp_path, sandbox))
@@ -345,3 +401,32 @@ def test_registry_checks_are_logged_with_credential_and_rotation(sandbox: Sandbo
     assert len(in_rotation) >= 2 and len(lines) == len(in_rotation) + 1  # verify_new, verify_stored; health
     assert {line.get("credential") for line in lines} == {CRED}
     assert {line["rotation_id"] for line in in_rotation} == {outcome.rotation_id}
+
+
+def test_leak_of_a_retired_key_disables_it_inside_its_grace(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """A leak report (the request book) naming a key already retired, still inside its 1 h grace, disables it on
+    the next pass without a rotation; the current key and the rest stay as they are."""
+    import datetime as dt
+
+    from rotator.journal import Leak, RequestBook
+
+    clock = FakeClock()
+    app = make_app(write_config(tmp_path, sandbox), clock=clock)
+    try:
+        assert app.reconciler(CRED).run(Request(reason="first")).result == "succeeded"
+        k1 = key_id_of(sandbox, stored_password(sandbox, "team-a") or "")
+        assert app.reconciler(CRED).run(Request(reason="second")).result == "succeeded"
+        app.reconciler(CRED).run()
+        assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is False  # in its grace
+        leak = Leak(key_id=k1, reported_at=dt.datetime.now(dt.UTC), by="alice", request_id="r-1")
+        app.store.save_requests(CRED, RequestBook(leaks=(leak,)))
+        current = app.store.load(CRED).current
+        assert app.status(CRED, clock.now())["leaks"][0]["state"] == "retired: disabled once no target holds it"
+        assert app.reconciler(CRED).run().result == "idle"
+        shown = app.status(CRED, clock.now())["leaks"]  # what `rotator status` and GET /v1/credentials show
+        assert [(x["key_id"], x["reported_by"], x["state"]) for x in shown] == [(k1, "alice", "disabled")]
+    finally:
+        app.close()
+    assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is True
+    journal = app.store.load(CRED)
+    assert journal.current == current and len(journal.history) == 2, "no rotation for a retired key"

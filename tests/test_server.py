@@ -75,7 +75,15 @@ class FakeControl:
         return [{"name": n, "current_key_id": f"ApiKey-{n}", "rotation_in_progress": None} for n in NAMES]
 
     def request_rotation(
-        self, name: str, *, reason: str, emergency: bool = False, leaked_key_id: str | None = None
+        self,
+        name: str,
+        *,
+        reason: str,
+        emergency: bool = False,
+        leaked_key_id: str | None = None,
+        principal: str = "rotator",
+        idempotency_key: str = "",
+        fingerprint: str = "",
     ) -> tuple[str, bool]:
         if name not in NAMES:
             raise NotFoundError(f"no credential named {name!r}")

@@ -403,7 +403,12 @@ class KubernetesSink:
         return result
 
     def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
-        """Create or merge; "created", "updated", "unchanged", or "skipped" (namespace gone)."""
+        """Create or merge; "created", "updated", "unchanged", or "skipped" (namespace gone). A transient
+        answer (5xx, 429 with its Retry-After, a dropped connection) is retried by the one retry policy,
+        inside the step, before the step itself gives up and waits for the credential's retry_backoff."""
+        return self.retry.call(lambda: self._write_once(target, auth), operation="kubernetes.write")
+
+    def _write_once(self, target: TargetRef, auth: RegistryAuth) -> str:
         from kubernetes.client.exceptions import ApiException
 
         for _ in range(CONFLICT_RETRIES):
@@ -420,6 +425,9 @@ class KubernetesSink:
                 error = map_api_error(exc, f"write secret {target.namespace}/{target.name}")
                 self._report("error")
                 raise error from None
+            except OSError as exc:  # connection refused/reset or a read timeout on the write
+                self._report("error")
+                raise TransientError(f"write secret {target.namespace}/{target.name}: {type(exc).__name__}") from None
             if result != "skipped":
                 self._ensure_service_accounts(target)
             if result in ("created", "updated"):

@@ -18,7 +18,7 @@ from typing import Any
 
 from rotator import journal as journal_mod
 from rotator.errors import LockedError, StateError, TransientError
-from rotator.journal import CredentialJournal, Vault
+from rotator.journal import CredentialJournal, RequestBook, Vault
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -75,6 +75,20 @@ class FileStateStore:
     def save(self, credential: str, journal: CredentialJournal) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _atomic_write(self._path(credential, "journal"), json.dumps(journal_mod.dump(journal), indent=1).encode())
+
+    def load_requests(self, credential: str) -> RequestBook:
+        path = self._path(credential, "requests")
+        data = self._read(path)
+        if data is None:
+            return RequestBook()
+        try:
+            return journal_mod.load_book(data)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise StateError(f"{path} has an unexpected shape: {exc}") from None
+
+    def save_requests(self, credential: str, book: RequestBook) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _atomic_write(self._path(credential, "requests"), json.dumps(journal_mod.dump_book(book), indent=1).encode())
 
     def load_vault(self, credential: str) -> Vault:
         data = self._read(self._path(credential, "vault"))
@@ -183,6 +197,18 @@ class ConfigMapStateStore:
 
     def save(self, credential: str, journal: CredentialJournal) -> None:
         self._put("configmap", f"{credential}.journal.json", json.dumps(journal_mod.dump(journal)))
+
+    def load_requests(self, credential: str) -> RequestBook:
+        obj = self._get("configmap")
+        raw = ((obj or {}).get("data") or {}).get(f"{credential}.requests.json")
+        if raw is None:
+            return RequestBook()
+        return journal_mod.load_book(
+            _parse(raw, f"ConfigMap {self.namespace}/{self.name} key {credential}.requests.json")
+        )
+
+    def save_requests(self, credential: str, book: RequestBook) -> None:
+        self._put("configmap", f"{credential}.requests.json", json.dumps(journal_mod.dump_book(book)))
 
     def load_vault(self, credential: str) -> Vault:
         obj = self._get("secret")
