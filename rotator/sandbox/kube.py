@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rotator.sandbox import kube_tokens
 from rotator.sandbox import kube_types as types
 from rotator.sandbox.kube_auth import Attributes, Authorizer, Rule, User
 from rotator.sandbox.kube_list import Lister
@@ -29,6 +30,7 @@ from rotator.sandbox.kube_rest import Call, Rest, respond
 from rotator.sandbox.kube_review import Reviews
 from rotator.sandbox.kube_status import (
     KubeError,
+    bad_request,
     error_response,
     forbidden,
     method_not_allowed,
@@ -144,6 +146,9 @@ class KubeEmulator:
             if request.method != "GET":
                 raise method_not_allowed()
             return discovery
+        token_request = kube_tokens.PATH.match(request.path)
+        if token_request is not None and user is not None:
+            return await self._token_request(request, user, **token_request.groupdict())
         call = self._resolve(request, segments)
         if call is None or user is None:
             raise not_found_path()
@@ -222,6 +227,20 @@ class KubeEmulator:
             "deletecollection": self.lister.delete_collection,
         }[verb]
         return await handler(call)
+
+    async def _token_request(self, request: web.Request, user: User, *, namespace: str, name: str) -> web.Response:
+        if request.method != "POST":
+            raise method_not_allowed()
+        attrs = Attributes(
+            verb="create", resource="serviceaccounts", subresource="token", namespace=namespace, name=name
+        )
+        if not self.auth.allowed(user.username, user.groups, attrs):
+            raise forbidden("serviceaccounts", "", name, attrs.describe(user.username))
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError:
+            raise bad_request("the request body is not JSON") from None
+        return respond(kube_tokens.issue(self.store, self.ctx.signer, namespace, name, body), status=201)
 
     def _authorize(self, user: User, call: Call, verb: str) -> None:
         rt = call.rt
