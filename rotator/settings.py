@@ -64,12 +64,43 @@ class SecretSource:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrustedProfileSource:
+    """Keyless IAM sign-in: assume a trusted profile with the compute-resource token the platform
+    projects into the pod (re-read for every sign-in: the kubelet rotates it)."""
+
+    profile_id: str | None = None
+    profile_name: str | None = None
+    cr_token_file: Path
+    field_path: str = ""
+
+    def load(self) -> SecretStr:
+        """The current CR token (a credential: never shown)."""
+        try:
+            value = self.cr_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.field_path}.cr_token_file: cannot read {self.cr_token_file}: {exc.strerror}; mount the "
+                "projected service-account token there (deploy/components/trusted-profile) or fix the path"
+            ) from None
+        if not value:
+            raise ConfigError(f"{self.field_path}.cr_token_file: {self.cr_token_file} is empty")
+        return SecretStr(value)
+
+    def describe(self) -> str:
+        profile = f"id {self.profile_id}" if self.profile_id else f"name {self.profile_name}"
+        return f"trusted-profile:{profile} cr_token_file:{self.cr_token_file}"
+
+
+IamAuth = SecretSource | TrustedProfileSource
+
+
+@dataclass(frozen=True, kw_only=True)
 class IamProviderSettings:
     kind: str = "ibm-iam"
     endpoint: str = "https://iam.cloud.ibm.com"
     account_id: str
     service_id: str
-    apikey: SecretSource
+    apikey: IamAuth  # an admin API key's source, or a trusted profile (config: apikey or auth)
 
     # How `rotator plan` and `rotator check` name the provider.
     @property
@@ -172,8 +203,8 @@ class CodeEngineTarget:
 
     secret_name: str
     projects: tuple[CodeEngineProject, ...]
-    # An IAM API key that may manage the projects' secrets; None: the provider's admin key.
-    apikey: SecretSource | None = None
+    # An IAM API key (or trusted profile) that may manage the projects' secrets; None: the provider's.
+    apikey: IamAuth | None = None
     # IAM token endpoint for that key; None: the provider's IAM endpoint.
     iam_endpoint: str | None = None
 
@@ -285,7 +316,7 @@ class Settings:
         """The loaded config for logging: secret sources are shown by location, never by value."""
 
         def clean(value: Any) -> Any:
-            if isinstance(value, SecretSource):
+            if isinstance(value, SecretSource | TrustedProfileSource):
                 return value.describe()
             if isinstance(value, dict):
                 return {k: clean(v) for k, v in value.items() if k != "field_path"}
@@ -543,6 +574,55 @@ def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
     return SecretSource(env=env, field_path=node.path)
 
 
+TRUSTED_PROFILE_EXAMPLE = (
+    "auth: {kind: trusted-profile, profile_name: rotator, cr_token_file: /var/run/secrets/tokens/sa-token}"
+)
+# Where IKS/ROKS project the service-account token for IAM (IBM's documented mount), the SDK's default too.
+DEFAULT_CR_TOKEN_FILE = "/var/run/secrets/tokens/sa-token"
+
+
+def _iam_auth(node: _Node, base_dir: Path, *, required: bool) -> tuple[bool, IamAuth | None]:
+    """(given, source) from ``apikey: {file|env}`` or ``auth: {kind: apikey|trusted-profile, ...}``."""
+    apikey_node, auth_node = node.child("apikey", required=False), node.child("auth", required=False)
+    if apikey_node is not None and auth_node is not None:
+        node.errors.add(node.at("auth"), "give either apikey or auth, not both", TRUSTED_PROFILE_EXAMPLE)
+        return True, None
+    if apikey_node is not None:
+        return True, _secret_source(apikey_node, base_dir)
+    if auth_node is None:
+        if required:
+            node.errors.add(
+                node.at("apikey"), "is required (or auth)", "apikey: {file: /var/run/secrets/rotator/apikey}"
+            )
+        return False, None
+    kind = auth_node.value("kind", _string, example="trusted-profile")
+    if kind == "apikey":
+        auth_node.data = {k: v for k, v in auth_node.data.items() if k != "kind"}
+        return True, _secret_source(auth_node, base_dir)
+    if kind != "trusted-profile":
+        if kind is not None:
+            auth_node.errors.add(
+                auth_node.at("kind"), f"{kind!r} is not apikey or trusted-profile", TRUSTED_PROFILE_EXAMPLE
+            )
+        return True, None
+    auth_node.known("kind", "profile_id", "profile_name", "cr_token_file")
+    profile_id = auth_node.value("profile_id", _string, example="Profile-3c2b1a09-...", default=None)
+    profile_name = auth_node.value("profile_name", _string, example="rotator", default=None)
+    if (profile_id is None) == (profile_name is None):
+        auth_node.errors.add(auth_node.path, "give exactly one of profile_id or profile_name", TRUSTED_PROFILE_EXAMPLE)
+        return True, None
+    if profile_id is not None and not profile_id.startswith("Profile-"):
+        auth_node.errors.add(auth_node.at("profile_id"), f"{profile_id!r} is not a trusted profile ID (Profile-<uuid>)")
+        return True, None
+    token_file = auth_node.value("cr_token_file", _string, example=DEFAULT_CR_TOKEN_FILE, default=DEFAULT_CR_TOKEN_FILE)
+    if token_file is None:
+        return True, None
+    resolved = Path(token_file) if Path(token_file).is_absolute() else base_dir / token_file
+    return True, TrustedProfileSource(
+        profile_id=profile_id, profile_name=profile_name, cr_token_file=resolved, field_path=auth_node.path
+    )
+
+
 def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubProviderSettings | None:
     kind = node.value("kind", _string, example="ibm-iam")
     if kind is not None and kind not in PROVIDERS:
@@ -554,7 +634,7 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubPro
 
 
 def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey")
+    node.known("kind", "endpoint", "account_id", "service_id", "apikey", "auth")
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
     service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
@@ -564,8 +644,7 @@ def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
             f"{service_id!r} is not a service ID (ServiceId-<uuid>)",
             "ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90",
         )
-    apikey_node = node.child("apikey")
-    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
+    _, apikey = _iam_auth(node, base_dir, required=True)
     if None in (endpoint, account_id, service_id, apikey):
         return None
     assert endpoint and account_id and service_id and apikey
@@ -805,14 +884,13 @@ def _ce_projects(node: _Node, default_endpoint: str | None) -> list[CodeEnginePr
 
 
 def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
-    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint")
+    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "auth", "iam_endpoint")
     secret_name = node.value("secret_name", _ce_secret_name, example="icr-pull")
     endpoint = node.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=None)
     projects = _ce_projects(node, endpoint)
-    apikey_node = node.child("apikey", required=False)
-    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
+    given, apikey = _iam_auth(node, base_dir, required=False)
     iam_endpoint = node.value("iam_endpoint", _url, example="https://iam.cloud.ibm.com", default=None)
-    if secret_name is None or not projects or (apikey_node is not None and apikey is None):
+    if secret_name is None or not projects or (given and apikey is None):
         return None
     return CodeEngineTarget(secret_name=secret_name, projects=tuple(projects), apikey=apikey, iam_endpoint=iam_endpoint)
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from monitoring_env import KUBECTL, PROMTOOL, REPO
 
-from rotator.settings import IamProviderSettings, parse
+from rotator.settings import IamProviderSettings, TrustedProfileSource, parse
 
 pytestmark = pytest.mark.real
 
@@ -321,9 +321,8 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": NAMESPACE}]
 
 
-def test_namespaced_rbac_component(tmp_path: Path) -> None:
-    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
-    namespace gets a Role for them, and everything still validates."""
+def with_component(tmp_path: Path, component: str) -> list[dict[str, Any]]:
+    """The base with one of deploy/components, rendered from an overlay."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = os.path.relpath(DEPLOY, overlay)
@@ -333,11 +332,17 @@ def test_namespaced_rbac_component(tmp_path: Path) -> None:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [base],
-                "components": [f"{base}/components/namespaced-rbac"],
+                "components": [f"{base}/components/{component}"],
             }
         )
     )
-    objects = kustomize(overlay, tmp_path)
+    return kustomize(overlay, tmp_path)
+
+
+def test_namespaced_rbac_component(tmp_path: Path) -> None:
+    """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
+    namespace gets a Role for them, and everything still validates."""
+    objects = with_component(tmp_path, "namespaced-rbac")
     assert schema_errors(objects) == []
     cluster = _access(one(objects, "ClusterRole"))
     assert ("", "secrets") not in cluster and ("", "serviceaccounts") not in cluster
@@ -350,6 +355,26 @@ def test_namespaced_rbac_component(tmp_path: Path) -> None:
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings) and len(bindings) == 2
     # The base's own Role in rotator-system is untouched.
     assert one(objects, "Role", "rotator")["metadata"]["namespace"] == NAMESPACE
+
+
+def test_trusted_profile_component(tmp_path: Path) -> None:
+    """With components/trusted-profile no API key Secret is mounted; the kubelet projects an ``iam``-audience
+    token where the replaced config reads it, and everything still validates."""
+    objects = with_component(tmp_path, "trusted-profile")
+    assert schema_errors(objects) == []
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    (token,) = [v for v in pod["volumes"] if "projected" in v]
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert (source["audience"], source["path"]) == ("iam", "sa-token")
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[token["name"]] == "/var/run/secrets/tokens" and "admin-apikey" not in mounts
+    path = tmp_path / "rotator.yaml"
+    path.write_text(one(objects, "ConfigMap")["data"]["rotator.yaml"])
+    settings = parse(yaml.safe_load(path.read_text()), source=path, base_dir=tmp_path)
+    auth = settings.credentials[0].provider
+    assert isinstance(auth, IamProviderSettings) and isinstance(auth.apikey, TrustedProfileSource)
+    assert str(auth.apikey.cr_token_file) == f"{mounts[token['name']]}/{source['path']}"
 
 
 # -- config and image ---------------------------------------------------------------------------------
@@ -424,10 +449,14 @@ def test_install_doc_overlays_render_and_validate(overlay: str, tmp_path: Path) 
         assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in monitoring)
     if "namespaced-rbac" in overlay:
         assert ("", "secrets") not in _access(one(objects, "ClusterRole"))
+    if "trusted-profile" in overlay:
+        assert not [v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"] if "secret" in v]
 
 
 def test_install_doc_has_the_overlays() -> None:
-    """The three documented overlays (settings, no operator, namespaced RBAC) are found, so the test above runs."""
+    """The four documented overlays (settings, no operator, namespaced RBAC, trusted profile) are found, so the
+    test above runs."""
     overlays = _install_doc_overlays()
-    assert len(overlays) == 3
+    assert len(overlays) == 4
     assert sum("namespaced-rbac" in o for o in overlays) == 1
+    assert sum("trusted-profile" in o for o in overlays) == 1

@@ -38,6 +38,7 @@ from rotator.retrying import RetryPolicy
 
 OWNED_PREFIX = "rotator-"
 GRANT_APIKEY = "urn:ibm:params:oauth:grant-type:apikey"
+GRANT_CR_TOKEN = "urn:ibm:params:oauth:grant-type:cr-token"
 REFRESH_FRACTION = 0.8  # like the IBM SDK: refresh once 80 % of the lifetime has passed
 MAX_PAGES = 1000
 _CREDENTIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -84,22 +85,41 @@ class _Token:
     refresh_at: float  # time.monotonic()
 
 
+@dataclass(frozen=True)
+class ProfileGrant:
+    """Keyless sign-in: assume a trusted profile with a compute-resource token (IAM's ``cr-token``
+    grant). ``cr_token`` is read for every sign-in: the platform rotates the projected token."""
+
+    cr_token: SecretReader
+    profile_id: str | None = None
+    profile_name: str | None = None
+
+    def form(self, token: SecretStr) -> dict[str, str]:
+        form = {"grant_type": GRANT_CR_TOKEN, "cr_token": token.reveal()}
+        if self.profile_id:
+            form["profile_id"] = self.profile_id
+        if self.profile_name:
+            form["profile_name"] = self.profile_name
+        return form
+
+
 class IamTokenSource:
-    """IAM access tokens for one API key: fetched on first use, cached, refreshed once 80 % of the
-    lifetime has passed (like the IBM SDK). Thread-safe; every client calling IBM APIs with the same
-    key (the Identity API, Code Engine) can share one."""
+    """IAM access tokens for one API key or trusted profile: fetched on first use, cached, refreshed
+    once 80 % of the lifetime has passed (like the IBM SDK). Thread-safe; every client calling IBM
+    APIs as the same identity (the Identity API, Code Engine) can share one."""
 
     def __init__(
         self,
         *,
         base_url: str,
-        apikey: SecretStr | SecretReader,
+        apikey: SecretStr | SecretReader | ProfileGrant,
         client: httpx.Client,
         on_request: http.OnRequest | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._read_apikey = secret_reader(apikey)
-        self._apikey: SecretStr | None = None  # the value last used, for scrubbing
+        self._profile = apikey if isinstance(apikey, ProfileGrant) else None
+        self._read_apikey = apikey.cr_token if isinstance(apikey, ProfileGrant) else secret_reader(apikey)
+        self._apikey: SecretStr | None = None  # the key (or CR token) last used, for scrubbing
         self._client = client
         self._on_request = on_request
         self._token: _Token | None = None
@@ -121,7 +141,10 @@ class IamTokenSource:
     def _fetch(self) -> _Token:
         # Read the key for every new token: an admin key rotated in its mounted Secret takes effect without a restart.
         apikey = self._apikey = self._read_apikey()
-        form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
+        if self._profile is not None:
+            form = self._profile.form(apikey)
+        else:
+            form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
         started = time.monotonic()
         response = http.send(
             self._client,
@@ -156,7 +179,7 @@ class IamProvider:
         base_url: str,
         account_id: str,
         service_id: str,
-        admin_apikey: SecretStr | SecretReader,
+        admin_apikey: SecretStr | SecretReader | ProfileGrant,
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
         on_request: http.OnRequest | None = None,

@@ -1,0 +1,78 @@
+"""``provider.auth`` / ``targets.codeengine.auth``: an API key source or a trusted profile, checked at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_settings import DELETE, load, with_change
+
+from rotator import settings
+from rotator.errors import ConfigError
+
+PROFILE = {"kind": "trusted-profile", "profile_name": "rotator", "cr_token_file": "tokens/sa-token"}
+
+
+def keyless(**auth: Any) -> dict[str, Any]:
+    doc = with_change("credentials[0].provider.apikey", DELETE)
+    doc["credentials"][0]["provider"]["auth"] = auth
+    return doc
+
+
+def test_trusted_profile_loads_and_reads_the_token_file_each_time(tmp_path: Path) -> None:
+    cfg = load(tmp_path, keyless(**PROFILE))
+    auth = cfg.credential("icr-pull").provider.apikey
+    assert isinstance(auth, settings.TrustedProfileSource)
+    assert (auth.profile_name, auth.cr_token_file) == ("rotator", tmp_path / "tokens/sa-token")
+    with pytest.raises(ConfigError, match=r"provider\.auth\.cr_token_file: cannot read .*sa-token"):
+        auth.load()
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens/sa-token").write_text("first\n")
+    assert auth.load().reveal() == "first"
+    (tmp_path / "tokens/sa-token").write_text("second")
+    assert auth.load().reveal() == "second"
+    redacted = str(cfg.redacted())
+    assert "trusted-profile:name rotator" in redacted and "second" not in redacted
+
+
+def test_trusted_profile_defaults_to_the_iks_token_path(tmp_path: Path) -> None:
+    cfg = load(tmp_path, keyless(kind="trusted-profile", profile_id="Profile-1234"))
+    auth = cfg.credential("icr-pull").provider.apikey
+    assert isinstance(auth, settings.TrustedProfileSource)
+    assert str(auth.cr_token_file) == "/var/run/secrets/tokens/sa-token"
+
+
+def test_auth_kind_apikey_is_the_same_as_apikey(tmp_path: Path) -> None:
+    cfg = load(tmp_path, keyless(kind="apikey", env="ROTATOR_TEST_APIKEY"))
+    auth = cfg.credential("icr-pull").provider.apikey
+    assert isinstance(auth, settings.SecretSource) and auth.env == "ROTATOR_TEST_APIKEY"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (keyless(kind="trusted-profile", cr_token_file="/t"), "give exactly one of profile_id or profile_name"),
+        (keyless(kind="trusted-profile", profile_id="Profile-1", profile_name="x"), "exactly one of profile_id"),
+        (keyless(kind="trusted-profile", profile_id="ServiceId-1"), "is not a trusted profile ID"),
+        (keyless(kind="oauth"), "'oauth' is not apikey or trusted-profile"),
+        (keyless(kind="trusted-profile", profile_name="r", apikey="x"), "provider.auth.apikey: unknown field"),
+        ({**keyless(**PROFILE)}, None),
+    ],
+)
+def test_bad_auth_names_the_field(tmp_path: Path, doc: dict[str, Any], message: str | None) -> None:
+    if message is None:
+        load(tmp_path, doc)
+        return
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, doc)
+    assert message in str(info.value)
+
+
+def test_apikey_and_auth_together_are_refused(tmp_path: Path) -> None:
+    doc = with_change("credentials[0].provider.auth", PROFILE)
+    with pytest.raises(ConfigError, match=r"provider\.auth: give either apikey or auth, not both"):
+        load(tmp_path, doc)
+    none = with_change("credentials[0].provider.apikey", DELETE)
+    with pytest.raises(ConfigError, match=r"provider\.apikey: is required \(or auth\)"):
+        load(tmp_path, none)
