@@ -109,6 +109,9 @@ class App:
                 account_id=p.account_id,
                 service_id=p.service_id,
                 admin_apikey=_iam_credential(p.apikey),
+                key_lifetime=p.key_lifetime,
+                action_when_leaked=p.action_when_leaked,
+                lock_current_key=p.lock_current_key,
                 client=self.http,
                 retry=self.retry_policy(),
                 on_request=self.hooks.get("provider_request"),
@@ -194,6 +197,7 @@ class App:
             window_duration=cred.schedule.window_duration,
             backoff_base=cred.schedule.retry_backoff,
             backoff_cap=cred.schedule.retry_backoff_max,
+            expiry_margin=cred.provider.key_expiry_margin if isinstance(cred.provider, IamProviderSettings) else None,
         )
 
     def reconciler(self, name: str) -> Reconciler:

@@ -184,10 +184,18 @@ class Reconciler:
         return out
 
     def check_current(self) -> VerifyResult | None:
-        """HEAD-only pull check of the current key (None when there is none yet)."""
+        """Is the current key still enabled at the provider, then a HEAD-only pull check of it (None when
+        there is none yet). The registry may keep honouring a token it issued before the key was disabled
+        (IAM disables a key it finds in a public leak: ``action_when_leaked``), so ask the provider first."""
         vault = self.store.load_vault(self.credential)
         if not vault.current:
             return None
+        current = self.store.load(self.credential).current
+        if current is not None:
+            info = self.provider.get(current.id)
+            if info is None or info.disabled:
+                state = "deleted" if info is None else "disabled (a leak found by IAM does this)"
+                return VerifyResult(outcome="rejected", detail=f"current key {current.id} is {state} at the provider")
         return self._verify([self._auth(vault.current)])
 
     # -- observation -----------------------------------------------------------------------------

@@ -101,6 +101,14 @@ class IamProviderSettings:
     account_id: str
     service_id: str
     apikey: IamAuth  # an admin API key's source, or a trusted profile (config: apikey or auth)
+    # How long a minted key lives at IAM (its expires_at), None: it does not expire; resolved from
+    # key_expiry (auto: max_age + grace_period + delete_after + KEY_EXPIRY_MARGIN) when the credential loads.
+    key_lifetime: dt.timedelta | None = None
+    # Alert when the current key is this close to its expires_at (rotation is stuck).
+    key_expiry_margin: dt.timedelta | None = None
+    key_expiry: str | dt.timedelta = "auto"  # as configured: auto | off | a duration
+    action_when_leaked: str = "disable"  # what IAM does with a key it finds in a public leak
+    lock_current_key: bool = False  # mint keys entity-locked; rotator unlocks its own lock to retire one
 
     # How `rotator plan` and `rotator check` name the provider.
     @property
@@ -574,6 +582,20 @@ def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
     return SecretSource(env=env, field_path=node.path)
 
 
+# auto key_expiry: how long a key outlives its last planned deletion, so a stuck rotator is alerted on
+# (RotatorKeyExpiringSoon) a week before its keys expire, time for someone to notice and fix it.
+KEY_EXPIRY_MARGIN = dt.timedelta(days=7)
+LEAK_ACTIONS = ("none", "disable", "delete")
+
+
+def _key_expiry(value: Any) -> str | dt.timedelta:
+    if value in ("auto", "off"):
+        return str(value)
+    if value is False:  # YAML reads a bare off as false
+        return "off"
+    return _positive_duration(value)
+
+
 TRUSTED_PROFILE_EXAMPLE = (
     "auth: {kind: trusted-profile, profile_name: rotator, cr_token_file: /var/run/secrets/tokens/sa-token}"
 )
@@ -634,7 +656,17 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubPro
 
 
 def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey", "auth")
+    node.known(
+        "kind",
+        "endpoint",
+        "account_id",
+        "service_id",
+        "apikey",
+        "auth",
+        "key_expiry",
+        "action_when_leaked",
+        "lock_current_key",
+    )
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
     service_id = node.value("service_id", _string, example="ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90")
@@ -645,10 +677,43 @@ def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
             "ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90",
         )
     _, apikey = _iam_auth(node, base_dir, required=True)
-    if None in (endpoint, account_id, service_id, apikey):
+    key_expiry = node.value("key_expiry", _key_expiry, example="auto, off or 120d", default="auto")
+    leaked = node.value("action_when_leaked", _string, example="disable", default="disable")
+    lock = node.value("lock_current_key", _bool, example="true", default=False)
+    if leaked is not None and leaked not in LEAK_ACTIONS:
+        node.errors.add(node.at("action_when_leaked"), f"{leaked!r} is not one of {', '.join(LEAK_ACTIONS)}", "disable")
+        leaked = None
+    if None in (endpoint, account_id, service_id, apikey, key_expiry, leaked, lock):
         return None
-    assert endpoint and account_id and service_id and apikey
-    return IamProviderSettings(endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey)
+    assert endpoint and account_id and service_id and apikey and key_expiry and leaked
+    return IamProviderSettings(
+        endpoint=endpoint,
+        account_id=account_id,
+        service_id=service_id,
+        apikey=apikey,
+        key_expiry=key_expiry,
+        action_when_leaked=leaked,
+        lock_current_key=bool(lock),
+    )
+
+
+def _with_key_expiry(node: _Node, provider: IamProviderSettings, lifetimes: dt.timedelta) -> IamProviderSettings | None:
+    """``provider`` with key_lifetime and key_expiry_margin resolved against the credential's lifetimes
+    (max_age + grace_period + delete_after: how long rotator itself keeps a key)."""
+    if provider.key_expiry == "off":
+        return provider
+    if provider.key_expiry == "auto":
+        return replace(provider, key_lifetime=lifetimes + KEY_EXPIRY_MARGIN, key_expiry_margin=KEY_EXPIRY_MARGIN)
+    assert isinstance(provider.key_expiry, dt.timedelta)
+    if provider.key_expiry <= lifetimes:
+        node.errors.add(
+            node.at("provider.key_expiry"),
+            f"is not longer than max_age + grace_period + delete_after ({int(lifetimes.total_seconds())}s): keys "
+            "would expire before rotator retires them",
+            "auto",
+        )
+        return None
+    return replace(provider, key_lifetime=provider.key_expiry, key_expiry_margin=provider.key_expiry - lifetimes)
 
 
 _DOCKER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,38}$")
@@ -935,6 +1000,9 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
             "is longer than max_age, so keys would outlive it",
             "interval: 7d with max_age: 30d",
         )
+    if isinstance(provider, IamProviderSettings) and None not in (max_age, grace, delete_after):
+        assert max_age is not None and grace is not None and delete_after is not None
+        provider = _with_key_expiry(node, provider, max_age + grace + delete_after)
     if None in (name, provider, registry, max_age, grace, delete_after):
         return None
     assert name and provider and registry and max_age is not None and grace is not None

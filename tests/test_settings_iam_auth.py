@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,39 @@ def test_apikey_and_auth_together_are_refused(tmp_path: Path) -> None:
     none = with_change("credentials[0].provider.apikey", DELETE)
     with pytest.raises(ConfigError, match=r"provider\.apikey: is required \(or auth\)"):
         load(tmp_path, none)
+
+
+def test_key_expiry_auto_covers_every_lifetime_plus_a_week(tmp_path: Path) -> None:
+    """GOOD: max_age 30d, grace 1h, delete_after 1d (default): keys live 31d 1h + 7d."""
+    provider = load(tmp_path, with_change("credentials[0].delete_after", "1d")).credential("icr-pull").provider
+    assert isinstance(provider, settings.IamProviderSettings)
+    assert provider.key_lifetime == dt.timedelta(days=38, hours=1)
+    assert provider.key_expiry_margin == dt.timedelta(days=7)
+    assert provider.action_when_leaked == "disable"
+
+
+def test_key_expiry_off_and_explicit(tmp_path: Path) -> None:
+    off = load(tmp_path, with_change("credentials[0].provider.key_expiry", "off")).credential("icr-pull").provider
+    assert isinstance(off, settings.IamProviderSettings) and off.key_lifetime is None and off.key_expiry_margin is None
+    doc = with_change("credentials[0].provider.key_expiry", "40d")
+    explicit = load(tmp_path, doc).credential("icr-pull").provider
+    assert isinstance(explicit, settings.IamProviderSettings)
+    # 40d minus max_age 30d, grace 1h and delete_after 1d.
+    assert (explicit.key_lifetime, explicit.key_expiry_margin) == (
+        dt.timedelta(days=40),
+        dt.timedelta(days=8, hours=23),
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("key_expiry", "30d", "provider.key_expiry: is not longer than max_age + grace_period + delete_after"),
+        ("key_expiry", "never", "provider.key_expiry: 'never'"),
+        ("action_when_leaked", "shred", "provider.action_when_leaked: 'shred' is not one of none, disable, delete"),
+    ],
+)
+def test_bad_key_safety_settings_name_the_field(tmp_path: Path, field: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, with_change(f"credentials[0].provider.{field}", value))
+    assert message in str(info.value)
