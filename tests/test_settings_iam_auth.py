@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,22 @@ def test_bad_key_safety_settings_name_the_field(tmp_path: Path, field: str, valu
     with pytest.raises(ConfigError) as info:
         load(tmp_path, with_change(f"credentials[0].provider.{field}", value))
     assert message in str(info.value)
+
+
+def test_codeengine_target_may_sign_in_as_its_own_profile(tmp_path: Path) -> None:
+    doc = with_change(
+        "credentials[0].targets.codeengine",
+        {
+            "endpoint": "https://api.us-south.codeengine.cloud.ibm.com/v2",
+            "project_id": "4a6c8e0f-1b3d-4f5a-8c7e-9d0b2a4c6e8f",
+            "secret_name": "icr-pull",
+            "auth": {"kind": "trusted-profile", "profile_name": "rotator-ce"},
+        },
+    )
+    target = load(tmp_path, doc).credential("icr-pull").codeengine
+    assert target is not None and isinstance(target.apikey, settings.TrustedProfileSource)
+    assert target.apikey.profile_name == "rotator-ce"
+    bad = copy.deepcopy(doc)
+    bad["credentials"][0]["targets"]["codeengine"]["auth"] = {"kind": "trusted-profile"}
+    with pytest.raises(ConfigError, match=r"targets\.codeengine\.auth: give exactly one of profile_id or profile_name"):
+        load(tmp_path, bad)

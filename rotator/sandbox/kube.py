@@ -2,7 +2,9 @@
 for kubectl, the official Python client and rotator's adapter.
 
 Served: discovery, namespaces, secrets, serviceaccounts, configmaps, events, leases (CRUD, list with
-selectors and pagination, watch, three patch types, dry-run), TokenReview and (Self)SubjectAccessReview.
+selectors and pagination, watch, three patch types, dry-run), TokenReview and (Self)SubjectAccessReview,
+and the TokenRequest subresource ``serviceaccounts/{name}/token`` (kube_tokens: bound service-account
+tokens the IAM emulator accepts for its trusted-profile sign-in).
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
