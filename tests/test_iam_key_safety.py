@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon_env import Daemon
+from monitoring_env import sample, scrape
 from polling import wait_for
 from rotation_env import CRED, run_rotator, stored_password, write_config
 from test_adapter_iam import make_provider
@@ -99,7 +100,19 @@ def test_a_key_iam_disabled_for_a_leak_is_rotated_away(
     store = FileStateStore(tmp_path / "state")
     wait_for(lambda: (j := store.load(CRED)).rotation is None and j.current is not None, "the first rotation")
     leaked = store.load(CRED).current
-    assert leaked is not None
+    assert leaked is not None and leaked.expires_at is not None
+
+    def exported() -> dict[str, float] | None:
+        samples = scrape(daemon.api())
+        expiry = sample(samples, "rotator_key_expiry_timestamp_seconds", credential=CRED)
+        return (
+            {"expiry": expiry, "margin": sample(samples, "rotator_key_expiry_margin_seconds", credential=CRED)}
+            if expiry
+            else None
+        )
+
+    # The current key's expiry and the alert margin (auto: 7 days) are exported for RotatorKeyExpiringSoon.
+    assert wait_for(exported, "the expiry metrics") == {"expiry": leaked.expires_at.timestamp(), "margin": 7 * 86400}
     before = stored_password(sandbox, "team-a")
     sandbox.admin.post(f"/iam/keys/{leaked.id}/leaked").raise_for_status()
 

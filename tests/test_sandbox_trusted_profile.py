@@ -8,6 +8,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ibm_cloud_sdk_core import ApiException
 from ibm_cloud_sdk_core.authenticators import ContainerAuthenticator
@@ -99,3 +100,20 @@ def test_a_forged_or_unknown_profile_token_is_refused(shared_sandbox: SandboxPro
     with pytest.raises(ApiException) as bad:
         service.list_api_keys(iam_id=endpoints["service_iam_id"])
     assert bad.value.http_response.json()["errorCode"] == "BXNIM0106E"
+
+
+def test_an_expired_service_account_token_is_refused(shared_sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """The cluster's own key signed it for the linked account, but it expired: IAM refuses it."""
+    endpoints = shared_sandbox.endpoints
+    token_file = project_token(shared_sandbox, tmp_path / "sa-token", *linked(endpoints))
+    claims = jwt.decode(token_file.read_text(), options={"verify_signature": False})
+    claims.update(iat=claims["iat"] - 7200, nbf=claims["nbf"] - 7200, exp=claims["iat"] - 3600)
+    cluster_key = serialization.load_pem_private_key(
+        (Path(endpoints["files_dir"]) / "signer-key.pem").read_bytes(), password=None
+    )
+    token_file.write_text(jwt.encode(claims, cluster_key, algorithm="RS256"))  # type: ignore[arg-type]
+    service = container_sdk(endpoints, token_file, iam_profile_name=endpoints["trusted_profile_name"])
+    with pytest.raises(ApiException) as refused:
+        service.list_api_keys(iam_id=endpoints["service_iam_id"])
+    body = refused.value.http_response.json()
+    assert body["errorCode"] == "BXNIM0106E" and "expired" in body["errorMessage"]
