@@ -191,12 +191,23 @@ class Reconciler:
         if not vault.current:
             return None
         current = self.store.load(self.credential).current
-        if current is not None:
-            info = self.provider.get(current.id)
-            if info is None or info.disabled:
-                state = "deleted" if info is None else "disabled (a leak found by IAM does this)"
-                return VerifyResult(outcome="rejected", detail=f"current key {current.id} is {state} at the provider")
+        problem = self._gone_at_provider(current.id) if current is not None else None
+        if problem is not None:
+            return VerifyResult(outcome="rejected", detail=problem)
         return self._verify([self._auth(vault.current)])
+
+    def _gone_at_provider(self, key_id: str) -> str | None:
+        """Why the provider no longer honours the key (deleted, disabled), or None."""
+        try:
+            info = self.provider.get(key_id)
+        except TransientError as exc:  # the provider is busy: the registry check still runs
+            self.log.warning("health.provider_unavailable", key_id=key_id, error=str(exc))
+            return None
+        if info is None:
+            return f"current key {key_id} is deleted at the provider"
+        if info.disabled:
+            return f"current key {key_id} is disabled at the provider (a leak found by IAM does this)"
+        return None
 
     # -- observation -----------------------------------------------------------------------------
     def targets(self) -> list[TargetRef]:

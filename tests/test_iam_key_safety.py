@@ -10,7 +10,7 @@ from typing import Any
 from daemon_env import Daemon
 from monitoring_env import sample, scrape
 from polling import wait_for
-from rotation_env import CRED, run_rotator, stored_password, write_config
+from rotation_env import CRED, make_app, run_rotator, stored_password, write_config
 from test_adapter_iam import make_provider
 from test_daemon import daemons  # noqa: F401 - the fixture, shared
 from test_sandbox_iam import sdk
@@ -123,3 +123,27 @@ def test_a_key_iam_disabled_for_a_leak_is_rotated_away(
     wait_for(replaced, "the emergency rotation", timeout=30)
     assert daemon.logged("health.key_rejected")
     assert stored_password(sandbox, "team-a") not in (None, before)
+
+
+def test_health_check_asks_the_provider_and_goes_on_when_it_is_busy(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """A busy IAM (429 for longer than the retry budget) does not fail the health check: the registry
+    check still runs. A key IAM disabled is rejected with the reason, though the registry still takes it."""
+    config = write_config(tmp_path, sandbox)
+    assert run_rotator("rotate", CRED, "-c", str(config)).returncode == 0
+    with make_app(config) as app:
+        reconciler = app.reconciler(CRED)
+        current = app.store.load(CRED).current
+        assert current is not None
+        sandbox.set_faults(
+            "iam", {"path_prefix": "/v1/apikeys/", "methods": ["GET"], "throttle_seconds": 600, "retry_after": 600}
+        )
+        since = sandbox.last_seq("iam")
+        busy = reconciler.check_current()
+        assert busy is not None and busy.outcome == "ok", busy
+        asked = [r["status"] for r in sandbox.requests("iam", since) if r["path"] == f"/v1/apikeys/{current.id}"]
+        assert asked and set(asked) == {429}
+        sandbox.clear_faults()
+        sandbox.admin.post(f"/iam/keys/{current.id}/leaked").raise_for_status()
+        rejected = reconciler.check_current()
+    assert rejected is not None and rejected.outcome == "rejected"
+    assert rejected.detail == f"current key {current.id} is disabled at the provider (a leak found by IAM does this)"
