@@ -397,6 +397,9 @@ def test_sdk_api_key_calls_as_ibm_tests_make_them(sandbox: SandboxProcess) -> No
     assert sorted(k["name"] for k in either["apikeys"]) == ["Python-SDK-IT-ApiKey-2", "unrelated"]
     got = service.get_api_key(id=first["id"], include_history=True, include_activity=True)
     assert [h["action"] for h in got.get_result()["history"]] == ["create"]
+    with_history = service.list_api_keys(iam_id=iam_id, include_history=True, filter='name eq "unrelated"')
+    assert [[h["action"] for h in k["history"]] for k in with_history.get_result()["apikeys"]] == [["create"]]
+    assert all("history" not in k for k in service.list_api_keys(iam_id=iam_id).get_result()["apikeys"])
     updated = service.update_api_key(
         id=first["id"], if_match=got.get_headers()["Etag"], description="updated", expires_at="2050-03-04T05:06:07+0000"
     ).get_result()
@@ -456,6 +459,9 @@ def test_sdk_service_id_lifecycle(sandbox: SandboxProcess) -> None:
             call()
         assert (locked.value.code, locked.value.message) == (409, f"Service ID {sid} is locked.")
     assert service.unlock_service_id(id=sid).get_status_code() == 204
+    listed = service.list_service_ids(account_id=account, name="Python-SDK-IT-ServiceId", include_history=True)
+    (entry,) = listed.get_result()["serviceids"]
+    assert [h["action"] for h in entry["history"]] == ["create", "update", "lock", "unlock"]
     assert service.delete_service_id(id=sid).get_status_code() == 204
     with pytest.raises(ApiException) as gone:
         service.get_service_id(id=sid)
