@@ -14,7 +14,7 @@ import httpx
 
 from rotator.adapters.codeengine import CodeEngineSink
 from rotator.adapters.dockerhub import DockerHubProvider
-from rotator.adapters.iam import IamProvider, IamTokenSource
+from rotator.adapters.iam import IamProvider, IamTokenSource, ProfileGrant
 from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.adapters.registry import RegistryVerifier
@@ -26,7 +26,14 @@ from rotator.policy import Policy
 from rotator.ports import Clock, StateStore
 from rotator.reconcile import EventHook, Reconciler
 from rotator.retrying import RetryPolicy
-from rotator.settings import CredentialSettings, DockerHubProviderSettings, IamProviderSettings, Settings
+from rotator.settings import (
+    CredentialSettings,
+    DockerHubProviderSettings,
+    IamAuth,
+    IamProviderSettings,
+    Settings,
+    TrustedProfileSource,
+)
 from rotator.status import credential_status
 
 
@@ -103,7 +110,10 @@ class App:
                 base_url=p.endpoint,
                 account_id=p.account_id,
                 service_id=p.service_id,
-                admin_apikey=LiveSecret(p.apikey.load, field=p.apikey.field_path),
+                admin_apikey=_iam_credential(p.apikey),
+                key_lifetime=p.key_lifetime,
+                action_when_leaked=p.action_when_leaked,
+                lock_current_key=p.lock_current_key,
                 client=self.http,
                 retry=self.retry_policy(),
                 on_request=self.hooks.get("provider_request"),
@@ -174,8 +184,7 @@ class App:
         else:
             own = cred.provider.endpoint if isinstance(cred.provider, IamProviderSettings) else None
             iam = target.iam_endpoint or own or "https://iam.cloud.ibm.com"
-            apikey = LiveSecret(target.apikey.load, field=target.apikey.field_path)
-            tokens = IamTokenSource(base_url=iam, apikey=apikey, client=self.http)
+            tokens = IamTokenSource(base_url=iam, apikey=_iam_credential(target.apikey), client=self.http)
         return CodeEngineSink(
             target,
             credential=cred.name,
@@ -196,6 +205,7 @@ class App:
             window_duration=cred.schedule.window_duration,
             backoff_base=cred.schedule.retry_backoff,
             backoff_cap=cred.schedule.retry_backoff_max,
+            expiry_margin=cred.provider.key_expiry_margin if isinstance(cred.provider, IamProviderSettings) else None,
         )
 
     def reconciler(self, name: str) -> Reconciler:
@@ -243,3 +253,11 @@ class App:
         self.http.close()
         if self._kube is not None:
             self._kube.close()
+
+
+def _iam_credential(auth: IamAuth) -> LiveSecret | ProfileGrant:
+    """What an IAM token source signs in with; the key or CR token is re-read for every sign-in."""
+    live = LiveSecret(auth.load, field=auth.field_path)
+    if isinstance(auth, TrustedProfileSource):
+        return ProfileGrant(cr_token=live, profile_id=auth.profile_id, profile_name=auth.profile_name)
+    return live

@@ -17,7 +17,7 @@ from rotator import logs, redact, settings
 from rotator.app import App
 from rotator.errors import RotatorError
 from rotator.policy import Request
-from rotator.status import render_text
+from rotator.status import key_expiry_check, render_text
 
 
 def _load(args: argparse.Namespace) -> settings.Settings:
@@ -190,8 +190,14 @@ def check(args: argparse.Namespace) -> int:
         for name in _names(cfg, args.name):
             cred = cfg.credential(name)
             try:
-                app.provider(cred).check_access()
+                provider = app.provider(cred)
+                provider.check_access()
                 report(True, f"{name}: {cred.provider.service_label}", cred.provider.rights_label)
+                margin = app.policy(cred).expiry_margin
+                now = dt.datetime.now(dt.UTC)
+                for key in provider.list_owned(credential=name):
+                    ok, text = key_expiry_check(key.id, key.expires_at, margin, now)
+                    report(ok, f"{name}: {text}")
             except RotatorError as exc:
                 report(False, f"{name}: {cred.provider.service_label}", str(exc))
             if cred.kubernetes is not None and not kube_ok:

@@ -26,6 +26,7 @@ BOUNDARIES = (
     "promote:after",
     "rollback:after-restore",
     "rollback:after-delete",
+    "unlock:after",
     "disable:after",
     "delete:after",
 )

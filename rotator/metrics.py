@@ -64,6 +64,11 @@ class Metrics:
             "Expiry of the current key (0: it does not expire).",
             ("credential",),
         )
+        self.key_expiry_margin = gauge(
+            "rotator_key_expiry_margin_seconds",
+            "Alert when the current key is this close to its expiry (0: keys do not expire by config).",
+            ("credential",),
+        )
         self.rotation_in_progress = gauge(
             "rotator_rotation_in_progress", "1 while a rotation is in flight.", ("credential",)
         )
@@ -190,6 +195,8 @@ class Metrics:
         self.key_created.labels(credential).set(_ts(current.created_at) if current else 0)
         self.key_expiry.labels(credential).set(_ts(current.expires_at) if current else 0)
         self.key_max_age.labels(credential).set(policy.max_age.total_seconds())
+        margin = policy.expiry_margin
+        self.key_expiry_margin.labels(credential).set(margin.total_seconds() if margin else 0)
         due_at, _ = due(journal, policy)
         if journal.backoff_until and (due_at is None or journal.backoff_until > due_at):
             due_at = journal.backoff_until

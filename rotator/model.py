@@ -62,6 +62,11 @@ class KeyInfo:
     expires_at: dt.datetime | None = None
     owned: bool = False  # carries rotator's marker (name prefix + description tag)
     rotation_id: str | None = None  # parsed from the marker when owned
+    # None: not locked; LOCKED_BY_ROTATOR: rotator's own entity lock; else the identity that locked it.
+    locked_by: str | None = None
+
+
+LOCKED_BY_ROTATOR = "rotator"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,6 +47,8 @@ class Policy:
     # Planned rotations start only inside a maintenance window (cron start + duration); emergencies ignore it.
     window_cron: str | None = None
     window_duration: dt.timedelta | None = None
+    # A current key this close to its provider-side expiry means rotation is stuck (metric and alert).
+    expiry_margin: dt.timedelta | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

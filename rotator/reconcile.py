@@ -187,11 +187,30 @@ class Reconciler:
         return out
 
     def check_current(self) -> VerifyResult | None:
-        """HEAD-only pull check of the current key (None when there is none yet)."""
+        """Is the current key still enabled at the provider, then a HEAD-only pull check of it (None when
+        there is none yet). The registry may keep honouring a token it issued before the key was disabled
+        (IAM disables a key it finds in a public leak: ``action_when_leaked``), so ask the provider first."""
         vault = self.store.load_vault(self.credential)
         if not vault.current:
             return None
+        current = self.store.load(self.credential).current
+        problem = self._gone_at_provider(current.id) if current is not None else None
+        if problem is not None:
+            return VerifyResult(outcome="rejected", detail=problem)
         return self._verify([self._auth(vault.current)])
+
+    def _gone_at_provider(self, key_id: str) -> str | None:
+        """Why the provider no longer honours the key (deleted, disabled), or None."""
+        try:
+            info = self.provider.get(key_id)
+        except TransientError as exc:  # the provider is busy: the registry check still runs
+            self.log.warning("health.provider_unavailable", key_id=key_id, error=str(exc))
+            return None
+        if info is None:
+            return f"current key {key_id} is deleted at the provider"
+        if info.disabled:
+            return f"current key {key_id} is disabled at the provider (a leak found by IAM does this)"
+        return None
 
     # -- observation -----------------------------------------------------------------------------
     def targets(self) -> list[TargetRef]:

@@ -74,12 +74,51 @@ class SecretSource:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrustedProfileSource:
+    """Keyless IAM sign-in: assume a trusted profile with the compute-resource token the platform
+    projects into the pod (re-read for every sign-in: the kubelet rotates it)."""
+
+    profile_id: str | None = None
+    profile_name: str | None = None
+    cr_token_file: Path
+    field_path: str = ""
+
+    def load(self) -> SecretStr:
+        """The current CR token (a credential: never shown)."""
+        try:
+            value = self.cr_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.field_path}.cr_token_file: cannot read {self.cr_token_file}: {exc.strerror}; mount the "
+                "projected service-account token there (deploy/components/trusted-profile) or fix the path"
+            ) from None
+        if not value:
+            raise ConfigError(f"{self.field_path}.cr_token_file: {self.cr_token_file} is empty")
+        return SecretStr(value)
+
+    def describe(self) -> SecretLocation:
+        profile = f"id {self.profile_id}" if self.profile_id else f"name {self.profile_name}"
+        return SecretLocation(f"trusted-profile:{profile} cr_token_file:{self.cr_token_file}")
+
+
+IamAuth = SecretSource | TrustedProfileSource
+
+
+@dataclass(frozen=True, kw_only=True)
 class IamProviderSettings:
     kind: str = "ibm-iam"
     endpoint: str = "https://iam.cloud.ibm.com"
     account_id: str
     service_id: str
-    apikey: SecretSource
+    apikey: IamAuth  # an admin API key's source, or a trusted profile (config: apikey or auth)
+    # How long a minted key lives at IAM (its expires_at), None: it does not expire; resolved from
+    # key_expiry (auto: max_age + grace_period + delete_after + KEY_EXPIRY_MARGIN) when the credential loads.
+    key_lifetime: dt.timedelta | None = None
+    # Alert when the current key is this close to its expires_at (rotation is stuck).
+    key_expiry_margin: dt.timedelta | None = None
+    key_expiry: str | dt.timedelta = "auto"  # as configured: auto | off | a duration
+    action_when_leaked: str = "disable"  # what IAM does with a key it finds in a public leak
+    lock_current_key: bool = False  # mint keys entity-locked; rotator unlocks its own lock to retire one
     allow_insecure_http: bool = False  # endpoint may be plain http to a host that is not loopback
 
     # How `rotator plan` and `rotator check` name the provider.
@@ -187,8 +226,8 @@ class CodeEngineTarget:
 
     secret_name: str
     projects: tuple[CodeEngineProject, ...]
-    # An IAM API key that may manage the projects' secrets; None: the provider's admin key.
-    apikey: SecretSource | None = None
+    # An IAM API key (or trusted profile) that may manage the projects' secrets; None: the provider's.
+    apikey: IamAuth | None = None
     # IAM token endpoint for that key; None: the provider's IAM endpoint.
     iam_endpoint: str | None = None
     allow_insecure_http: bool = False  # the endpoints above may be plain http to a host that is not loopback
@@ -338,7 +377,7 @@ class Settings:
         """The loaded config for logging: secret sources are shown by location, never by value."""
 
         def clean(value: Any) -> Any:
-            if isinstance(value, SecretSource):
+            if isinstance(value, SecretSource | TrustedProfileSource):
                 return value.describe()
             if isinstance(value, dict):
                 return {k: clean(v) for k, v in value.items() if k != "field_path"}
@@ -634,6 +673,69 @@ def _secret_source(node: _Node, base_dir: Path) -> SecretSource | None:
     return SecretSource(env=env, field_path=node.path)
 
 
+# auto key_expiry: how long a key outlives its last planned deletion, so a stuck rotator is alerted on
+# (RotatorKeyExpiringSoon) a week before its keys expire, time for someone to notice and fix it.
+KEY_EXPIRY_MARGIN = dt.timedelta(days=7)
+LEAK_ACTIONS = ("none", "disable", "delete")
+
+
+def _key_expiry(value: Any) -> str | dt.timedelta:
+    if value in ("auto", "off"):
+        return str(value)
+    if value is False:  # YAML reads a bare off as false
+        return "off"
+    return _positive_duration(value)
+
+
+TRUSTED_PROFILE_EXAMPLE = (
+    "auth: {kind: trusted-profile, profile_name: rotator, cr_token_file: /var/run/secrets/tokens/sa-token}"
+)
+# Where IKS/ROKS project the service-account token for IAM (IBM's documented mount), the SDK's default too.
+DEFAULT_CR_TOKEN_FILE = "/var/run/secrets/tokens/sa-token"
+
+
+def _iam_auth(node: _Node, base_dir: Path, *, required: bool) -> tuple[bool, IamAuth | None]:
+    """(given, source) from ``apikey: {file|env}`` or ``auth: {kind: apikey|trusted-profile, ...}``."""
+    apikey_node, auth_node = node.child("apikey", required=False), node.child("auth", required=False)
+    if apikey_node is not None and auth_node is not None:
+        node.errors.add(node.at("auth"), "give either apikey or auth, not both", TRUSTED_PROFILE_EXAMPLE)
+        return True, None
+    if apikey_node is not None:
+        return True, _secret_source(apikey_node, base_dir)
+    if auth_node is None:
+        if required:
+            node.errors.add(
+                node.at("apikey"), "is required (or auth)", "apikey: {file: /var/run/secrets/rotator/apikey}"
+            )
+        return False, None
+    kind = auth_node.value("kind", _string, example="trusted-profile")
+    if kind == "apikey":
+        auth_node.data = {k: v for k, v in auth_node.data.items() if k != "kind"}
+        return True, _secret_source(auth_node, base_dir)
+    if kind != "trusted-profile":
+        if kind is not None:
+            auth_node.errors.add(
+                auth_node.at("kind"), f"{kind!r} is not apikey or trusted-profile", TRUSTED_PROFILE_EXAMPLE
+            )
+        return True, None
+    auth_node.known("kind", "profile_id", "profile_name", "cr_token_file")
+    profile_id = auth_node.value("profile_id", _string, example="Profile-3c2b1a09-...", default=None)
+    profile_name = auth_node.value("profile_name", _string, example="rotator", default=None)
+    if (profile_id is None) == (profile_name is None):
+        auth_node.errors.add(auth_node.path, "give exactly one of profile_id or profile_name", TRUSTED_PROFILE_EXAMPLE)
+        return True, None
+    if profile_id is not None and not profile_id.startswith("Profile-"):
+        auth_node.errors.add(auth_node.at("profile_id"), f"{profile_id!r} is not a trusted profile ID (Profile-<uuid>)")
+        return True, None
+    token_file = auth_node.value("cr_token_file", _string, example=DEFAULT_CR_TOKEN_FILE, default=DEFAULT_CR_TOKEN_FILE)
+    if token_file is None:
+        return True, None
+    resolved = Path(token_file) if Path(token_file).is_absolute() else base_dir / token_file
+    return True, TrustedProfileSource(
+        profile_id=profile_id, profile_name=profile_name, cr_token_file=resolved, field_path=auth_node.path
+    )
+
+
 def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubProviderSettings | None:
     kind = node.value("kind", _string, example="ibm-iam")
     if kind is not None and kind not in PROVIDERS:
@@ -645,7 +747,18 @@ def _provider(node: _Node, base_dir: Path) -> IamProviderSettings | DockerHubPro
 
 
 def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
-    node.known("kind", "endpoint", "account_id", "service_id", "apikey", "allow_insecure_http")
+    node.known(
+        "kind",
+        "endpoint",
+        "account_id",
+        "service_id",
+        "apikey",
+        "auth",
+        "key_expiry",
+        "action_when_leaked",
+        "lock_current_key",
+        "allow_insecure_http",
+    )
     endpoint = node.value("endpoint", _url, example="https://iam.cloud.ibm.com", default="https://iam.cloud.ibm.com")
     insecure = _insecure_http(node, ("endpoint",))
     account_id = node.value("account_id", _string, example="5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f")
@@ -656,14 +769,45 @@ def _iam_provider(node: _Node, base_dir: Path) -> IamProviderSettings | None:
             f"{service_id!r} is not a service ID (ServiceId-<uuid>)",
             "ServiceId-7b0c0a62-0d5b-4c43-9a3e-5f7c2d1e8a90",
         )
-    apikey_node = node.child("apikey")
-    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
-    if None in (endpoint, account_id, service_id, apikey):
+    _, apikey = _iam_auth(node, base_dir, required=True)
+    key_expiry = node.value("key_expiry", _key_expiry, example="auto, off or 120d", default="auto")
+    leaked = node.value("action_when_leaked", _string, example="disable", default="disable")
+    lock = node.value("lock_current_key", _bool, example="true", default=False)
+    if leaked is not None and leaked not in LEAK_ACTIONS:
+        node.errors.add(node.at("action_when_leaked"), f"{leaked!r} is not one of {', '.join(LEAK_ACTIONS)}", "disable")
+        leaked = None
+    if None in (endpoint, account_id, service_id, apikey, key_expiry, leaked, lock):
         return None
-    assert endpoint and account_id and service_id and apikey
+    assert endpoint and account_id and service_id and apikey and key_expiry and leaked
     return IamProviderSettings(
-        endpoint=endpoint, account_id=account_id, service_id=service_id, apikey=apikey, allow_insecure_http=insecure
+        endpoint=endpoint,
+        account_id=account_id,
+        service_id=service_id,
+        apikey=apikey,
+        key_expiry=key_expiry,
+        action_when_leaked=leaked,
+        lock_current_key=bool(lock),
+        allow_insecure_http=insecure,
     )
+
+
+def _with_key_expiry(node: _Node, provider: IamProviderSettings, lifetimes: dt.timedelta) -> IamProviderSettings | None:
+    """``provider`` with key_lifetime and key_expiry_margin resolved against the credential's lifetimes
+    (max_age + grace_period + delete_after: how long rotator itself keeps a key)."""
+    if provider.key_expiry == "off":
+        return provider
+    if provider.key_expiry == "auto":
+        return replace(provider, key_lifetime=lifetimes + KEY_EXPIRY_MARGIN, key_expiry_margin=KEY_EXPIRY_MARGIN)
+    assert isinstance(provider.key_expiry, dt.timedelta)
+    if provider.key_expiry <= lifetimes:
+        node.errors.add(
+            node.at("provider.key_expiry"),
+            f"is not longer than max_age + grace_period + delete_after ({int(lifetimes.total_seconds())}s): keys "
+            "would expire before rotator retires them",
+            "auto",
+        )
+        return None
+    return replace(provider, key_lifetime=provider.key_expiry, key_expiry_margin=provider.key_expiry - lifetimes)
 
 
 _DOCKER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,38}$")
@@ -916,15 +1060,16 @@ def _ce_projects(node: _Node, default_endpoint: str | None) -> list[CodeEnginePr
 
 
 def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
-    node.known("endpoint", "project_id", "projects", "secret_name", "apikey", "iam_endpoint", "allow_insecure_http")
+    node.known(
+        "endpoint", "project_id", "projects", "secret_name", "apikey", "auth", "iam_endpoint", "allow_insecure_http"
+    )
     insecure = _insecure_http(node, ("endpoint", "iam_endpoint", "projects"))
     secret_name = node.value("secret_name", _ce_secret_name, example="icr-pull")
     endpoint = node.value("endpoint", _ce_endpoint, example=CE_ENDPOINT_EXAMPLE, default=None)
     projects = _ce_projects(node, endpoint)
-    apikey_node = node.child("apikey", required=False)
-    apikey = _secret_source(apikey_node, base_dir) if apikey_node else None
+    given, apikey = _iam_auth(node, base_dir, required=False)
     iam_endpoint = node.value("iam_endpoint", _url, example="https://iam.cloud.ibm.com", default=None)
-    if secret_name is None or not projects or (apikey_node is not None and apikey is None):
+    if secret_name is None or not projects or (given and apikey is None):
         return None
     return CodeEngineTarget(
         secret_name=secret_name,
@@ -975,6 +1120,9 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
             "is longer than max_age, so keys would outlive it",
             "interval: 7d with max_age: 30d",
         )
+    if isinstance(provider, IamProviderSettings) and None not in (max_age, grace, delete_after):
+        assert max_age is not None and grace is not None and delete_after is not None
+        provider = _with_key_expiry(node, provider, max_age + grace + delete_after)
     if None in (name, provider, registry, max_age, grace, delete_after):
         return None
     assert name and provider and registry and max_age is not None and grace is not None

@@ -101,7 +101,9 @@ def render_text(statuses: list[dict[str, Any]], now: dt.datetime) -> str:
         lines.append(f"credential {s['name']}")
         if s["current_key_id"]:
             age = dt.timedelta(seconds=s["current_key_age_seconds"])
-            lines.append(f"  current key   {s['current_key_id']} (age {format_duration(age)})")
+            expiry = s.get("current_key_expires_at")
+            expires = f", {expires_in(dt.datetime.fromisoformat(expiry), now)}" if expiry else ""
+            lines.append(f"  current key   {s['current_key_id']} (age {format_duration(age)}{expires})")
         else:
             lines.append("  current key   none yet")
         next_at = dt.datetime.fromisoformat(s["next_rotation_at"])
@@ -121,3 +123,20 @@ def render_text(statuses: list[dict[str, Any]], now: dt.datetime) -> str:
             detail = f": {last['detail']}" if last["detail"] else ""
             lines.append(f"  last result   {last['result']} at {last['finished_at']} ({last['reason']}){detail}")
     return "\n".join(lines)
+
+
+def expires_in(expires_at: dt.datetime, now: dt.datetime) -> str:
+    """``expires 2026-05-01T10:00:00+00:00 (in 9d)`` or ``EXPIRED at ...``."""
+    if expires_at <= now:
+        return f"EXPIRED at {_iso(expires_at)}"
+    return f"expires {_iso(expires_at)} (in {format_duration(expires_at - now)})"
+
+
+def key_expiry_check(
+    key_id: str, expires_at: dt.datetime | None, margin: dt.timedelta | None, now: dt.datetime
+) -> tuple[bool, str]:
+    """For ``rotator check``: a key is fine unless it expires within the alert margin (rotation is stuck)."""
+    if expires_at is None:
+        return True, f"key {key_id} does not expire"
+    ok = margin is None or expires_at - now > margin
+    return ok, f"key {key_id} {expires_in(expires_at, now)}"

@@ -77,6 +77,7 @@ def test_there_are_the_expected_alerts() -> None:
             "RotatorRotationFailing",
             "RotatorPassesFailing",
             "RotatorCredentialTooOld",
+            "RotatorKeyExpiringSoon",
             "RotatorRotationOverdue",
             "RotatorRevocationOverdue",
             "RotatorSecretsOutOfSync",

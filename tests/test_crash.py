@@ -9,6 +9,7 @@ vault's current value is the journal's current key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,8 @@ from rotation_env import CRED, live_owned_keys, pulls, run_rotator, settled_afte
 
 from rotator.adapters.state import FileStateStore
 from rotator.faultpoint import BOUNDARIES, REQUEST_BOUNDARIES
-from rotator.sandbox.control import SandboxProcess
+from rotator.journal import CredentialJournal, Vault
+from rotator.sandbox.control import SandboxProcess, iam_provider_config
 
 TEAMS = ("team-a", "team-b", "team-c")
 SIGKILL = -9
@@ -27,9 +29,13 @@ SIGKILL = -9
 def scenario(boundary: str) -> str:
     if boundary.startswith("rollback:"):
         return "rollback"
-    if boundary.startswith(("disable:", "delete:")):
+    if boundary.startswith(("unlock:", "disable:", "delete:")):
         return "revoke"
     return "rotate"
+
+
+def locking_provider(sbx: SandboxProcess) -> dict[str, Any]:
+    return {**iam_provider_config(sbx.endpoints), "lock_current_key": True}
 
 
 def test_every_boundary_is_exercised() -> None:
@@ -38,10 +44,11 @@ def test_every_boundary_is_exercised() -> None:
     assert len(BOUNDARIES) == len(set(BOUNDARIES))
 
 
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_kill_at_boundary_then_rerun_is_safe(sandbox: SandboxProcess, tmp_path: Path, boundary: str) -> None:
-    """Killed at ``boundary`` and run again, rotator leaves working secrets and no unaccounted key."""
-    config = str(write_config(tmp_path, sandbox, grace_period="0s", delete_after="0s"))
+def crash_then_settle(
+    sandbox: SandboxProcess, tmp_path: Path, boundary: str, **overrides: Any
+) -> tuple[CredentialJournal, Vault]:
+    """Killed at ``boundary`` and run again: every target holds the vault's current key and it pulls."""
+    config = str(write_config(tmp_path, sandbox, grace_period="0s", delete_after="0s", **overrides))
     assert run_rotator("rotate", CRED, "-c", config).returncode == 0
     kind = scenario(boundary)
     if kind == "rollback":
@@ -59,6 +66,16 @@ def test_kill_at_boundary_then_rerun_is_safe(sandbox: SandboxProcess, tmp_path: 
         assert value is not None, f"{ns} lost its secret"
         assert pulls(sandbox, value) == "ok", f"{ns} holds a key the registry refuses"
         assert value == vault.current
+    return journal, vault
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_kill_at_boundary_then_rerun_is_safe(sandbox: SandboxProcess, tmp_path: Path, boundary: str) -> None:
+    """Killed at ``boundary`` and run again, rotator leaves working secrets and no unaccounted key."""
+    # The unlock boundary exists only on the entity-lock path (test_lock_crash.py covers that path at large).
+    locked = {"provider": locking_provider(sandbox)} if boundary.startswith("unlock:") else {}
+    journal, _ = crash_then_settle(sandbox, tmp_path, boundary, **locked)
+    assert journal.current is not None
     owned = {k["id"] for k in live_owned_keys(sandbox)}
     assert owned <= journal.known_key_ids(), f"unaccounted keys: {owned - journal.known_key_ids()}"
     assert owned == {journal.current.id}  # grace 0: the rerun's passes revoked everything retired

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from rotator.sandbox.control import SandboxProcess
-from rotator.settings import IamProviderSettings, parse
+from rotator.settings import IamProviderSettings, TrustedProfileSource, parse
 
 pytestmark = pytest.mark.real
 
@@ -380,8 +380,8 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": NAMESPACE}]
 
 
-def _namespaced_overlay(tmp_path: Path) -> list[dict[str, Any]]:
-    """The base with components/namespaced-rbac, rendered."""
+def with_component(tmp_path: Path, component: str) -> list[dict[str, Any]]:
+    """The base with one of deploy/components, rendered from an overlay."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = os.path.relpath(DEPLOY, overlay)
@@ -391,7 +391,7 @@ def _namespaced_overlay(tmp_path: Path) -> list[dict[str, Any]]:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [base],
-                "components": [f"{base}/components/namespaced-rbac"],
+                "components": [f"{base}/components/{component}"],
             }
         )
     )
@@ -401,7 +401,7 @@ def _namespaced_overlay(tmp_path: Path) -> list[dict[str, Any]]:
 def test_namespaced_rbac_component(tmp_path: Path) -> None:
     """With components/namespaced-rbac the ClusterRole loses secrets and service accounts, each target
     namespace gets a Role for them, and everything still validates."""
-    objects = _namespaced_overlay(tmp_path)
+    objects = with_component(tmp_path, "namespaced-rbac")
     assert schema_errors(objects) == []
     cluster = _access(one(objects, "ClusterRole"))
     assert ("", "secrets") not in cluster and ("", "serviceaccounts") not in cluster
@@ -591,7 +591,7 @@ def test_namespaced_rbac_is_enough_for_its_namespaces_and_nothing_more(sandbox: 
 
     from rotator.adapters.kubernetes import api_client_for
 
-    objects = _namespaced_overlay(tmp_path)
+    objects = with_component(tmp_path, "namespaced-rbac")
     namespaces = sorted(
         o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"
     )
@@ -614,6 +614,26 @@ def test_namespaced_rbac_is_enough_for_its_namespaces_and_nothing_more(sandbox: 
     with pytest.raises(ApiException) as exc:
         scoped.read_namespaced_secret(run.secret, "team-c")  # labelled, but no Role there
     assert exc.value.status == 403
+
+
+def test_trusted_profile_component(tmp_path: Path) -> None:
+    """With components/trusted-profile no API key Secret is mounted; the kubelet projects an ``iam``-audience
+    token where the replaced config reads it, and everything still validates."""
+    objects = with_component(tmp_path, "trusted-profile")
+    assert schema_errors(objects) == []
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    (token,) = [v for v in pod["volumes"] if "projected" in v]
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert (source["audience"], source["path"]) == ("iam", "sa-token")
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[token["name"]] == "/var/run/secrets/tokens" and "admin-apikey" not in mounts
+    path = tmp_path / "rotator.yaml"
+    path.write_text(one(objects, "ConfigMap")["data"]["rotator.yaml"])
+    settings = parse(yaml.safe_load(path.read_text()), source=path, base_dir=tmp_path)
+    auth = settings.credentials[0].provider
+    assert isinstance(auth, IamProviderSettings) and isinstance(auth.apikey, TrustedProfileSource)
+    assert str(auth.apikey.cr_token_file) == f"{mounts[token['name']]}/{source['path']}"
 
 
 # -- config and image ---------------------------------------------------------------------------------
@@ -737,11 +757,14 @@ def test_install_doc_overlays_render_and_validate(overlay: str, tmp_path: Path) 
         assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in monitoring)
     if "namespaced-rbac" in overlay:
         assert ("", "secrets") not in _access(one(objects, "ClusterRole"))
+    if "trusted-profile" in overlay:
+        assert not [v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"] if "secret" in v]
 
 
 def test_install_doc_has_the_overlays() -> None:
-    """The four documented overlays (settings, no operator, namespaced RBAC, registry ports) are found, so
-    the test above runs."""
+    """The five documented overlays (settings, no operator, namespaced RBAC, registry ports, trusted profile)
+    are found, so the test above runs."""
     overlays = _install_doc_overlays()
-    assert len(overlays) == 4
+    assert len(overlays) == 5
     assert sum("namespaced-rbac" in o for o in overlays) == 1
+    assert sum("trusted-profile" in o for o in overlays) == 1

@@ -364,3 +364,137 @@ def test_admin_routes_reject_bad_values(shared_sandbox: SandboxProcess, path: st
     response = shared_sandbox.admin.put(path, json=body)
     assert response.status_code == 400
     assert ("limit" if "limit" in path else "seconds") in response.json()["error"]
+
+
+# -- item 5 of issue 14: the calls IBM's own integration tests make -------------------------------------
+
+
+def test_sdk_api_key_calls_as_ibm_tests_make_them(sandbox: SandboxProcess) -> None:
+    """expires_at with seconds on create and update, a ``co`` filter across pages, history and activity."""
+    endpoints = sandbox.endpoints
+    service = sdk(endpoints, endpoints["admin_apikey"])
+    iam_id, account = target_iam_id(endpoints), endpoints["account_id"]
+    first = service.create_api_key(
+        name="Python-SDK-IT-ApiKey-1", iam_id=iam_id, account_id=account, expires_at="2049-01-02T18:30:00+0000"
+    ).get_result()
+    assert first["expires_at"] == "2049-01-02T18:30:00+0000"
+    service.create_api_key(name="Python-SDK-IT-ApiKey-2", iam_id=iam_id, account_id=account)
+    service.create_api_key(name="unrelated", iam_id=iam_id, account_id=account)
+    names: list[str] = []
+    pagetoken: str | None = None
+    for _ in range(10):
+        page = service.list_api_keys(
+            account_id=account, iam_id=iam_id, pagesize=1, pagetoken=pagetoken, filter='name co "Python"'
+        ).get_result()
+        names += [k["name"] for k in page["apikeys"]]
+        if "next" not in page:
+            break
+        pagetoken = parse_qs(urlsplit(page["next"]).query)["pagetoken"][0]
+    assert names == ["Python-SDK-IT-ApiKey-1", "Python-SDK-IT-ApiKey-2"]
+    either = service.list_api_keys(
+        account_id=account, iam_id=iam_id, filter='name eq "unrelated" or name ew "-2"'
+    ).get_result()
+    assert sorted(k["name"] for k in either["apikeys"]) == ["Python-SDK-IT-ApiKey-2", "unrelated"]
+    got = service.get_api_key(id=first["id"], include_history=True, include_activity=True)
+    assert [h["action"] for h in got.get_result()["history"]] == ["create"]
+    with_history = service.list_api_keys(iam_id=iam_id, include_history=True, filter='name eq "unrelated"')
+    assert [[h["action"] for h in k["history"]] for k in with_history.get_result()["apikeys"]] == [["create"]]
+    assert all("history" not in k for k in service.list_api_keys(iam_id=iam_id).get_result()["apikeys"])
+    updated = service.update_api_key(
+        id=first["id"], if_match=got.get_headers()["Etag"], description="updated", expires_at="2050-03-04T05:06:07+0000"
+    ).get_result()
+    assert (updated["description"], updated["expires_at"]) == ("updated", "2050-03-04T05:06:07+0000")
+
+
+@pytest.mark.parametrize(
+    "text", ["name co Python", 'nom co "Python"', 'name like "x"', 'name co "x" nand name co "y"', 'name co "x']
+)
+def test_a_filter_the_emulator_cannot_read_is_refused_with_the_reason(
+    shared_sandbox: SandboxProcess, text: str
+) -> None:
+    endpoints = shared_sandbox.endpoints
+    service = sdk(endpoints, endpoints["admin_apikey"])
+    for call in (
+        lambda: service.list_api_keys(iam_id=target_iam_id(endpoints), filter=text),
+        lambda: service.list_service_ids(account_id=endpoints["account_id"], filter=text),
+    ):
+        with pytest.raises(ApiException) as refused:
+            call()
+        assert refused.value.code == 400
+        assert "filter" in refused.value.message
+
+
+def test_sdk_service_id_lifecycle(sandbox: SandboxProcess) -> None:
+    """Create (with an inline key), get with history, list by name and filter, update with If-Match,
+    lock blocks update and delete, unlock, delete takes the service ID's keys with it."""
+    endpoints = sandbox.endpoints
+    service = sdk(endpoints, endpoints["admin_apikey"])
+    account = endpoints["account_id"]
+    created = service.create_service_id(
+        account_id=account,
+        name="Python-SDK-IT-ServiceId",
+        description="test",
+        apikey={"name": "API Key Name", "store_value": True, "expires_at": "2049-01-02T18:30:00+0000"},
+    ).get_result()
+    sid = created["id"]
+    assert created["apikey"]["iam_id"] == created["iam_id"] and created["apikey"]["apikey"]
+    got = service.get_service_id(id=sid, include_history=True, include_activity=True)
+    assert [h["action"] for h in got.get_result()["history"]] == ["create"]
+    by_name = service.list_service_ids(account_id=account, name="Python-SDK-IT-ServiceId", filter='name co "Python"')
+    assert [s["id"] for s in by_name.get_result()["serviceids"]] == [sid]
+    none = service.list_service_ids(account_id=account, name="Python-SDK-IT-ServiceId", filter='name co "Java"')
+    assert none.get_result()["serviceids"] == []
+    updated = service.update_service_id(id=sid, if_match=got.get_headers()["Etag"], description="updated")
+    assert updated.get_result()["description"] == "updated"
+    with pytest.raises(ApiException) as stale:
+        service.update_service_id(id=sid, if_match=got.get_headers()["Etag"], description="again")
+    assert stale.value.code == 409
+    assert service.lock_service_id(id=sid).get_status_code() == 204
+    assert service.get_service_id(id=sid).get_result()["locked"] is True
+    for call in (
+        lambda: service.update_service_id(id=sid, if_match="*", name="x"),
+        lambda: service.delete_service_id(id=sid),
+    ):
+        with pytest.raises(ApiException) as locked:
+            call()
+        assert (locked.value.code, locked.value.message) == (409, f"Service ID {sid} is locked.")
+    assert service.unlock_service_id(id=sid).get_status_code() == 204
+    listed = service.list_service_ids(account_id=account, name="Python-SDK-IT-ServiceId", include_history=True)
+    (entry,) = listed.get_result()["serviceids"]
+    assert [h["action"] for h in entry["history"]] == ["create", "update", "lock", "unlock"]
+    assert service.delete_service_id(id=sid).get_status_code() == 204
+    with pytest.raises(ApiException) as gone:
+        service.get_service_id(id=sid)
+    assert gone.value.code == 404
+    with pytest.raises(ApiException) as key_gone:
+        service.get_api_key(id=created["apikey"]["id"])
+    assert key_gone.value.code == 404
+
+
+def test_seeded_service_ids_are_nobodys_to_change(shared_sandbox: SandboxProcess) -> None:
+    endpoints = shared_sandbox.endpoints
+    service = sdk(endpoints, endpoints["admin_apikey"])
+    for call in (
+        lambda: service.delete_service_id(id=endpoints["service_id"]),
+        lambda: service.lock_service_id(id=endpoints["service_id"]),
+        lambda: service.update_service_id(id=endpoints["service_id"], if_match="*", description="x"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            call()
+        assert refused.value.code == 403
+
+
+def test_a_leaked_key_is_disabled_the_way_iam_does_it(sandbox: SandboxProcess) -> None:
+    """IAM applies ``action_when_leaked``: ``disable`` leaves a disabled key, ``none`` leaves it alone."""
+    endpoints = sandbox.endpoints
+    service = sdk(endpoints, endpoints["admin_apikey"])
+    iam_id, account = target_iam_id(endpoints), endpoints["account_id"]
+    guarded = service.create_api_key(name="g", iam_id=iam_id, account_id=account, action_when_leaked="disable")
+    ignored = service.create_api_key(name="i", iam_id=iam_id, account_id=account, action_when_leaked="none")
+    for key in (guarded.get_result(), ignored.get_result()):
+        sandbox.admin.post(f"/iam/keys/{key['id']}/leaked").raise_for_status()
+    assert service.get_api_key(id=guarded.get_result()["id"]).get_result()["disabled"] is True
+    assert service.get_api_key(id=ignored.get_result()["id"]).get_result()["disabled"] is False
+    with pytest.raises(ApiException) as refused:
+        token_for(endpoints, guarded.get_result()["apikey"])
+    assert refused.value.code == 400

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -29,15 +29,18 @@ from rotator.adapters import http, ownership
 from rotator.errors import (
     LimitReachedError,
     NotFoundError,
+    NotOwnedError,
     PermanentError,
     RotatorError,
     UnauthorizedError,
 )
-from rotator.model import KeyInfo, MintedKey, SecretReader, SecretStr, secret_reader
+from rotator.faultpoint import boundary
+from rotator.model import LOCKED_BY_ROTATOR, KeyInfo, MintedKey, SecretReader, SecretStr, secret_reader
 from rotator.retrying import RetryPolicy
 
 OWNED_PREFIX = "rotator-"
 GRANT_APIKEY = "urn:ibm:params:oauth:grant-type:apikey"
+GRANT_CR_TOKEN = "urn:ibm:params:oauth:grant-type:cr-token"
 REFRESH_FRACTION = 0.8  # like the IBM SDK: refresh once 80 % of the lifetime has passed
 MAX_PAGES = 1000
 _CREDENTIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -84,24 +87,43 @@ class _Token:
     refresh_at: float  # on the token source's clock
 
 
+@dataclass(frozen=True)
+class ProfileGrant:
+    """Keyless sign-in: assume a trusted profile with a compute-resource token (IAM's ``cr-token``
+    grant). ``cr_token`` is read for every sign-in: the platform rotates the projected token."""
+
+    cr_token: SecretReader
+    profile_id: str | None = None
+    profile_name: str | None = None
+
+    def form(self, token: SecretStr) -> dict[str, str]:
+        form = {"grant_type": GRANT_CR_TOKEN, "cr_token": token.reveal()}
+        if self.profile_id:
+            form["profile_id"] = self.profile_id
+        if self.profile_name:
+            form["profile_name"] = self.profile_name
+        return form
+
+
 class IamTokenSource:
-    """IAM access tokens for one API key: fetched on first use, cached, refreshed once 80 % of the
-    lifetime has passed (like the IBM SDK). Thread-safe; every client calling IBM APIs with the same
-    key (the Identity API, Code Engine) can share one."""
+    """IAM access tokens for one API key or trusted profile: fetched on first use, cached, refreshed
+    once 80 % of the lifetime has passed (like the IBM SDK). Thread-safe; every client calling IBM
+    APIs as the same identity (the Identity API, Code Engine) can share one."""
 
     def __init__(
         self,
         *,
         base_url: str,
-        apikey: SecretStr | SecretReader,
+        apikey: SecretStr | SecretReader | ProfileGrant,
         client: httpx.Client,
         on_request: http.OnRequest | None = None,
         clock: Callable[[], float] = time.monotonic,  # when the cached token is due (tests pass a fake one)
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._read_apikey = secret_reader(apikey)
+        self._profile = apikey if isinstance(apikey, ProfileGrant) else None
+        self._read_apikey = apikey.cr_token if isinstance(apikey, ProfileGrant) else secret_reader(apikey)
         self._clock = clock
-        self._apikey: SecretStr | None = None  # the value last used, for scrubbing
+        self._apikey: SecretStr | None = None  # the key (or CR token) last used, for scrubbing
         self._client = client
         self._on_request = on_request
         self._token: _Token | None = None
@@ -123,7 +145,10 @@ class IamTokenSource:
     def _fetch(self) -> _Token:
         # Read the key for every new token: an admin key rotated in its mounted Secret takes effect without a restart.
         apikey = self._apikey = self._read_apikey()
-        form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
+        if self._profile is not None:
+            form = self._profile.form(apikey)
+        else:
+            form = {"grant_type": GRANT_APIKEY, "apikey": apikey.reveal(), "response_type": "cloud_iam"}
         started = self._clock()
         response = http.send(
             self._client,
@@ -158,12 +183,15 @@ class IamProvider:
         base_url: str,
         account_id: str,
         service_id: str,
-        admin_apikey: SecretStr | SecretReader,
+        admin_apikey: SecretStr | SecretReader | ProfileGrant,
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
         on_request: http.OnRequest | None = None,
         page_size: int = 100,
         clock: Callable[[], float] = time.monotonic,  # when the cached IAM token is due (tests pass a fake one)
+        key_lifetime: dt.timedelta | None = None,
+        action_when_leaked: str | None = None,
+        lock_current_key: bool = False,
     ) -> None:
         if not 1 <= page_size <= 100:
             raise ValueError("page_size must be 1..100 (IAM's pagesize range)")
@@ -176,6 +204,11 @@ class IamProvider:
         self._retry = retry or RetryPolicy()
         self._on_request = on_request
         self._page_size = page_size
+        self._key_lifetime = key_lifetime  # each minted key's expires_at is this far ahead; None: none
+        self._action_when_leaked = action_when_leaked
+        # Mint keys entity-locked (nobody deletes the current key by mistake); rotator unlocks its own
+        # lock before it disables or deletes a key, and never a lock someone else set.
+        self._lock = lock_current_key
         self.tokens = IamTokenSource(
             base_url=self._base, apikey=admin_apikey, client=self._client, on_request=on_request, clock=clock
         )
@@ -193,9 +226,14 @@ class IamProvider:
             "description": f"Registry pull key rotated by rotator. {key_tag(credential, rotation_id)}",
             "store_value": False,
         }
+        if self._key_lifetime is not None:
+            body["expires_at"] = expires_at(dt.datetime.now(dt.UTC) + self._key_lifetime)
+        if self._action_when_leaked is not None:
+            body["action_when_leaked"] = self._action_when_leaked
         # A 5xx after IAM created the key would leave an orphan; it carries the marker, so the
         # orphan sweep finds and deletes it. Retrying the POST is therefore safe.
-        data = self._call("mint", "POST", "/v1/apikeys", json=body, ok=(200, 201)).json()
+        headers = {"Entity-Lock": "true"} if self._lock else None
+        data = self._call("mint", "POST", "/v1/apikeys", json=body, headers=headers, ok=(200, 201)).json()
         value = data.get("apikey") if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
             raise PermanentError("mint: IAM answered without the key value")
@@ -205,11 +243,16 @@ class IamProvider:
         return MintedKey(info=info, value=SecretStr(value))
 
     def list_owned(self, *, credential: str) -> list[KeyInfo]:
-        return ownership.owned_by(self._list_keys(), credential, lambda k: parse_marker(k.name, k.description))
+        """rotator's keys, but not one someone else locked: that lock says it is theirs to keep now."""
+        owned = ownership.owned_by(self._list_keys(), credential, lambda k: parse_marker(k.name, k.description))
+        return [k for k in owned if k.locked_by in (None, LOCKED_BY_ROTATOR)]
 
     def get(self, key_id: str) -> KeyInfo | None:
         try:
-            response = self._call("get", "GET", f"/v1/apikeys/{quote(key_id, safe='')}")
+            # The history says who locked a locked key.
+            response = self._call(
+                "get", "GET", f"/v1/apikeys/{quote(key_id, safe='')}", params={"include_history": "true"}
+            )
         except NotFoundError:
             return None
         return self._key_info(response.json(), operation="get")
@@ -230,7 +273,8 @@ class IamProvider:
         return self._key_info(response.json(), operation="identify")
 
     def disable(self, key_id: str) -> None:
-        if not self._owned_or_refuse(key_id, "disable").disabled:
+        info = self._unlocked(self._owned_or_refuse(key_id, "disable"), "disable")
+        if not info.disabled:
             self._call("disable", "POST", f"/v1/apikeys/{quote(key_id, safe='')}/disable", ok=(204,))
 
     def enable(self, key_id: str) -> None:
@@ -242,6 +286,7 @@ class IamProvider:
         if info is None:
             return  # already gone
         self._refuse_unless_owned(info, "delete")
+        self._unlocked(info, "delete")
         try:
             self._call("delete", "DELETE", f"/v1/apikeys/{quote(key_id, safe='')}", ok=(204,))
         except NotFoundError:
@@ -254,6 +299,19 @@ class IamProvider:
             raise NotFoundError(f"check_access: service ID {self._service_id} not found in IAM") from None
         params = {"account_id": self._account_id, "iam_id": self._iam_id, "pagesize": "1"}
         self._call("check_access", "GET", "/v1/apikeys", params=params)
+
+    def _unlocked(self, info: KeyInfo, operation: str) -> KeyInfo:
+        """``info`` once rotator's own entity lock is removed; a lock someone else set is refused."""
+        if info.locked_by is None:
+            return info
+        if info.locked_by != LOCKED_BY_ROTATOR:
+            raise NotOwnedError(
+                f"{operation}: {NOUN} {info.id} was locked by {info.locked_by}, not by rotator: not ours to unlock; "
+                "whoever locked it keeps it (unlock it at IAM to let rotator retire it)"
+            )
+        self._call("unlock", "DELETE", f"/v1/apikeys/{quote(info.id, safe='')}/lock", ok=(204,))
+        boundary("unlock:after")
+        return replace(info, locked_by=None)
 
     # -- ownership ---------------------------------------------------------------------------------
     def _owned_or_refuse(self, key_id: str, operation: str) -> KeyInfo:
@@ -271,6 +329,7 @@ class IamProvider:
         marker = parse_marker(name, description)
         owned = marker is not None and data.get("iam_id") == self._iam_id
         return KeyInfo(
+            locked_by=_locked_by(data),
             id=data["id"],
             name=name,
             description=description,
@@ -282,7 +341,12 @@ class IamProvider:
         )
 
     def _list_keys(self) -> list[KeyInfo]:
-        params = {"account_id": self._account_id, "iam_id": self._iam_id, "pagesize": str(self._page_size)}
+        params = {
+            "account_id": self._account_id,
+            "iam_id": self._iam_id,
+            "pagesize": str(self._page_size),
+            "include_history": "true",  # who locked a locked key
+        }
         keys: list[KeyInfo] = []
         seen_tokens: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -384,6 +448,29 @@ def _next_page_token(next_url: Any) -> str | None:
     if not tokens:
         raise PermanentError("list: IAM's next link carries no pagetoken")
     return tokens[0]
+
+
+def _locked_by(data: dict[str, Any]) -> str | None:
+    """Who holds the entity lock: the identity of the last ``lock`` in the history, or, for a key locked
+    from its creation (``Entity-Lock``), its creator. Either way it is rotator's own lock when that
+    identity created the key (rotator's identity mints its keys)."""
+    if not data.get("locked"):
+        return None
+    history = data.get("history")
+    locks = (
+        [h for h in history if isinstance(h, dict) and h.get("action") == "lock"] if isinstance(history, list) else []
+    )
+    holder = str(locks[-1].get("iam_id") or "") if locks else str(data.get("created_by") or "")
+    return LOCKED_BY_ROTATOR if holder and holder == data.get("created_by") else (holder or "someone else")
+
+
+def expires_at(when: dt.datetime) -> str:
+    """IAM's ``expires_at`` format (``2049-01-02T18:30+0000``), rounded up to the whole minute so a key
+    never expires before ``when``."""
+    utc = when.astimezone(dt.UTC)
+    if utc.second or utc.microsecond:
+        utc = utc.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    return utc.strftime("%Y-%m-%dT%H:%M+0000")
 
 
 def _parse_time(raw: Any, operation: str) -> dt.datetime:

@@ -215,7 +215,7 @@ class CodeEngineEmulator:
             name=seed.codeengine_project_name,
             region=seed.codeengine_region,
             account_id=seed.account_id,
-            managers=[admin_iam_id],
+            managers=[admin_iam_id, f"iam-{seed.trusted_profile_id}"],
         )
         self.projects: dict[str, ProjectRecord] = {project.id: project}
         self.secrets: dict[str, dict[str, SecretRecord]] = {project.id: {}}

@@ -3,7 +3,8 @@ for kubectl, the official Python client and rotator's adapter.
 
 Served: discovery and OpenAPI v2/v3, namespaces, secrets, serviceaccounts, configmaps, events, leases
 (CRUD, list with selectors and pagination, watch, three patch types and server-side apply with
-managedFields, dry-run), TokenRequest (serviceaccounts/token), TokenReview and (Self)SubjectAccessReview.
+managedFields, dry-run), TokenRequest (serviceaccounts/token: bound service-account JWTs, which the IAM
+emulator also accepts for its trusted-profile sign-in), TokenReview and (Self)SubjectAccessReview.
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
@@ -171,7 +172,7 @@ class KubeEmulator:
             return discovery
         token_request = token_request_path(segments)
         if token_request is not None and user is not None:
-            return await create_token(request, user, self.auth, self.rest, *token_request)
+            return await create_token(request, user, self.auth, self.rest, self.ctx.signer, *token_request)
         call = self._resolve(request, segments)
         if call is None or user is None:
             raise not_found_path()

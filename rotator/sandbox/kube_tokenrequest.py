@@ -1,23 +1,33 @@
 """TokenRequest: ``POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`` (what ``kubectl create token``
-and the kubelet's projected tokens use). The token is issued for ``spec.audiences`` (the API server's own
-when empty) to the user ``system:serviceaccount:<ns>:<name>``; rules bound to that user apply to it.
-Tokens do not expire in the emulator; the answer still carries an expiration, as the real one does.
+and the kubelet's projected tokens use).
+
+The token is a bound service-account JWT signed by the sandbox signer, shaped like the apiserver's: ``iss``,
+``sub: system:serviceaccount:<ns>:<name>``, ``aud`` (``spec.audiences``, the API server's own when empty),
+``iat``/``nbf``/``exp`` and a ``kubernetes.io`` claim naming the namespace and service account. The same
+token authenticates at this API server for its audiences (rules bound to the service account's user apply),
+and the IAM emulator in the same process verifies it for its trusted-profile (compute-resource) sign-in.
+The kubelet writes the same kind of token into a projected volume; tests play the kubelet by calling this
+API and writing the file. The emulator's own authenticator does not check ``exp`` (IAM does).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from typing import Any
 
+import jwt
 from aiohttp import web
 
 from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, User
 from rotator.sandbox.kube_rest import BODY_TYPES, Call, Rest, read_body, respond
-from rotator.sandbox.kube_status import bad_request, forbidden, invalid, invalid_value, method_not_allowed
+from rotator.sandbox.kube_status import Cause, bad_request, forbidden, invalid, invalid_value, method_not_allowed
 from rotator.sandbox.kube_types import SERVICEACCOUNTS
+from rotator.sandbox.tokens import TokenSigner
 
+# The apiserver's identity: the issuer of its service-account tokens and their default audience.
+ISSUER = API_AUDIENCES[0]
 DEFAULT_EXPIRATION_S = 3600  # the real default of spec.expirationSeconds
-MIN_EXPIRATION_S = 600  # the real apiserver refuses shorter
+MIN_EXPIRATION_S = 600  # the real apiserver refuses shorter ("may not specify a duration less than 10 minutes")
 
 
 def token_request_path(segments: list[str]) -> tuple[str, str] | None:
@@ -27,23 +37,28 @@ def token_request_path(segments: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _spec(body: Any) -> tuple[list[str], int]:
-    spec = body.get("spec") if isinstance(body, dict) else None
-    spec = spec if isinstance(spec, dict) else {}
+def _spec(name: str, body: Any) -> tuple[list[str], int]:
+    if body is not None and not isinstance(body, dict):
+        raise bad_request("the request body must be a TokenRequest object")
+    spec = (body or {}).get("spec") or {}
+    if not isinstance(spec, dict):
+        raise bad_request("spec must be an object")
     audiences = spec.get("audiences") or list(API_AUDIENCES)
+    seconds = spec.get("expirationSeconds") or DEFAULT_EXPIRATION_S
+    causes: list[Cause] = []
     if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
-        raise bad_request("TokenRequest spec.audiences must be a list of non-empty strings")
-    expiration = spec.get("expirationSeconds") or DEFAULT_EXPIRATION_S
-    if isinstance(expiration, bool) or not isinstance(expiration, int) or expiration < MIN_EXPIRATION_S:
-        cause = invalid_value(
-            "spec.expirationSeconds", str(expiration), "may not specify a duration less than 10 minutes"
+        causes.append(invalid_value("spec.audiences", str(audiences), "must be a list of non-empty strings"))
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < MIN_EXPIRATION_S:
+        causes.append(
+            invalid_value("spec.expirationSeconds", str(seconds), "may not specify a duration less than 10 minutes")
         )
-        raise invalid("TokenRequest", "authentication.k8s.io", "", [cause])
-    return audiences, expiration
+    if causes:
+        raise invalid("TokenRequest", "authentication.k8s.io", name, causes)
+    return audiences, seconds
 
 
 async def create_token(
-    request: web.Request, caller: User, auth: Authorizer, rest: Rest, namespace: str, name: str
+    request: web.Request, caller: User, auth: Authorizer, rest: Rest, signer: TokenSigner, namespace: str, name: str
 ) -> web.Response:
     if request.method != "POST":
         raise method_not_allowed()
@@ -51,20 +66,44 @@ async def create_token(
     if not auth.allowed(caller.username, caller.groups, attrs):
         raise forbidden("serviceaccounts", "", name, attrs.describe(caller.username))
     call = Call(request=request, rt=SERVICEACCOUNTS, namespace=namespace, name=name)
-    rest.existing(call)  # 404 as the real one
-    audiences, expiration = _spec(await read_body(call, BODY_TYPES))  # kubectl sends protobuf
+    account = rest.existing(call)  # 404 as the real one
+    audiences, seconds = _spec(name, await read_body(call, BODY_TYPES))  # kubectl sends protobuf
+    now = int(time.time())
+    subject = f"system:serviceaccount:{namespace}:{name}"
+    claims = {
+        "aud": audiences,
+        "exp": now + seconds,
+        "iat": now,
+        "nbf": now,
+        "iss": ISSUER,
+        "sub": subject,
+        "kubernetes.io": {
+            "namespace": namespace,
+            "serviceaccount": {"name": name, "uid": account["metadata"].get("uid", "")},
+        },
+    }
+    token = signer.sign(claims, x5c=False)
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
-    token, _ = auth.add_token(
-        username=f"system:serviceaccount:{namespace}:{name}", groups=groups, rules=[], audiences=tuple(audiences)
-    )
-    expires = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=expiration)
+    auth.add_token(username=subject, groups=groups, rules=[], token=token, audiences=tuple(audiences))
     return respond(
         {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
-            "spec": {"audiences": audiences, "expirationSeconds": expiration, "boundObjectRef": None},
-            "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": None},
+            "status": {
+                "token": token,
+                "expirationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + seconds)),
+            },
         },
         201,
     )
+
+
+def verify(signer: TokenSigner, token: str, audience: str) -> dict[str, Any]:
+    """The claims of a service-account token this sandbox issued for ``audience``; raises
+    ``jwt.PyJWTError`` for a bad signature, another audience, another issuer or an expired token."""
+    claims: dict[str, Any] = jwt.decode(
+        token, signer.key.public_key(), algorithms=["RS256"], audience=audience, issuer=ISSUER
+    )
+    return claims

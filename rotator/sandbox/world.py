@@ -36,6 +36,14 @@ class Seed:
     foreign_apikeys: dict[str, str] = field(
         default_factory=lambda: {"ci-pipeline": _apikey(), "legacy-manual": _apikey()}
     )
+    # rotator's keyless identity: a trusted profile whose compute-resource link admits the service
+    # account (namespace, name) of the sandbox cluster named by cluster_crn; may manage the target's keys.
+    trusted_profile_id: str = "Profile-3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98"
+    trusted_profile_name: str = "rotator"
+    trusted_profile_link: tuple[str, str] = ("rotator-system", "rotator")
+    cluster_crn: str = (
+        "crn:v1:bluemix:public:containers-kubernetes:us-south:a/5e1f0d2c9a8b4c7d8e6f1a2b3c4d5e6f:sandbox-cluster::"
+    )
     kubernetes_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     # Bearer token allowed to read but not write (for 403 tests).
     kubernetes_readonly_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
@@ -66,8 +74,9 @@ class Seed:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Seed:
         data = dict(data)
-        for name in ("namespaces", "labelled_namespaces", "repositories", "namespace_label"):
-            data[name] = tuple(data[name])
+        for name in ("namespaces", "labelled_namespaces", "repositories", "namespace_label", "trusted_profile_link"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     @classmethod
