@@ -100,6 +100,7 @@ def test_discovery_lists_every_served_resource(kube: SandboxProcess) -> None:
     groups = {g["name"]: g["preferredVersion"]["groupVersion"] for g in raw(kube, "GET", "/apis").json()["groups"]}
     assert groups == {
         "coordination.k8s.io": "coordination.k8s.io/v1",
+        "apiextensions.k8s.io": "apiextensions.k8s.io/v1",
         "authentication.k8s.io": "authentication.k8s.io/v1",
         "authorization.k8s.io": "authorization.k8s.io/v1",
     }

@@ -4,11 +4,16 @@ for kubectl, the official Python client and rotator's adapter.
 Served: discovery and OpenAPI v2/v3, namespaces, secrets, serviceaccounts, configmaps, events, leases
 (CRUD, list with selectors and pagination, watch, three patch types and server-side apply with
 managedFields, dry-run), TokenRequest (serviceaccounts/token: bound service-account JWTs, which the IAM
-emulator also accepts for its trusted-profile sign-in), TokenReview and (Self)SubjectAccessReview.
+emulator also accepts for its trusted-profile sign-in), TokenReview and (Self)SubjectAccessReview,
+and apiextensions.k8s.io/v1 CustomResourceDefinitions: each definition's kinds are served at once at
+their REST paths, in discovery and OpenAPI, with schema validation, pruning, defaults, the status
+subresource, printer columns and finalizers (CEL ``x-kubernetes-validations`` are not evaluated).
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
-validation), kube_patch (patches), kube_apply (server-side apply, managedFields), kube_openapi
+validation), kube_crd (definitions and the kinds they add), kube_schema (openAPIV3Schema: structural
+rule, validation, pruning, defaults), kube_jsonpath (printer columns' JSONPath subset),
+kube_patch (patches), kube_apply (server-side apply, managedFields), kube_openapi
 (/openapi/v2 and /openapi/v3 for kubectl), kube_select (selectors), kube_store (objects, history, watches),
 kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_tokenrequest (minting
 service-account tokens for audiences), kube_auth (tokens, rules),
@@ -30,6 +35,7 @@ from rotator.sandbox import fleet
 from rotator.sandbox import kube_openapi as openapi
 from rotator.sandbox import kube_types as types
 from rotator.sandbox.kube_auth import API_AUDIENCES, Attributes, Authorizer, Rule, User, name_from_field_selector
+from rotator.sandbox.kube_crd import CustomKinds
 from rotator.sandbox.kube_list import Lister
 from rotator.sandbox.kube_rest import Call, Rest, respond
 from rotator.sandbox.kube_review import Reviews
@@ -76,6 +82,7 @@ class KubeEmulator:
         self.auth = Authorizer()
         self.auth.seed(admin_token=self.admin_token, readonly_token=self.readonly_token)
         self.rest = Rest(self.store)
+        self.kinds = CustomKinds(self.store)
         self.lister = Lister(self.store)
         self.reviews = Reviews(self.auth)
         files_dir = Path(ctx.files_dir) if ctx.files_dir else Path(tempfile.mkdtemp(prefix="rotator-kube-"))
@@ -186,24 +193,25 @@ class KubeEmulator:
             return respond(types.SERVER_VERSION)
         if segments[:1] == ["openapi"]:
             return self._openapi(request, segments[1:])
+        paths = self.kinds.paths()
         if path == "/api":
             return respond(types.api_versions(request.host))
         if path == "/apis":
-            return respond(types.api_group_list())
+            return respond(types.api_group_list(paths))
         if path == "/api/v1":
             return respond(types.api_resource_list("", "v1"))
-        if len(segments) == 2 and segments[0] == "apis" and segments[1] in types.GROUPS:
-            return respond(types.api_group_doc(segments[1]))
-        if len(segments) == 3 and segments[0] == "apis" and segments[2] in types.BY_PATH.get(segments[1], {}):
-            return respond(types.api_resource_list(segments[1], segments[2]))
+        if len(segments) == 2 and segments[0] == "apis" and segments[1] in paths:
+            return respond(types.api_group_doc(segments[1], paths))
+        if len(segments) == 3 and segments[0] == "apis" and segments[2] in paths.get(segments[1], {}):
+            return respond(types.api_resource_list(segments[1], segments[2], paths))
         return None
 
-    @staticmethod
-    def _openapi(request: web.Request, segments: list[str]) -> web.StreamResponse:
+    def _openapi(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
+        custom = self.kinds.custom()
         if segments == ["v3"]:
-            return respond(openapi.v3_index())
+            return respond(openapi.v3_index(custom))
         if segments[:1] == ["v3"]:
-            document = openapi.v3_lookup(segments[1:])
+            document = openapi.v3_lookup(segments[1:], custom)
             if document is None:
                 raise not_found_path()
             return respond(document)
@@ -211,7 +219,7 @@ class KubeEmulator:
             accept = request.headers.get("Accept", "*/*")
             if not any(t in accept for t in ("application/json", "*/*")):
                 raise KubeError(406, "the server was unable to respond with a content type that the client supports")
-            return respond(openapi.v2_document())
+            return respond(openapi.v2_document(custom))
         raise not_found_path()
 
     def _resolve(self, request: web.Request, segments: list[str]) -> Call | None:
@@ -222,7 +230,7 @@ class KubeEmulator:
             group, version, rest = segments[1], segments[2], segments[3:]
         else:
             return None
-        served = types.BY_PATH.get(group, {}).get(version)
+        served = self.kinds.paths().get(group, {}).get(version)
         query = dict(request.query)
         if served is None or not rest:
             return None
@@ -231,13 +239,16 @@ class KubeEmulator:
         namespaced = len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in served and served[rest[2]].namespaced
         namespace = rest[1] if namespaced else None
         rest = rest[2:] if namespaced else rest
-        if not rest or len(rest) > 2 or rest[0] not in served:
+        if not rest or len(rest) > 3 or rest[0] not in served:
             return None
         rt = served[rest[0]]
-        name = rest[1] if len(rest) == 2 else None
+        name = rest[1] if len(rest) >= 2 else None
+        subresource = rest[2] if len(rest) == 3 else None
+        if subresource is not None and (subresource != "status" or rt.custom is None or not rt.custom.status):
+            return None
         if rt.namespaced and namespace is None and name is not None:
             return None
-        return Call(request=request, rt=rt, namespace=namespace, name=name, query=query)
+        return Call(request=request, rt=rt, namespace=namespace, name=name, query=query, subresource=subresource)
 
     async def _serve(self, call: Call, user: User) -> web.StreamResponse:
         method, rt = call.request.method, call.rt
@@ -248,7 +259,7 @@ class KubeEmulator:
             return await self.reviews.create(call, user)
         all_namespaces = rt.namespaced and call.namespace is None
         verb = VERBS_BY_METHOD.get((method, call.name is not None))
-        if verb is None or (all_namespaces and verb != "list"):
+        if verb is None or (all_namespaces and verb != "list") or (call.subresource and verb == "delete"):
             raise method_not_allowed()
         watching = verb in ("list", "get") and call.query.get("watch") in ("1", "true", "True")
         if watching and call.name is not None:
@@ -275,7 +286,14 @@ class KubeEmulator:
         name = call.name or ""
         if verb in ("list", "watch"):
             name = name_from_field_selector(call.query.get("fieldSelector", ""))
-        attrs = Attributes(verb=verb, group=rt.group, resource=rt.plural, namespace=call.ns, name=name)
+        attrs = Attributes(
+            verb=verb,
+            group=rt.group,
+            resource=rt.plural,
+            subresource=call.subresource or "",
+            namespace=call.ns,
+            name=name,
+        )
         if rt is NAMESPACES and call.name:
             attrs = Attributes(verb=verb, resource=rt.plural, namespace=call.name, name=call.name)
         if not self.auth.allowed(user.username, user.groups, attrs):
@@ -340,7 +358,9 @@ class KubeEmulator:
             "historyLimit": self.store.history_limit,
             "watchers": self.store.watcher_count(),
             "bookmarkIntervalSeconds": self.lister.bookmark_interval_s,
-            "objects": {rt.key: self.store.count(rt.key) for rt in types.RESOURCES if rt.stored},
+            "objects": {
+                rt.key: self.store.count(rt.key) for rt in [*types.RESOURCES, *self.kinds.custom()] if rt.stored
+            },
         }
 
     async def _admin_config(self, request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from rotator.sandbox.kube_select import Selector
 from rotator.sandbox.kube_status import KubeError, bad_request, expired
 from rotator.sandbox.kube_store import ADDED, Obj, Store, Watcher, watch_event
 from rotator.sandbox.kube_table import table, wants_table
+from rotator.sandbox.kube_validate import on_read
 
 CONTINUE_EXPIRED = (
     "The provided continue parameter is too old to display a consistent list result. You can start a new list "
@@ -140,8 +141,9 @@ class Lister:
             if selector.empty:
                 meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        items = [on_read(call.rt, o) for o in items]
         if wants_table(call.request.headers.get("Accept", "")):
-            return respond(table(call.rt.kind, items, meta))
+            return respond(table(call.rt, items, meta))
         body = {
             "kind": f"{call.rt.kind}List",
             "apiVersion": call.rt.api_version,
@@ -240,7 +242,7 @@ class Lister:
             return event
         obj = event["object"]
         meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
-        return {"type": event["type"], "object": table(call.rt.kind, [obj], meta)}
+        return {"type": event["type"], "object": table(call.rt, [obj], meta)}
 
     async def _write(self, call: Call, response: web.StreamResponse, events: list[dict[str, Any]]) -> None:
         if wants_table(call.request.headers.get("Accept", "")):

@@ -14,6 +14,7 @@ The schemas name every field of the served kinds with its type, the real definit
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -187,7 +188,10 @@ NOT_ACCEPTABLE_V2 = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 
 
 def kind_definition(rt: ResourceType) -> str:
-    return f"{PACKAGES[rt.group]}.{rt.kind}"
+    if rt.group in PACKAGES:
+        return f"{PACKAGES[rt.group]}.{rt.kind}"
+    # A custom kind is named as the apiserver names it: the group reversed, the version, the kind.
+    return ".".join([*reversed(rt.group.split(".")), rt.version, rt.kind])
 
 
 def _gvk(rt: ResourceType, kind: str | None = None) -> dict[str, str]:
@@ -310,6 +314,23 @@ class _Renderer:
             }
         return found
 
+    def custom_schemas(self, rt: ResourceType) -> dict[str, Any]:
+        """A custom kind's definition (its openAPIV3Schema, with the object fields) and its list's."""
+        assert rt.custom is not None
+        schema = copy.deepcopy(rt.custom.schema)
+        schema.setdefault("properties", {}).update(
+            {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": self.ref(f"{META}.ObjectMeta")}
+        )
+        schema["x-kubernetes-group-version-kind"] = [_gvk(rt)]
+        listing = {
+            "type": "object",
+            "required": ["items"],
+            "properties": {k: self.field(v) for k, v in LIST.items()}
+            | {"items": {"type": "array", "items": self.ref(kind_definition(rt))}},
+            "x-kubernetes-group-version-kind": [_gvk(rt, rt.kind + "List")],
+        }
+        return {kind_definition(rt): schema, kind_definition(rt) + "List": listing}
+
 
 def _info() -> dict[str, str]:
     return {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]}
@@ -334,29 +355,58 @@ def v3_document(group: str, version: str) -> dict[str, Any]:
     }
 
 
+def custom_v3_document(group: str, version: str, custom: list[ResourceType]) -> dict[str, Any]:
+    """A custom group version's document: its kinds' paths and schemas (with the shared definitions)."""
+    renderer = _Renderer(v3=True)
+    document = copy.deepcopy(v3_document("", "v1"))
+    document["paths"] = {}
+    for rt in custom:
+        if (rt.group, rt.version) == (group, version):
+            document["paths"] |= renderer.paths(rt)
+            document["components"]["schemas"] |= renderer.custom_schemas(rt)
+    return document
+
+
+def _index_entry(path: str, document: dict[str, Any]) -> dict[str, str]:
+    digest = hashlib.sha512(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    return {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest.upper()}"}
+
+
 @functools.cache
-def v3_index() -> dict[str, Any]:
+def _builtin_index() -> dict[str, Any]:
+    return {
+        v3_path(group, version): _index_entry(v3_path(group, version), v3_document(group, version))
+        for group, versions in BY_PATH.items()
+        for version in versions
+    }
+
+
+def v3_index(custom: list[ResourceType]) -> dict[str, Any]:
     """``/openapi/v3``: each group version's document with a content hash, as clients cache them by it."""
-    paths = {}
-    for group, versions in BY_PATH.items():
-        for version in versions:
-            digest = hashlib.sha512(json.dumps(v3_document(group, version), sort_keys=True).encode()).hexdigest()
-            path = v3_path(group, version)
-            paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest.upper()}"}
+    paths = dict(_builtin_index())
+    for group, version in dict.fromkeys((rt.group, rt.version) for rt in custom):
+        path = v3_path(group, version)
+        paths[path] = _index_entry(path, custom_v3_document(group, version, custom))
     return {"paths": paths}
 
 
-def v3_lookup(segments: list[str]) -> dict[str, Any] | None:
+def v3_lookup(segments: list[str], custom: list[ResourceType]) -> dict[str, Any] | None:
     """The document for ``/openapi/v3/<segments>``, or None for an unknown group version."""
     if len(segments) == 2 and segments[0] == "api" and segments[1] in BY_PATH.get("", {}):
         return v3_document("", segments[1])
     if len(segments) == 3 and segments[0] == "apis" and segments[2] in BY_PATH.get(segments[1], {}):
         return v3_document(segments[1], segments[2])
+    if (
+        len(segments) == 3
+        and segments[0] == "apis"
+        and any((rt.group, rt.version) == (segments[1], segments[2]) for rt in custom)
+    ):
+        return custom_v3_document(segments[1], segments[2], custom)
     return None
 
 
 @functools.cache
-def v2_document() -> dict[str, Any]:
+def _builtin_v2() -> dict[str, Any]:
     renderer = _Renderer(v3=False)
     paths: dict[str, Any] = {}
     for rt in RESOURCES:
@@ -369,3 +419,14 @@ def v2_document() -> dict[str, Any]:
         "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}},
         "security": [{"BearerToken": []}],
     }
+
+
+def v2_document(custom: list[ResourceType]) -> dict[str, Any]:
+    if not custom:
+        return _builtin_v2()
+    document = copy.deepcopy(_builtin_v2())
+    renderer = _Renderer(v3=False)
+    for rt in custom:
+        document["paths"] |= renderer.paths(rt)
+        document["definitions"] |= renderer.custom_schemas(rt)
+    return document

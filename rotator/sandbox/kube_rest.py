@@ -36,8 +36,8 @@ from rotator.sandbox.kube_status import (
 )
 from rotator.sandbox.kube_store import Obj, Store
 from rotator.sandbox.kube_table import table, wants_table
-from rotator.sandbox.kube_types import NAMESPACES, SERVICEACCOUNTS, ResourceType, now_rfc3339
-from rotator.sandbox.kube_validate import decode, normalise, validate
+from rotator.sandbox.kube_types import CRDS, NAMESPACES, SERVICEACCOUNTS, ResourceType, now_rfc3339
+from rotator.sandbox.kube_validate import decode, normalise, on_read, validate
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -74,6 +74,7 @@ class Call:
     namespace: str | None
     name: str | None
     query: dict[str, str] = field(default_factory=dict)
+    subresource: str | None = None  # "status" for a custom kind's /status
 
     @property
     def ns(self) -> str:
@@ -143,6 +144,35 @@ def _invalid_patch_options(field: str, detail: str) -> KubeError:
     )
 
 
+def _generational(rt: ResourceType) -> bool:
+    """Kinds whose metadata.generation counts changes to their desired state."""
+    return rt.custom is not None or rt is CRDS
+
+
+def _without(obj: Obj, *keys: str) -> Obj:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+def _split_status(call: Call, old: Obj, obj: Obj) -> Obj:
+    """With a status subresource, /status writes change only status and the main resource never does."""
+    custom = call.rt.custom
+    if custom is None or not custom.status:
+        return obj
+    if call.subresource == "status":
+        result = copy.deepcopy(old)
+        result["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+        if "managedFields" in obj["metadata"]:
+            result["metadata"]["managedFields"] = obj["metadata"]["managedFields"]
+        result.pop("status", None)
+        if "status" in obj:
+            result["status"] = obj["status"]
+        return result
+    obj.pop("status", None)
+    if "status" in old:
+        obj["status"] = old["status"]
+    return obj
+
+
 def _check_identity(call: Call, meta: dict[str, Any]) -> None:
     """A body written to an object's URL names that object (or no one)."""
     if (meta.get("name") or call.name) != call.name:
@@ -197,6 +227,10 @@ class Rest:
             meta.pop(key, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
+        if _generational(rt):
+            meta["generation"] = 1
+        if rt.custom is not None and rt.custom.status:
+            obj.pop("status", None)  # only the /status subresource writes it
         obj = normalise(rt, obj)
         validate(rt, obj)
         if managed is None and manager is not None:
@@ -225,9 +259,9 @@ class Rest:
         return obj
 
     async def get(self, call: Call) -> web.Response:
-        obj = self.existing(call)
+        obj = on_read(call.rt, self.existing(call))
         if wants_table(call.request.headers.get("Accept", "")):
-            return respond(table(call.rt.kind, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]}))
+            return respond(table(call.rt, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]}))
         return respond(obj)
 
     # -- replace and patch --------------------------------------------------------------------------
@@ -314,12 +348,17 @@ class Rest:
                 old_meta["name"],
                 f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {old_meta['uid']}",
             )
-        for key in ("uid", "creationTimestamp"):
-            meta[key] = old_meta[key]
+        for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+            meta.pop(key, None)
+            if key in old_meta:
+                meta[key] = old_meta[key]
         meta["resourceVersion"] = old_meta["resourceVersion"]
         if rt is NAMESPACES:
             obj["status"] = old.get("status", {})
-        obj = normalise(rt, obj)
+        obj = _split_status(call, old, obj)
+        obj = normalise(rt, obj, old)
+        if _generational(rt) and _without(obj, "metadata", "status") != _without(old, "metadata", "status"):
+            obj["metadata"]["generation"] = old_meta.get("generation", 1) + 1
         validate(rt, obj, old)
         if managed is None:
             managed = kube_apply.track_update(old, obj, call.field_manager, rt.api_version)
@@ -327,6 +366,10 @@ class Rest:
         if managed:
             obj["metadata"]["managedFields"] = managed
         if obj == old or call.dry_run:
+            return obj
+        if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
+            # The last finalizer is gone: the pending deletion completes (one DELETED event).
+            self.store.remove(rt.key, call.ns, old_meta["name"], final=obj)
             return obj
         return self.store.put(rt.key, obj, old)
 
@@ -346,9 +389,26 @@ class Rest:
             if not dry_run:
                 self.delete_namespace(name)
             return respond(terminating)
+        if old["metadata"].get("finalizers"):
+            # Deletion waits for the finalizers' owners: the object stays, marked (one MODIFIED event).
+            if old["metadata"].get("deletionTimestamp"):
+                return respond(old)
+            marked = copy.deepcopy(old)
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            return respond(marked if dry_run else self.store.put(rt.key, marked, old))
         if not dry_run:
+            if rt is CRDS:
+                self._drop_custom_objects(old)
             self.store.remove(rt.key, call.ns, name)
         return respond(success_status(name, rt.group, rt.plural, old["metadata"]["uid"]))
+
+    def _drop_custom_objects(self, crd: Obj) -> None:
+        """A definition's objects go with it, as the apiserver's cleanup finalizer deletes them."""
+        key = f"{crd['spec']['group']}/{crd['spec']['names']['plural']}"
+        for obj in list(self.store.scope(key, None)):
+            meta = obj["metadata"]
+            self.store.remove(key, meta.get("namespace", ""), meta["name"])
 
     def delete_namespace(self, namespace: str) -> None:
         """Everything in the namespace goes first (DELETED events), then the namespace itself."""

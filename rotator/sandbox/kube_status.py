@@ -175,8 +175,8 @@ class Cause:
 
 
 def quote(value: Any) -> str:
-    """How field errors print a bad value (Go's %q for strings, %v otherwise)."""
-    return json.dumps(value) if isinstance(value, str) else str(value)
+    """How field errors print a bad value (Go's %q for strings, %v otherwise: booleans in lower case)."""
+    return json.dumps(value) if isinstance(value, str | bool) else str(value)
 
 
 def invalid_value(field: str, value: Any, detail: str) -> Cause:

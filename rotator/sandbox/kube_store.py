@@ -123,14 +123,15 @@ class Store:
         self._record(Change(rv, MODIFIED if prev else ADDED, key, namespace, name, obj, prev))
         return obj
 
-    def remove(self, key: str, namespace: str, name: str) -> Obj | None:
+    def remove(self, key: str, namespace: str, name: str, final: Obj | None = None) -> Obj | None:
+        """Delete; the DELETED event carries ``final`` (an update that completes a deletion) or the last state."""
         by_name = self.objects.get(key, {}).get(namespace)
         if not by_name or name not in by_name:
             return None
         prev = by_name.pop(name)
         if not by_name:
             del self.objects[key][namespace]
-        final = dict(prev, metadata=dict(prev["metadata"]))
+        final = dict(final or prev, metadata=dict((final or prev)["metadata"]))
         rv = self._stamp(final)
         self._record(Change(rv, DELETED, key, namespace, name, final, prev))
         return final

@@ -6,14 +6,15 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from rotator.sandbox.kube_types import parse_time
+from rotator.sandbox import kube_jsonpath
+from rotator.sandbox.kube_types import PrinterColumn, ResourceType, parse_time
 
 Obj = dict[str, Any]
 Column = tuple[str, str, Callable[[Obj, dt.datetime], Any]]
 
 
-def _age(obj: Obj, now: dt.datetime) -> str:
-    created = parse_time(obj["metadata"].get("creationTimestamp") or "")
+def _since(stamp: Any, now: dt.datetime) -> str:
+    created = parse_time(stamp) if isinstance(stamp, str) else None
     if created is None:
         return "<unknown>"
     seconds = max(0, int((now - created).total_seconds()))
@@ -21,6 +22,36 @@ def _age(obj: Obj, now: dt.datetime) -> str:
         if seconds >= 2 * size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _age(obj: Obj, now: dt.datetime) -> str:
+    return _since(obj["metadata"].get("creationTimestamp"), now)
+
+
+def _printer_cell(column: PrinterColumn) -> Callable[[Obj, dt.datetime], Any]:
+    """A CRD printer column's cell: the JSONPath's first value (None when absent, which kubectl
+    prints as <none>); a date column shows the time since, like the apiserver's table convertor."""
+
+    def cell(obj: Obj, now: dt.datetime) -> Any:
+        values = kube_jsonpath.evaluate(column.json_path, obj)
+        if not values or values[0] is None:
+            return None
+        value = values[0]
+        if column.type == "date":
+            return _since(value, now)
+        if column.type == "string" and not isinstance(value, str):
+            return value if isinstance(value, int | float | bool) else str(value)
+        return value
+
+    return cell
+
+
+def _columns(rt: ResourceType) -> list[Column]:
+    if rt.custom is None:
+        return COLUMNS.get(rt.kind, [("Name", "string", _name), ("Age", "string", _age)])
+    if not rt.custom.columns:
+        return [("Name", "string", _name), ("Age", "date", _age)]
+    return [("Name", "string", _name)] + [(c.name, c.type, _printer_cell(c)) for c in rt.custom.columns]
 
 
 def _name(obj: Obj, _: dt.datetime) -> str:
@@ -68,8 +99,8 @@ def _partial(obj: Obj) -> Obj:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
 
 
-def table(kind: str, objects: list[Obj], list_meta: dict[str, Any]) -> dict[str, Any]:
-    columns = COLUMNS.get(kind, [("Name", "string", _name), ("Age", "string", _age)])
+def table(rt: ResourceType, objects: list[Obj], list_meta: dict[str, Any]) -> dict[str, Any]:
+    columns = _columns(rt)
     now = dt.datetime.now(dt.UTC)
     return {
         "kind": "Table",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 CRUD = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -22,6 +22,9 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     # Field-selector labels beyond metadata.name / metadata.namespace.
     field_labels: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    # Set for a CustomResourceDefinition's kinds: how its objects are checked and printed.
+    custom: CustomKind | None = field(default=None, compare=False, repr=False)
 
     @property
     def api_version(self) -> str:
@@ -46,7 +49,28 @@ class ResourceType:
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
+        if self.categories:
+            entry["categories"] = list(self.categories)
         return entry
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    type: str
+    json_path: str
+    format: str = ""
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class CustomKind:
+    """One served version of a CustomResourceDefinition."""
+
+    schema: dict[str, Any] = field(compare=False)
+    status: bool = False  # the /status subresource is enabled
+    columns: tuple[PrinterColumn, ...] = ()
 
 
 NAMESPACES = ResourceType(
@@ -80,6 +104,16 @@ EVENTS = ResourceType(
     ),
 )
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True)
+CRDS = ResourceType(
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    "customresourcedefinition",
+    "CustomResourceDefinition",
+    False,
+    short_names=("crd", "crds"),
+    categories=("api-extensions",),
+)
 TOKENREVIEWS = ResourceType(
     "authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", False, verbs=CREATE_ONLY
 )
@@ -109,6 +143,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     CONFIGMAPS,
     EVENTS,
     LEASES,
+    CRDS,
     TOKENREVIEWS,
     SUBJECTACCESSREVIEWS,
     SELFSUBJECTACCESSREVIEWS,
@@ -141,26 +176,37 @@ def api_versions(server_address: str) -> dict[str, Any]:
     }
 
 
-def api_group(group: str) -> dict[str, Any]:
-    versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in BY_PATH[group]]
+Paths = dict[str, dict[str, dict[str, ResourceType]]]
+
+
+def api_group(group: str, paths: Paths = BY_PATH) -> dict[str, Any]:
+    versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in paths[group]]
     return {"name": group, "versions": versions, "preferredVersion": versions[0]}
 
 
-def api_group_list() -> dict[str, Any]:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group(g) for g in GROUPS]}
+def api_group_list(paths: Paths = BY_PATH) -> dict[str, Any]:
+    groups = [api_group(g, paths) for g in paths if g]
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
-def api_group_doc(group: str) -> dict[str, Any]:
-    return {"kind": "APIGroup", "apiVersion": "v1"} | api_group(group)
+def api_group_doc(group: str, paths: Paths = BY_PATH) -> dict[str, Any]:
+    return {"kind": "APIGroup", "apiVersion": "v1"} | api_group(group, paths)
 
 
-def api_resource_list(group: str, version: str) -> dict[str, Any]:
-    types = BY_PATH[group][version].values()
+def api_resource_list(group: str, version: str, paths: Paths = BY_PATH) -> dict[str, Any]:
+    resources: list[dict[str, Any]] = []
+    for rt in paths[group][version].values():
+        resources.append(rt.discovery())
+        if rt.custom is not None and rt.custom.status:
+            resources.append(
+                {"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced, "kind": rt.kind}
+                | {"verbs": ["get", "patch", "update"]}
+            )
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
-        "resources": [rt.discovery() for rt in types],
+        "resources": resources,
     }
 
 

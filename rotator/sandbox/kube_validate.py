@@ -16,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from rotator.sandbox import kube_crd, kube_schema
 from rotator.sandbox.kube_status import (
     Cause,
     KubeError,
@@ -81,6 +82,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "reportingComponent": "str",
         "reportingInstance": "str",
     },
+    "CustomResourceDefinition": {"spec": "obj", "status": "obj"},
     "TokenReview": {"spec": "obj", "status": "obj"},
     "SubjectAccessReview": {"spec": "obj", "status": "obj"},
     "SelfSubjectAccessReview": {"spec": "obj", "status": "obj"},
@@ -212,7 +214,15 @@ def decode(rt: ResourceType, body: Any, *, strict: bool = False) -> tuple[dict[s
             f"({rt.version}.{kind}) to ({rt.kind}): unknown conversion"
         )
     warnings: list[str] = []
-    obj = _check_fields(rt, "", body, COMMON | SCHEMAS.get(rt.kind, {}), strict, warnings)
+    if rt.custom is not None:
+        if not isinstance(body.get("metadata") or {}, dict):
+            raise _cannot_handle(rt, "json: cannot unmarshal into Go struct field of type metav1.ObjectMeta")
+        obj, dropped = kube_schema.prune(body, rt.custom.schema)
+        if dropped and strict:
+            raise bad_request(f'strict decoding error: unknown field "{dropped[0]}"')
+        warnings += [f'unknown field "{path}"' for path in dropped]
+    else:
+        obj = _check_fields(rt, "", body, COMMON | SCHEMAS.get(rt.kind, {}), strict, warnings)
     obj["metadata"] = _check_fields(rt, "metadata", obj.get("metadata") or {}, METADATA, strict, warnings)
     if rt.kind == "Lease" and isinstance(obj.get("spec"), dict):
         obj["spec"] = _check_fields(rt, "spec", obj["spec"], LEASE_SPEC, strict, warnings)
@@ -244,7 +254,14 @@ def _microtime(rt: ResourceType, field: str, value: Any) -> Any:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def normalise(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+def on_read(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    """A stored object as served: a custom object gets the defaults its schema has now."""
+    if rt.custom is None:
+        return obj
+    return kube_schema.apply_defaults(copy.deepcopy(obj), rt.custom.schema)  # type: ignore[no-any-return]
+
+
+def normalise(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults and canonical encodings, applied on create and on every update."""
     obj = copy.deepcopy(obj)
     meta = obj["metadata"]
@@ -274,6 +291,10 @@ def normalise(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         obj["spec"] = {"finalizers": ["kubernetes"]} | (obj.get("spec") or {})
         obj["status"] = {"phase": "Active"}
+    elif rt.kind == "CustomResourceDefinition":
+        obj = kube_crd.normalise(obj, old)
+    elif rt.custom is not None:
+        obj = kube_schema.apply_defaults(obj, rt.custom.schema)
     return obj
 
 
@@ -381,6 +402,10 @@ def _kind_causes(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | No
             causes.append(invalid_value(f"data[{key}]", key, "duplicate of key present in binaryData"))
         if old is not None:
             causes += _immutable_causes(obj, old, ("data", "binaryData"))
+    elif rt.kind == "CustomResourceDefinition":
+        causes += kube_crd.causes(obj, old)
+    elif rt.custom is not None:
+        causes += kube_schema.validate(obj, rt.custom.schema)
     elif rt.kind == "Lease":
         spec = obj.get("spec") or {}
         duration = spec.get("leaseDurationSeconds")
