@@ -134,6 +134,8 @@ def test_an_applied_definition_is_established_and_discovered(
     # kubectl explain reads the group version's OpenAPI v3 document, served from the definition's schema.
     explained = kubectl("explain", "regcred.spec.provider").stdout
     assert "ENUM:" in explained and "dockerhub" in explained
+    header = kubectl("get", "crd", crd).stdout.splitlines()[0]
+    assert header.split() == ["NAME", "CREATED", "AT"]
 
 
 def crd_body(**changes: Any) -> dict[str, Any]:
@@ -207,6 +209,8 @@ def test_kubectl_get_prints_the_printer_columns(kubectl: Kubectl, custom: client
     assert row[3:5] == ["2030-01-01T00:00:00Z", "3"]
     listed = kubectl("get", "regcred", "-o", "name").stdout.split()
     assert f"registrycredential.{GROUP}/{name}" in listed
+    wide = kubectl("get", "regcred", name, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-1] == "PROVIDER" and wide[1].split()[-1] == "ibm"  # priority 1: only with -o wide
 
 
 def test_kubectl_refuses_an_invalid_object_with_the_schema_message(kubectl: Kubectl) -> None:
@@ -353,6 +357,35 @@ def test_finalizers_hold_a_deletion_and_the_watch_sees_it(custom: client.CustomO
         if event["type"] == "DELETED":
             break
     assert seen == [("MODIFIED", True), ("DELETED", True)]
+
+
+def test_deleting_a_collection_keeps_objects_with_finalizers(custom: client.CustomObjectsApi) -> None:
+    team = unique("held")
+    for name, finalizers in ((f"{team}-free", []), (f"{team}-held", [FINALIZER])):
+        body = regcred(name)
+        body["metadata"] |= {"labels": {"team": team}, "finalizers": finalizers}
+        create(custom, body)
+    custom.delete_collection_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=f"team={team}")
+    left = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=f"team={team}")["items"]
+    assert [o["metadata"]["name"] for o in left] == [f"{team}-held"]
+    assert left[0]["metadata"]["deletionTimestamp"]
+
+
+def test_strategic_merge_patch_is_refused_for_custom_objects(
+    custom: client.CustomObjectsApi, http: httpx.Client
+) -> None:
+    name = unique("smp")
+    create(custom, regcred(name))
+    refused = http.patch(
+        f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}",
+        content=json.dumps({"spec": {"graceSeconds": 1}}),
+        headers={"Content-Type": "application/strategic-merge-patch+json"},
+    )
+    assert refused.status_code == 415
+    assert refused.json()["message"] == (
+        "the body of the request was in an unknown format - accepted media types include: "
+        "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+    )
 
 
 def test_lists_select_and_paginate_custom_objects(custom: client.CustomObjectsApi) -> None:

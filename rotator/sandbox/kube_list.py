@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rotator.sandbox.kube_rest import Call, respond
+from rotator.sandbox.kube_rest import Call, mark_deleted, respond
 from rotator.sandbox.kube_select import Selector
 from rotator.sandbox.kube_status import KubeError, bad_request, expired
 from rotator.sandbox.kube_store import ADDED, Obj, Store, Watcher, watch_event
@@ -157,7 +157,10 @@ class Lister:
         _, items, _ = self._items(call, selector)
         if not call.dry_run:
             for obj in items:
-                self.store.remove(call.rt.key, call.ns, obj["metadata"]["name"])
+                if obj["metadata"].get("finalizers"):
+                    mark_deleted(self.store, call.rt, obj)
+                else:
+                    self.store.remove(call.rt.key, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         body = {
             "kind": f"{call.rt.kind}List",
             "apiVersion": call.rt.api_version,

@@ -85,6 +85,10 @@ COLUMNS: dict[str, list[Column]] = {
         ("Holder", "string", lambda o, _: (o.get("spec") or {}).get("holderIdentity", "")),
         ("Age", "string", _age),
     ],
+    "CustomResourceDefinition": [
+        ("Name", "string", _name),
+        ("Created At", "date", lambda o, _: o["metadata"].get("creationTimestamp")),
+    ],
     "Event": [
         ("Name", "string", _name),
         ("Type", "string", lambda o, _: o.get("type", "")),
@@ -101,14 +105,22 @@ def _partial(obj: Obj) -> Obj:
 
 def table(rt: ResourceType, objects: list[Obj], list_meta: dict[str, Any]) -> dict[str, Any]:
     columns = _columns(rt)
+    # kubectl shows a column of priority > 0 only with -o wide; built-in kinds' columns all have 0.
+    priorities = [0] + [c.priority for c in rt.custom.columns] if rt.custom and rt.custom.columns else []
     now = dt.datetime.now(dt.UTC)
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
         "columnDefinitions": [
-            {"name": name, "type": kind_, "format": "name" if name == "Name" else "", "description": "", "priority": 0}
-            for name, kind_, _ in columns
+            {
+                "name": name,
+                "type": kind_,
+                "format": "name" if name == "Name" else "",
+                "description": "",
+                "priority": priorities[i] if priorities else 0,
+            }
+            for i, (name, kind_, _) in enumerate(columns)
         ],
         "rows": [{"cells": [fn(o, now) for _, _, fn in columns], "object": _partial(o)} for o in objects],
     }
