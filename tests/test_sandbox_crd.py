@@ -167,6 +167,12 @@ def test_a_non_structural_schema_is_refused_like_the_apiserver(api: client.ApiCl
         f"{root}.properties[status].properties[targets].x-kubernetes-preserve-unknown-fields: "
         "Invalid value: false: must be true or undefined]"
     )
+    broken_rule = crd_body()
+    spec_schema = broken_rule["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["x-kubernetes-validations"] = [{"rule": "self.provider ==", "message": "never compiles"}]
+    (cause,) = refused_definition(api, broken_rule)["details"]["causes"]
+    assert cause["field"] == f"{root}.properties[spec].x-kubernetes-validations[0].rule"
+    assert cause["message"].startswith('Invalid value: "self.provider ==": compilation failed:')
     missing = crd_body()
     del missing["spec"]["versions"][0]["schema"]
     assert refused_definition(api, missing)["details"]["causes"] == [
@@ -305,6 +311,26 @@ def test_schema_errors_name_every_field_path(custom: client.CustomObjectsApi) ->
     with pytest.raises(ApiException) as too_big:
         create(custom, regcred("big", graceSeconds=604801))
     assert "spec.graceSeconds in body should be less than or equal to 604800" in status_body(too_big.value)["message"]
+
+
+def test_cel_rules_refuse_objects_and_changes(custom: client.CustomObjectsApi) -> None:
+    """The fixture's x-kubernetes-validations: a cross-field rule on spec, a transition rule on provider."""
+    with pytest.raises(ApiException) as cross:
+        create(custom, regcred("cel", provider="dockerhub", serviceId="ServiceId-1"))
+    assert cross.value.status == 422
+    assert status_body(cross.value)["details"]["causes"] == [
+        {"reason": "FieldValueInvalid", "message": 'Invalid value: "object": serviceId is only for provider ibm'}
+        | {"field": "spec"}
+    ]
+    name = unique("cel")
+    create(custom, regcred(name))  # a transition rule is not evaluated on create
+    with pytest.raises(ApiException) as changed:
+        custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"provider": "dockerhub"}})
+    assert status_body(changed.value)["message"] == (
+        f'RegistryCredential.{GROUP} "{name}" is invalid: spec.provider: Invalid value: "string": provider is immutable'
+    )
+    kept = custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"graceSeconds": 5}})
+    assert kept["spec"]["provider"] == "ibm" and kept["spec"]["graceSeconds"] == 5
 
 
 def test_status_subresource_separates_spec_and_status_writes(custom: client.CustomObjectsApi) -> None:

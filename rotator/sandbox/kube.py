@@ -7,12 +7,12 @@ managedFields, dry-run), TokenRequest (serviceaccounts/token: bound service-acco
 emulator also accepts for its trusted-profile sign-in), TokenReview and (Self)SubjectAccessReview,
 and apiextensions.k8s.io/v1 CustomResourceDefinitions: each definition's kinds are served at once at
 their REST paths, in discovery and OpenAPI, with schema validation, pruning, defaults, the status
-subresource, printer columns and finalizers (CEL ``x-kubernetes-validations`` are not evaluated).
+subresource, printer columns, finalizers and CEL ``x-kubernetes-validations`` (with cel-python).
 Every error is a ``Status`` shaped like the real apiserver's. See protocols.md section 7.
 
 Module map: kube_types (resources, discovery), kube_status (errors), kube_validate (decode and
 validation), kube_crd (definitions and the kinds they add), kube_schema (openAPIV3Schema: structural
-rule, validation, pruning, defaults), kube_jsonpath (printer columns' JSONPath subset),
+rule, validation, pruning, defaults), kube_cel (CEL rules), kube_jsonpath (printer columns' JSONPath subset),
 kube_patch (patches), kube_apply (server-side apply, managedFields), kube_openapi
 (/openapi/v2 and /openapi/v3 for kubectl), kube_select (selectors), kube_store (objects, history, watches),
 kube_rest (write verbs), kube_list (list and watch), kube_review (reviews), kube_tokenrequest (minting

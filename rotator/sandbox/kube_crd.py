@@ -6,7 +6,9 @@ names (plural, singular, kind, listKind, shortNames) DNS labels or kinds, the sc
 Namespaced (and immutable), at least one version and exactly one storage version, each version's
 ``openAPIV3Schema`` structural (see kube_schema), subresources limited to ``status``, printer columns
 with a name, a known type and a JSONPath the table printer can evaluate (see kube_jsonpath).
-Conversion webhooks, ``scale`` subresources, ``selectableFields`` and CEL rules are not served.
+CEL rules must compile (see kube_cel). Conversion webhooks, ``scale`` subresources and
+``selectableFields`` are not served; deleting a definition deletes its objects at once (finalizers
+on them are not waited for).
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ defaulting of custom objects against it, with the apiserver's field paths and me
 Supported keywords: type (object, array, string, integer, number, boolean), properties, required,
 items, additionalProperties (a schema), enum, minimum/maximum (and exclusive*), minLength/maxLength,
 pattern, minItems/maxItems, nullable, default, x-kubernetes-preserve-unknown-fields,
-x-kubernetes-int-or-string, x-kubernetes-embedded-resource (kept as is). ``format`` and CEL
-``x-kubernetes-validations`` are accepted and not checked: the emulator skips CEL rules (a rule
-that would refuse an object in a real cluster is accepted here).
+x-kubernetes-int-or-string, x-kubernetes-embedded-resource (kept as is), and CEL
+``x-kubernetes-validations`` (see kube_cel). ``format`` is accepted and not checked.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import copy
 import re
 from typing import Any
 
+from rotator.sandbox import kube_cel
 from rotator.sandbox.kube_status import Cause, forbidden_field, invalid_value, quote, required
 
 Schema = dict[str, Any]
@@ -71,6 +71,11 @@ def _node_causes(node: Schema, path: str) -> list[Cause]:
         )
     if kind == "array" and not isinstance(node.get("items"), dict):
         causes.append(required(f"{path}.items", "must be specified"))
+    for index, rule in enumerate(node.get("x-kubernetes-validations") or []):
+        text = rule.get("rule") if isinstance(rule, dict) else rule
+        error = kube_cel.compile_error(text)
+        if error:
+            causes.append(invalid_value(f"{path}.x-kubernetes-validations[{index}].rule", text, error))
     for name, child in properties.items():
         if isinstance(child, dict):
             causes += _node_causes(child, f"{path}.properties[{name}]")
@@ -151,19 +156,50 @@ def _is_type(value: Any, kind: str) -> bool:
     return actual == kind or (kind == "number" and actual == "integer")
 
 
-def validate(obj: dict[str, Any], schema: Schema) -> list[Cause]:
-    """Every field error of ``obj`` (apiVersion/kind/metadata left to the generic checks)."""
+def validate(obj: dict[str, Any], schema: Schema, old: dict[str, Any] | None = None) -> list[Cause]:
+    """Every field error of ``obj`` (apiVersion/kind/metadata left to the generic checks); ``old``,
+    the stored object on an update, feeds the CEL transition rules."""
     causes: list[Cause] = []
     body = {k: v for k, v in obj.items() if k not in ROOT_FIELDS}
     rooted = dict(
         schema, properties={k: v for k, v in (schema.get("properties") or {}).items() if k not in ROOT_FIELDS}
     )
     rooted["required"] = [r for r in schema.get("required") or [] if r not in ROOT_FIELDS]
-    _validate(body, rooted, "", causes)
+    rooted.pop("x-kubernetes-validations", None)
+    _validate(body, rooted, "", causes, old)
+    # Root rules see the object with its name, as the apiserver gives them.
+    _rules(_cel_root(obj), schema, "", causes, None if old is None else _cel_root(old))
     return causes
 
 
-def _validate(value: Any, node: Schema, path: str, causes: list[Cause]) -> None:
+def _cel_root(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k in METADATA_ALLOWED}
+    return obj | {"metadata": meta}
+
+
+def _rules(value: Any, node: Schema, path: str, causes: list[Cause], old: Any) -> None:
+    shown = path or "<root>"
+    for rule in node.get("x-kubernetes-validations") or []:
+        text = rule["rule"]
+        if kube_cel.transition(text) and old is None:
+            continue  # transition rules judge changes; nothing to compare on create
+        failed = kube_cel.holds(text, value, old if kube_cel.transition(text) else None)
+        if failed is None:
+            continue
+        message = rule.get("message") or f"failed rule: {text}"
+        if failed:
+            message = f"{message}: {failed}"
+        where = shown + rule["fieldPath"] if rule.get("fieldPath") else shown
+        reason = rule.get("reason", "FieldValueInvalid")
+        if reason == "FieldValueForbidden":
+            causes.append(forbidden_field(where, message))
+        elif reason == "FieldValueRequired":
+            causes.append(required(where, message))
+        else:
+            causes.append(invalid_value(where, _type_name(value), message))
+
+
+def _validate(value: Any, node: Schema, path: str, causes: list[Cause], old: Any = None) -> None:
     shown = path or "<root>"
     kind = node.get("type", "")
     if value is None:
@@ -190,7 +226,8 @@ def _validate(value: Any, node: Schema, path: str, causes: list[Cause]) -> None:
     if isinstance(value, list):
         _array_causes(value, node, path, causes)
     if isinstance(value, dict):
-        _object_causes(value, node, path, causes)
+        _object_causes(value, node, path, causes, old)
+    _rules(value, node, path, causes, old)
 
 
 def _number_causes(value: float, node: Schema, shown: str, causes: list[Cause]) -> None:
@@ -228,7 +265,7 @@ def _array_causes(value: list[Any], node: Schema, path: str, causes: list[Cause]
             _validate(item, items, f"{path}[{index}]", causes)
 
 
-def _object_causes(value: dict[str, Any], node: Schema, path: str, causes: list[Cause]) -> None:
+def _object_causes(value: dict[str, Any], node: Schema, path: str, causes: list[Cause], old: Any) -> None:
     for name in node.get("required") or []:
         if name not in value:
             causes.append(required(f"{path}.{name}" if path else name))
@@ -237,4 +274,5 @@ def _object_causes(value: dict[str, Any], node: Schema, path: str, causes: list[
     for key, item in value.items():
         child = properties.get(key) or (extra if isinstance(extra, dict) else None)
         if child is not None:
-            _validate(item, child, f"{path}.{key}" if path else key, causes)
+            before = old.get(key) if isinstance(old, dict) else None
+            _validate(item, child, f"{path}.{key}" if path else key, causes, before)

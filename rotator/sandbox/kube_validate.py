@@ -405,7 +405,7 @@ def _kind_causes(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | No
     elif rt.kind == "CustomResourceDefinition":
         causes += kube_crd.causes(obj, old)
     elif rt.custom is not None:
-        causes += kube_schema.validate(obj, rt.custom.schema)
+        causes += kube_schema.validate(obj, rt.custom.schema, old)
     elif rt.kind == "Lease":
         spec = obj.get("spec") or {}
         duration = spec.get("leaseDurationSeconds")
