@@ -7,7 +7,9 @@ follow the status subresource and finalizer rules. The definition is tests/regis
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from kubectl_env import KUBECTL_TIMEOUT_S, Kubectl, kubectl_runner
+from kubectl_env import KUBECTL, KUBECTL_TIMEOUT_S, Kubectl, kubectl_runner
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -87,11 +89,12 @@ def read(custom: client.CustomObjectsApi, name: str) -> dict[str, Any]:
 
 
 def set_ready(custom: client.CustomObjectsApi, name: str, status: str = "True") -> dict[str, Any]:
-    """What the controller would write: the Ready condition and the current key, through /status."""
+    """What the controller would write: the Ready condition and a key made three days ago, through /status."""
+    created = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = {
         "status": {
             "conditions": [{"type": "Ready", "status": status, "reason": "Rotated", "message": "key in use"}],
-            "currentKey": {"id": "ApiKey-1", "createdAt": "2026-01-01T00:00:00Z"},
+            "currentKey": {"id": "ApiKey-1", "createdAt": created},
             "nextRotationAt": "2030-01-01T00:00:00Z",
             "targets": {"total": 3, "inSync": 3},
         }
@@ -134,6 +137,13 @@ def test_an_applied_definition_is_established_and_discovered(
     # kubectl explain reads the group version's OpenAPI v3 document, served from the definition's schema.
     explained = kubectl("explain", "regcred.spec.provider").stdout
     assert "ENUM:" in explained and "dockerhub" in explained
+    v3_index = http.get("/openapi/v3").json()["paths"]
+    assert f"apis/{GROUP}/{VERSION}" in v3_index
+    v2_kinds = http.get("/openapi/v2").json()["definitions"]["com.example.rotator.v1alpha1.RegistryCredential"]
+    assert v2_kinds["x-kubernetes-group-version-kind"] == [
+        {"group": GROUP, "version": VERSION, "kind": "RegistryCredential"}
+    ]
+    assert v2_kinds["properties"]["spec"]["properties"]["provider"]["enum"] == ["ibm", "dockerhub"]
     header = kubectl("get", "crd", crd).stdout.splitlines()[0]
     assert header.split() == ["NAME", "CREATED", "AT"]
 
@@ -211,8 +221,7 @@ def test_kubectl_get_prints_the_printer_columns(kubectl: Kubectl, custom: client
     set_ready(custom, name)
     row = kubectl("get", "registrycredentials", name, "--no-headers").stdout.split()
     assert row[:2] == [name, "True"]
-    assert row[2].endswith("d")  # the key's age, in days since 2026-01-01
-    assert row[3:5] == ["2030-01-01T00:00:00Z", "3"]
+    assert row[2:5] == ["3d", "2030-01-01T00:00:00Z", "3"]  # KEY AGE is a date column: shown as an age
     listed = kubectl("get", "regcred", "-o", "name").stdout.split()
     assert f"registrycredential.{GROUP}/{name}" in listed
     wide = kubectl("get", "regcred", name, "-o", "wide").stdout.splitlines()
@@ -249,9 +258,10 @@ def test_kubectl_wait_returns_once_a_status_write_sets_ready(
     create(custom, regcred(name))
     early = kubectl("wait", "--for=condition=Ready", f"regcred/{name}", "--timeout=1s", check=False)
     assert early.returncode != 0 and "timed out" in early.stderr
+    assert KUBECTL is not None  # the kubectl fixture skipped the test otherwise
     waiting = subprocess.Popen(  # kubectl_runner's environment, run in the background
         [
-            "kubectl",
+            KUBECTL,
             "--cache-dir",
             str(tmp_path / "cache"),
             "wait",
@@ -259,7 +269,7 @@ def test_kubectl_wait_returns_once_a_status_write_sets_ready(
             f"regcred/{name}",
             f"--timeout={KUBECTL_TIMEOUT_S}s",
         ],
-        env={"HOME": str(tmp_path), "KUBECONFIG": kube.endpoints["kubeconfig"], "PATH": "/usr/bin:/bin"},
+        env=dict(os.environ, HOME=str(tmp_path), KUBECONFIG=kube.endpoints["kubeconfig"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
