@@ -14,11 +14,13 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rotator import journal as journal_mod
 from rotator.errors import LockedError, StateError, TransientError
 from rotator.journal import CredentialJournal, RequestBook, Vault
+
+_R = TypeVar("_R")  # a record read from the store (journal, request book)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -63,32 +65,32 @@ class FileStateStore:
         except FileNotFoundError:
             return None
 
-    def load(self, credential: str) -> CredentialJournal:
-        data = self._read(self._path(credential, "journal"))
-        if data is None:
-            return CredentialJournal()
-        try:
-            return journal_mod.load(data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise StateError(f"{self._path(credential, 'journal')} has an unexpected shape: {exc}") from None
-
-    def save(self, credential: str, journal: CredentialJournal) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(self._path(credential, "journal"), json.dumps(journal_mod.dump(journal), indent=1).encode())
-
-    def load_requests(self, credential: str) -> RequestBook:
-        path = self._path(credential, "requests")
+    def _load_record(self, credential: str, kind: str, load: Callable[[dict[str, Any]], _R], empty: _R) -> _R:
+        """The ``kind`` record (journal, requests) of ``credential``: ``empty`` when there is none yet."""
+        path = self._path(credential, kind)
         data = self._read(path)
         if data is None:
-            return RequestBook()
+            return empty
         try:
-            return journal_mod.load_book(data)
+            return load(data)
         except (TypeError, ValueError, KeyError) as exc:
             raise StateError(f"{path} has an unexpected shape: {exc}") from None
 
-    def save_requests(self, credential: str, book: RequestBook) -> None:
+    def _save_record(self, credential: str, kind: str, data: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(self._path(credential, "requests"), json.dumps(journal_mod.dump_book(book), indent=1).encode())
+        _atomic_write(self._path(credential, kind), json.dumps(data, indent=1).encode())
+
+    def load(self, credential: str) -> CredentialJournal:
+        return self._load_record(credential, "journal", journal_mod.load, CredentialJournal())
+
+    def save(self, credential: str, journal: CredentialJournal) -> None:
+        self._save_record(credential, "journal", journal_mod.dump(journal))
+
+    def load_requests(self, credential: str) -> RequestBook:
+        return self._load_record(credential, "requests", journal_mod.load_book, RequestBook())
+
+    def save_requests(self, credential: str, book: RequestBook) -> None:
+        self._save_record(credential, "requests", journal_mod.dump_book(book))
 
     def load_vault(self, credential: str) -> Vault:
         data = self._read(self._path(credential, "vault"))
@@ -188,24 +190,21 @@ class ConfigMapStateStore:
                 raise self._api_error(exc, f"write {kind} {name}") from None
         raise TransientError(f"state write {kind} {name}: kept conflicting after 10 attempts")
 
-    def load(self, credential: str) -> CredentialJournal:
-        obj = self._get("configmap")
-        raw = ((obj or {}).get("data") or {}).get(f"{credential}.journal.json")
+    def _load_record(self, credential: str, kind: str, load: Callable[[dict[str, Any]], _R], empty: _R) -> _R:
+        key = f"{credential}.{kind}.json"
+        raw = ((self._get("configmap") or {}).get("data") or {}).get(key)
         if raw is None:
-            return CredentialJournal()
-        return journal_mod.load(_parse(raw, f"ConfigMap {self.namespace}/{self.name} key {credential}.journal.json"))
+            return empty
+        return load(_parse(raw, f"ConfigMap {self.namespace}/{self.name} key {key}"))
+
+    def load(self, credential: str) -> CredentialJournal:
+        return self._load_record(credential, "journal", journal_mod.load, CredentialJournal())
 
     def save(self, credential: str, journal: CredentialJournal) -> None:
         self._put("configmap", f"{credential}.journal.json", json.dumps(journal_mod.dump(journal)))
 
     def load_requests(self, credential: str) -> RequestBook:
-        obj = self._get("configmap")
-        raw = ((obj or {}).get("data") or {}).get(f"{credential}.requests.json")
-        if raw is None:
-            return RequestBook()
-        return journal_mod.load_book(
-            _parse(raw, f"ConfigMap {self.namespace}/{self.name} key {credential}.requests.json")
-        )
+        return self._load_record(credential, "requests", journal_mod.load_book, RequestBook())
 
     def save_requests(self, credential: str, book: RequestBook) -> None:
         self._put("configmap", f"{credential}.requests.json", json.dumps(journal_mod.dump_book(book)))
