@@ -567,11 +567,11 @@ class Daemon:
         return self._kube
 
     def _start_watches(self) -> None:
-        from kubernetes import client
+        from rotator.kubecore import CoreV1
 
         if not self._kube_sinks():
             return
-        core: Any = client.CoreV1Api(self.app.kube)
+        core: Any = CoreV1(self.app.kube)
         # Secrets and service accounts are watched by name (one watch per distinct name), so the
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
         names = sorted({s.target.secret_name for s in self._kube_sinks().values()})

@@ -234,9 +234,9 @@ class KubernetesSink:
         retry: RetryPolicy | None = None,
         on_write: WriteHook | None = None,
     ) -> None:
-        from kubernetes import client
+        from rotator.kubecore import CoreV1
 
-        self.core: Any = client.CoreV1Api(api)
+        self.core: Any = CoreV1(api)
         self.target = target
         self.credential = credential
         self.retry = retry or RetryPolicy()
