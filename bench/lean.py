@@ -15,7 +15,8 @@ Against a sandbox with 3 credentials (each with its own Kubernetes secret), it m
 ``--python`` runs the daemon with another interpreter: the image's dependencies only (deploy/
 requirements.lock, no test extras such as rich or cryptography) give the figures the image has,
 e.g. a venv made with ``pip install --require-hashes --no-deps -r deploy/requirements.lock`` and
-this checkout on PYTHONPATH. Everything runs on 127.0.0.1.
+this checkout on PYTHONPATH; ``--source`` measures another copy of the rotator package (an older
+commit's, for a before/after; leave out its sandbox, as the image does). Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ def write_config(tmp: Path, sbx: SandboxProcess, tag: str, port: int) -> Path:
     return path
 
 
+SOURCE = [REPO]  # the rotator source the measured processes run (--source)
+
+
 def env_for(python: str, extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    return {**os.environ, "PYTHONPATH": str(SOURCE[0]), **extra}
 
 
 def run_daemon(
@@ -116,6 +120,7 @@ def run_daemon(
         [python, "-m", "rotator", "--log-format", "json", "run", "-c", str(config)],
         stdout=log,
         stderr=log,
+        cwd=SOURCE[0],
         env=env_for(python, extra),
     )
     try:
@@ -153,7 +158,12 @@ def run_daemon(
 def breakdown(python: str, tmp: Path, sbx: SandboxProcess) -> dict[str, float]:
     config = write_config(tmp, sbx, "stages", free_port())
     out = subprocess.run(
-        [python, "-c", STAGES, str(config)], capture_output=True, text=True, env=env_for(python, {}), check=True
+        [python, "-c", STAGES, str(config)],
+        capture_output=True,
+        text=True,
+        cwd=SOURCE[0],
+        env=env_for(python, {}),
+        check=True,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -165,6 +175,7 @@ def importtime(python: str) -> list[dict[str, Any]]:
         [python, "-X", "importtime", "-c", f"import {RUN_IMPORTS}"],
         capture_output=True,
         text=True,
+        cwd=SOURCE[0],
         env=env_for(python, {}),
         check=True,
     )
@@ -184,7 +195,14 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--malloc-arena-max", default="2")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO,
+        help="a directory holding the rotator package to measure (e.g. an older one)",
+    )
     args = parser.parse_args()
+    SOURCE[0] = args.source
     tmp = Path(tempfile.mkdtemp(prefix="rotator-bench-lean-"))
     result: dict[str, Any] = {"python": args.python}
     with SandboxProcess.start() as sbx:
