@@ -487,10 +487,8 @@ class KubernetesSink:
             "data": {".dockerconfigjson": base64.b64encode(dockerconfig.merge(None, auth)).decode()},
         }
         try:
-            self._keep(
-                self._write(
-                    body, lambda: self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
-                )
+            self._write_secret(
+                body, lambda: self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
             )
         except ApiException as exc:
             if exc.status == 404:  # the namespace itself is gone
@@ -515,18 +513,19 @@ class KubernetesSink:
         obj["data"] = dict(obj["data"] or {})
         obj["data"][".dockerconfigjson"] = base64.b64encode(dockerconfig.merge(existing, auth)).decode()
         obj.pop("stringData", None)
-        self._keep(
-            self._write(
-                obj,
-                lambda: self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False),
-            )
+        self._write_secret(
+            obj,
+            lambda: self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False),
         )
         return "updated"
 
-    def _keep(self, response: Any) -> None:
-        """What a write answered is what the secret now holds: the next write goes from there."""
+    def _write_secret(self, obj: dict[str, Any], send: Callable[[], Any]) -> None:
+        """A secret write (see ``_write``). What it answers is what the secret now holds: the next write
+        goes from there, unless the watch listed again meanwhile (then it may not follow that version)."""
+        epoch = self.seen.epoch if self.seen is not None else 0
+        response = self._write(obj, send)
         if self.seen is not None:
-            self.seen.put(json.loads(response.data))
+            self.seen.put(json.loads(response.data), epoch=epoch)
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
         """Undo our write: delete a secret only rotator's entry lives in, else drop our entry."""
@@ -549,13 +548,11 @@ class KubernetesSink:
                     self.seen.forget(target.namespace, target.name)
             else:
                 obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
-                self._keep(
-                    self._write(
-                        obj,
-                        lambda: self.core.replace_namespaced_secret(
-                            target.name, target.namespace, obj, _preload_content=False
-                        ),
-                    )
+                self._write_secret(
+                    obj,
+                    lambda: self.core.replace_namespaced_secret(
+                        target.name, target.namespace, obj, _preload_content=False
+                    ),
                 )
 
         _until_no_conflict(f"restore secret {target.namespace}/{target.name}", attempt)
