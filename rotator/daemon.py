@@ -44,6 +44,7 @@ from rotator.metrics import Metrics, pass_error_reason
 from rotator.model import TargetRef
 from rotator.policy import Request, backoff
 from rotator.reconcile import Reconciler, new_rotation_id
+from rotator.seensecrets import SeenSecrets
 from rotator.status import leak_progress
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
@@ -413,6 +414,7 @@ class Daemon:
         self.server: Any = None
         self._kube: dict[str, KubernetesSink] | None = None
         self._selections: list[Selection] = []
+        self._seen: dict[str, SeenSecrets] = {}  # by secret name: what each secret watch keeps current
         self._store_ok = (0.0, False)
         self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
 
@@ -519,10 +521,22 @@ class Daemon:
                 worker.tick()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
+        if resource == "secrets":
+            self._remember(event, obj)
         if resource != "namespaces" and any(s.is_own_write(event, obj) for s in self._kube_sinks().values()):
             return  # our own write coming back
         for trigger in route(resource, event, obj, self._selections):
             self._dispatch(trigger)
+
+    def _remember(self, event: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        seen = self._seen.get(str(meta.get("name", "")))
+        if seen is None:
+            return
+        if event == "DELETED":
+            seen.forget(str(meta.get("namespace", "")), str(meta.get("name", "")))
+        else:
+            seen.put(obj)
 
     def _dispatch(self, trigger: Trigger) -> None:
         worker = self.workers[trigger.credential]
@@ -553,29 +567,39 @@ class Daemon:
         return self._kube
 
     def _start_watches(self) -> None:
-        from kubernetes import client
+        from rotator.kubecore import CoreV1
 
         if not self._kube_sinks():
             return
-        core: Any = client.CoreV1Api(self.app.kube)
+        core: Any = CoreV1(self.app.kube)
         # Secrets and service accounts are watched by name (one watch per distinct name), so the
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
         names = sorted({s.target.secret_name for s in self._kube_sinks().values()})
         accounts = sorted({a for s in self._kube_sinks().values() for a in s.target.service_accounts})
-        specs: list[tuple[str, Any, dict[str, Any]]] = [("namespaces", core.list_namespace, {})]
+        # Each secret watch keeps the secrets of its name as last seen, for the sinks' writes.
+        self._seen = {n: SeenSecrets() for n in names}
+        for sink in self._kube_sinks().values():
+            sink.seen = self._seen[sink.target.secret_name]
+        specs: list[tuple[str, Any, dict[str, Any], Any]] = [("namespaces", core.list_namespace, {}, None)]
         specs += [
             (
                 "secrets",
                 core.list_secret_for_all_namespaces,
                 {"field_selector": f"metadata.name={n}", "label_selector": f"{MANAGED_LABEL}=rotator"},
+                self._seen[n].reset,
             )
             for n in names
         ]
         specs += [
-            ("serviceaccounts", core.list_service_account_for_all_namespaces, {"field_selector": f"metadata.name={a}"})
+            (
+                "serviceaccounts",
+                core.list_service_account_for_all_namespaces,
+                {"field_selector": f"metadata.name={a}"},
+                None,
+            )
             for a in accounts
         ]
-        for resource, list_fn, kwargs in specs:
+        for resource, list_fn, kwargs, on_list in specs:
             watch = ResourceWatch(
                 resource,
                 list_fn,
@@ -583,6 +607,7 @@ class Daemon:
                 stop=self.stopping,
                 kwargs=kwargs,
                 on_relist=self._on_relist,
+                on_list=on_list,
                 timeout_s=max(1, int(self.settings.daemon.watch_timeout.total_seconds())),
             )
             watch.start()
