@@ -27,6 +27,7 @@ from rotator.errors import (
     TargetRefusedError,
     TransientError,
     UnauthorizedError,
+    Unreachable,
 )
 from rotator.model import RegistryAuth, TargetRef, TargetState
 from rotator.ownwrites import OwnWrites
@@ -93,7 +94,7 @@ def config_origin(settings: KubernetesSettings) -> str:
     return "kubernetes.kubeconfig (unset: $KUBECONFIG or ~/.kube/config)"
 
 
-class ApiServerUnreachable(TransientError):
+class ApiServerUnreachable(Unreachable):
     """The API server could not be talked to (refused, reset, timed out, name or TLS failure).
 
     Transient while the daemon runs (the pass backs off and is counted); ``tls`` tells start-up
@@ -217,7 +218,8 @@ def map_api_error(exc: Exception, what: str) -> Exception:
 
 
 class KubernetesSink:
-    name = "kubernetes"
+    name = "kubernetes"  # "kubernetes@<cluster>" for a fleet cluster (set by the composition root)
+    cluster = ""  # the fleet cluster's name; "" for the one cluster of the top-level kubernetes connection
 
     def __init__(
         self,
