@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import os
 import random
 import signal
@@ -411,8 +412,8 @@ class Daemon:
         self.elector: Any = None
         self.watches: list[ResourceWatch] = []
         self.server: Any = None
-        self._kube: dict[str, KubernetesSink] | None = None
-        self._selections: list[Selection] = []
+        # Kubernetes sinks by cluster ("" for the top-level connection): (credential, sink) pairs.
+        self._kube: dict[str, list[tuple[str, KubernetesSink]]] | None = None
         self._store_ok = (0.0, False)
         self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
 
@@ -518,10 +519,11 @@ class Daemon:
                 worker.recover()
                 worker.tick()
 
-    def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
-        if resource != "namespaces" and any(s.is_own_write(event, obj) for s in self._kube_sinks().values()):
+    def _on_event(self, resource: str, event: str, obj: dict[str, Any], cluster: str = "") -> None:
+        sinks = self._kube_sinks().get(cluster, [])
+        if resource != "namespaces" and any(s.is_own_write(event, obj) for _, s in sinks):
             return  # our own write coming back
-        for trigger in route(resource, event, obj, self._selections):
+        for trigger in route(resource, event, obj, [Selection(n, s.matches, s.target_for) for n, s in sinks]):
             self._dispatch(trigger)
 
     def _dispatch(self, trigger: Trigger) -> None:
@@ -536,32 +538,33 @@ class Daemon:
         if trigger.kind == "heal":
             worker.heal(trigger.target)
         elif trigger.kind == "rotate" and self.may_act():
-            sink = self._kube_sinks().get(trigger.credential)
-            if sink is not None:
-                sink.clear_rotate_annotation(trigger.target)
+            for credential, sink in (pair for pairs in self._kube_sinks().values() for pair in pairs):
+                if credential == trigger.credential and sink.name == trigger.target.sink:
+                    sink.clear_rotate_annotation(trigger.target)
             worker.request(Ask(reason=trigger.reason, principal="annotation"))
 
-    def _kube_sinks(self) -> dict[str, KubernetesSink]:
-        """Each credential's Kubernetes sink (built once; every watch event consults them)."""
+    def _kube_sinks(self) -> dict[str, list[tuple[str, KubernetesSink]]]:
+        """Each cluster's Kubernetes sinks with their credentials (built once; every watch event consults
+        them). A fleet has one per cluster and credential; the single-cluster form one per credential."""
         if self._kube is None:
             self._kube = {}
             for cred in self.settings.credentials:
                 for sink in self.app.reconciler(cred.name).sinks.values():
                     if isinstance(sink, KubernetesSink):
-                        self._kube[cred.name] = sink
-            self._selections = [Selection(n, s.matches, s.target_for) for n, s in self._kube.items()]
+                        self._kube.setdefault(sink.cluster, []).append((cred.name, sink))
         return self._kube
 
     def _start_watches(self) -> None:
-        from kubernetes import client
+        # Every cluster has its own watches (own streams, resourceVersions and 410 recovery).
+        for cluster, sinks in self._kube_sinks().items():
+            self._start_cluster_watches(cluster, [s for _, s in sinks])
 
-        if not self._kube_sinks():
-            return
-        core: Any = client.CoreV1Api(self.app.kube)
+    def _start_cluster_watches(self, cluster: str, sinks: list[KubernetesSink]) -> None:
+        core: Any = sinks[0].core  # the cluster's own ApiClient
         # Secrets and service accounts are watched by name (one watch per distinct name), so the
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
-        names = sorted({s.target.secret_name for s in self._kube_sinks().values()})
-        accounts = sorted({a for s in self._kube_sinks().values() for a in s.target.service_accounts})
+        names = sorted({s.target.secret_name for s in sinks})
+        accounts = sorted({a for s in sinks for a in s.target.service_accounts})
         specs: list[tuple[str, Any, dict[str, Any]]] = [("namespaces", core.list_namespace, {})]
         specs += [
             (
@@ -579,7 +582,7 @@ class Daemon:
             watch = ResourceWatch(
                 resource,
                 list_fn,
-                self._on_event,
+                functools.partial(self._on_event, cluster=cluster),
                 stop=self.stopping,
                 kwargs=kwargs,
                 on_relist=self._on_relist,
@@ -643,6 +646,7 @@ class Daemon:
         self.prepare()
         for cred in self.settings.credentials:
             self.metrics.init_credential(cred.name, cred.registry.server)
+            self.metrics.init_clusters(cred.name, tuple(t.cluster.name for t in cred.clusters if t.cluster))
             # Built here, once, before the threads that share them: App builds lazily and without a lock,
             # so a worker and the watches racing for it made two (and an event thread nobody stopped).
             self.app.reconciler(cred.name)
