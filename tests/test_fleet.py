@@ -17,7 +17,7 @@ import yaml
 from conftest import start_sandbox
 from daemon_env import API_AUTH, Daemon
 from polling import wait_for
-from rotation_env import CRED, SECRET, FakeClock, iam_keys, key_id_of, make_app, pulls
+from rotation_env import CRED, SECRET, FakeClock, iam_keys, key_id_of, make_app, pulls, run_rotator
 
 from rotator import dockerconfig
 from rotator.adapters.kubernetes import api_client_for
@@ -252,3 +252,60 @@ def held_or_none(sbx: SandboxProcess, cluster: str, namespace: str) -> str | Non
     doc = dockerconfig.parse(base64.b64decode(json.loads(response.data)["data"][".dockerconfigjson"]))
     entry = dockerconfig.entry(doc, sbx.endpoints["registry_host"])
     return entry.password.reveal() if entry else None
+
+
+def test_rollback_after_distribution_restores_every_cluster(fleet: SandboxProcess, tmp_path: Path) -> None:
+    """The stored bytes fail their check after both clusters were written: both get the old key back (with
+    a PullSecretRolledBack Event in each), and the new key is deleted."""
+    armed = {"fault": False, "checks": 0}
+
+    def on_event(name: str, fields: dict[str, Any]) -> None:
+        if name == "verification" and armed["fault"]:
+            armed["checks"] += 1
+            if armed["checks"] == 1:  # the new key passed its own check; the stored ones will not
+                fleet.set_faults(
+                    "registry",
+                    {"path_prefix": "/v2/team/", "methods": ["HEAD"], "error_status": 401, "error_count": 1000},
+                )
+
+    app = make_app(fleet_config(tmp_path, fleet), on_event=on_event)
+    store = FileStateStore(tmp_path / "state")
+    try:
+        assert app.reconciler(CRED).run(Request(reason="setup")).result == "succeeded"
+        old = store.load_vault(CRED).current
+        armed["fault"] = True
+        outcome = app.reconciler(CRED).run(Request(reason="test"))
+    finally:
+        app.close()
+        fleet.clear_faults()
+    assert outcome.result == "failed" and "verify_stored" in outcome.detail
+    for cluster in CLUSTERS:
+        assert set(held(fleet, cluster).values()) == {old}
+        events = cluster_core(fleet, cluster).list_namespaced_event("team-a").items
+        assert [e.type for e in events if e.reason == "PullSecretRolledBack"] == ["Warning"], cluster
+    assert old is not None and pulls(fleet, old) == "ok"
+    owned = [k for k in iam_keys(fleet) if not k["deleted"] and k["name"].startswith(f"rotator-{CRED}-")]
+    assert [k["id"] for k in owned] == [key_id_of(fleet, old)]
+
+
+def test_a_crash_in_the_middle_of_the_fleet_resumes_where_it_stopped(fleet: SandboxProcess, tmp_path: Path) -> None:
+    """``rotator rotate`` killed half-way through writing the two clusters (cluster 1 written, cluster 2 not):
+    the next run finishes the same rotation, and both clusters hold its key."""
+    config = str(fleet_config(tmp_path, fleet))
+    store = FileStateStore(tmp_path / "state")
+    assert run_rotator("rotate", CRED, "-c", config).returncode == 0
+    old = store.load_vault(CRED).current
+    crashed = run_rotator("rotate", CRED, "-c", config, env={"ROTATOR_CRASH_AT": "distribute:partial"})
+    assert crashed.returncode == -9, crashed.stderr
+    rotation = store.load(CRED).rotation
+    assert rotation is not None and rotation.phase == "distributing"
+    pending = store.load_vault(CRED).pending
+    assert pending is not None and pending != old
+    assert set(held(fleet, "cluster-1").values()) == {pending} and set(held(fleet, "cluster-2").values()) == {old}
+    rerun = run_rotator("reconcile", CRED, "-c", config, "--wait", "5")
+    assert rerun.returncode == 0, rerun.stderr
+    journal = store.load(CRED)
+    assert journal.rotation is None and journal.last_result is not None
+    assert journal.last_result.rotation_id == rotation.id and journal.last_result.result == "succeeded"
+    for cluster in CLUSTERS:
+        assert set(held(fleet, cluster).values()) == {pending}
