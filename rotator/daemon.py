@@ -646,7 +646,9 @@ class Daemon:
         self.prepare()
         for cred in self.settings.credentials:
             self.metrics.init_credential(cred.name, cred.registry.server)
-            self.metrics.init_clusters(cred.name, tuple(t.cluster.name for t in cred.clusters if t.cluster))
+            # The single cluster of the top-level connection is cluster "" (its series carry no cluster label).
+            clusters = tuple(t.cluster.name if t.cluster else "" for t in cred.kubernetes_targets)
+            self.metrics.init_clusters(cred.name, clusters)
             # Built here, once, before the threads that share them: App builds lazily and without a lock,
             # so a worker and the watches racing for it made two (and an event thread nobody stopped).
             self.app.reconciler(cred.name)

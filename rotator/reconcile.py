@@ -109,6 +109,7 @@ class Reconciler:
         # the journal's ``lagging`` after the step. Fan-out threads add to them.
         self._reached: set[str] = set()
         self._unreachable: dict[str, str] = {}
+        self._found: dict[str, list[TargetRef]] = {}  # each fleet sink's targets, as resolved this step
         self._contact_lock = threading.Lock()
 
     def close(self) -> None:
@@ -238,6 +239,7 @@ class Reconciler:
             if cluster:
                 with self._contact_lock:
                     self._reached.add(cluster)
+                    self._found[sink.name] = found
             out += found
         return out
 
@@ -265,7 +267,7 @@ class Reconciler:
 
     def _forget_contacts(self) -> None:
         with self._contact_lock:
-            self._reached, self._unreachable = set(), {}
+            self._reached, self._unreachable, self._found = set(), {}, {}
 
     def _record_contacts(self) -> bool:
         """Record in the journal which fleet clusters did not answer this step (since when, why, when to try
@@ -293,6 +295,8 @@ class Reconciler:
             )
             self.log.warning("cluster.unreachable", cluster=cluster, reason=reason, attempts=attempts)
             self._emit("cluster.unreachable", cluster=cluster)
+            if old is None:
+                self._announce(cluster, reached)
         lagging = tuple(sorted(by_cluster.values(), key=lambda lag: (lag.since, lag.cluster)))
         if lagging == journal.lagging:
             return False
@@ -355,6 +359,19 @@ class Reconciler:
             stale_refused=stale_refused,
             orphans=sweepable,
         )
+
+    def _announce(self, cluster: str, reached: set[str]) -> None:
+        """A Warning Event in every cluster that answered (on its first target secret: one per cluster, not
+        one per namespace), so those watching their own cluster learn why the old key lives on."""
+        message = (
+            f"cluster {cluster} does not answer: replaced keys of {self.credential} stay enabled until it holds "
+            "the current key"
+        )
+        for sink in self.sinks.values():
+            recorder = getattr(sink, "recorder", None)
+            found = self._found.get(sink.name)
+            if recorder is not None and found and getattr(sink, "cluster", "") in reached:
+                recorder.record(found[0], "PullSecretClusterUnreachable", message, warning=True)
 
     # -- acting ----------------------------------------------------------------------------------
     def _emit(self, name: str, **fields: Any) -> None:

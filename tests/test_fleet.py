@@ -85,6 +85,11 @@ def held(sbx: SandboxProcess, cluster: str) -> dict[str, str | None]:
     return {ns: held_or_none(sbx, cluster, ns) for ns in TEAMS}
 
 
+def unreachable_events(sbx: SandboxProcess, cluster: str) -> list[Any]:
+    events = cluster_core(sbx, cluster).list_event_for_all_namespaces().items
+    return [e for e in events if e.reason == "PullSecretClusterUnreachable"]
+
+
 def key_state(sbx: SandboxProcess, key_id: str) -> dict[str, Any]:
     return next(k for k in iam_keys(sbx) if k["id"] == key_id)
 
@@ -133,6 +138,10 @@ def test_a_cluster_down_mid_rotation_lags_and_keeps_the_old_key_until_it_holds_t
         assert "refused" in sync["cluster-2"]["reason"].lower()
         text = render_text([status], clock.now())
         assert "cluster-2 OUT OF SYNC since" in text and "the old key stays enabled for it" in text
+        # Cluster 1 is told too, once (an Event on one of its secrets, not on each).
+        wait_for(lambda: unreachable_events(fleet, "cluster-1"), "a PullSecretClusterUnreachable Event in cluster 1")
+        (event,) = unreachable_events(fleet, "cluster-1")
+        assert event.type == "Warning" and "cluster-2 does not answer" in event.message
 
         # The grace period passes with cluster 2 still down: the old key stays enabled (it still pulls).
         clock.advance(2 * 3600)
