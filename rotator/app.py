@@ -116,7 +116,9 @@ class App:
                 in_cluster=cluster.in_cluster,
                 concurrency=self.settings.kubernetes.concurrency,
             )
-            self._clusters[key] = api_client(connection)
+            where = "in_cluster" if cluster.in_cluster else f"kubeconfig {cluster.kubeconfig}"
+            origin = f"targets.kubernetes cluster {cluster.name} ({where})"
+            self._clusters[key] = api_client(connection, origin=origin)
         return self._clusters[key]
 
     def cluster_recorder(self, cluster: ClusterConnection) -> EventRecorder | None:

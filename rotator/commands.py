@@ -109,7 +109,9 @@ def plan(args: argparse.Namespace) -> int:
             for sink in reconciler.sinks.values():
                 for target in (t for t in targets if t.sink == sink.name):
                     for account in sink.service_account_missing(target):
-                        actions.append(f"add {target.name} to serviceaccount {target.namespace}/{account}")
+                        where = f"{target.namespace}/{account}"
+                        where = f"{sink.name} {where}" if getattr(sink, "cluster", "") else where
+                        actions.append(f"add {target.name} to serviceaccount {where}")
             if journal.current:
                 actions.append(
                     f"retire key {journal.current.id}: disable after {cred.grace_period}, "

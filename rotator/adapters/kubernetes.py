@@ -45,12 +45,13 @@ CONFLICT_RETRIES = 10
 WriteHook = Callable[[str, str], None]
 
 
-def api_client(settings: KubernetesSettings) -> Any:
+def api_client(settings: KubernetesSettings, *, origin: str | None = None) -> Any:
     """An ApiClient of its own (never the global configuration), sized for the fan-out pool; a
-    kubeconfig or in-cluster config that cannot be loaded is a ConfigError naming the field."""
+    kubeconfig or in-cluster config that cannot be loaded is a ConfigError naming the field
+    (``origin``: that field, when it is not the top-level ``kubernetes`` section's)."""
     from kubernetes import client, config
 
-    origin = config_origin(settings)
+    origin = origin or config_origin(settings)
     configuration = client.Configuration()
     try:
         if settings.in_cluster:
