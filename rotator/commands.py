@@ -234,7 +234,12 @@ def _check_targets(app: App, name: str, report: Callable[..., None]) -> None:
             f"{name}: {len(views)} target(s) readable",
             "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
         )
+        lost = reconciler.unreachable_clusters()
+        for cluster, why in lost.items():  # a rotation would go on without it, and keep the old key for it
+            report(False, f"{name}: cluster {cluster} does not answer", why)
         for sink in reconciler.sinks.values():
+            if getattr(sink, "cluster", "") in lost:
+                continue
             denied = sink.check_writable([t for t in targets if t.sink == sink.name])
             report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
     except RotatorError as exc:

@@ -265,6 +265,11 @@ class Reconciler:
         with self._contact_lock:
             self._unreachable.setdefault(cluster, redact.clean(str(exc), limit=300))
 
+    def unreachable_clusters(self) -> dict[str, str]:
+        """Fleet clusters that did not answer since the current step began (cluster -> why): ``rotator check``."""
+        with self._contact_lock:
+            return dict(self._unreachable)
+
     def _forget_contacts(self) -> None:
         with self._contact_lock:
             self._reached, self._unreachable, self._found = set(), {}, {}

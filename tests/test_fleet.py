@@ -216,6 +216,16 @@ def test_the_daemon_watches_every_cluster_and_reports_a_lagging_one(fleet: Sandb
         wait_for(lambda: held_or_none(fleet, "cluster-1", "team-a") == key1, "cluster 1's emptied secret restored")
         assert [c["in_sync"] for c in credential_status(api)["clusters"]] == [True, True]
 
+        # Cluster 2's history is compacted: its own watches get 410, re-list from it and go on;
+        # a namespace created there afterwards gets the secret.
+        fleet.admin.post("/kubernetes-2/compact").raise_for_status()
+        wait_for(lambda: daemon.logged("watch.expired"), "a 410 in cluster 2 seen and re-listed")
+        key, _, value = fleet.endpoints["namespace_label"].partition("=")
+        body = {"metadata": {"name": "team-d", "labels": {key: value}}}
+        cluster_core(fleet, "cluster-2").create_namespace(body)
+        wait_for(lambda: held_or_none(fleet, "cluster-2", "team-d") == key1, "the new namespace of cluster 2 served")
+        assert held_or_none(fleet, "cluster-1", "team-d") is None  # no such namespace in cluster 1
+
         fleet.take_down("kubernetes-2")
         response = httpx.post(f"{api}/v1/credentials/{CRED}/rotate", headers=API_AUTH, json={"reason": "t"}, timeout=10)
         assert response.status_code == 202, response.text
@@ -318,3 +328,43 @@ def test_a_crash_in_the_middle_of_the_fleet_resumes_where_it_stopped(fleet: Sand
     assert journal.last_result.rotation_id == rotation.id and journal.last_result.result == "succeeded"
     for cluster in CLUSTERS:
         assert set(held(fleet, cluster).values()) == {pending}
+
+
+def test_check_names_a_cluster_that_does_not_answer(fleet: SandboxProcess, tmp_path: Path) -> None:
+    """``rotator check`` fails on a fleet cluster that does not answer, naming it, and still checks the others."""
+    config = str(fleet_config(tmp_path, fleet))
+    fleet.take_down("kubernetes-2")
+    result = run_rotator("check", "-c", config)
+    assert result.returncode != 0
+    lines = result.stdout.splitlines()
+    assert any("cluster cluster-2 does not answer" in line and "connection refused" in line for line in lines), lines
+    assert any(line.startswith("ok") and "kubernetes@cluster-1 targets writable" in line for line in lines), lines
+    fleet.bring_up("kubernetes-2")
+    assert run_rotator("check", "-c", config).returncode == 0
+
+
+def test_revoke_despite_unreachable_disables_the_old_key_after_the_timeout(
+    fleet: SandboxProcess, tmp_path: Path
+) -> None:
+    """With revoke_despite_unreachable the old key waits for the down cluster only until unreachable_timeout."""
+    config = fleet_config(tmp_path, fleet, unreachable_timeout="3h", revoke_despite_unreachable=True)
+    clock = FakeClock()
+    app = make_app(config, clock=clock)
+    store = FileStateStore(tmp_path / "state")
+    try:
+        reconciler = app.reconciler(CRED)
+        assert reconciler.run(Request(reason="first")).result == "succeeded"
+        key1 = store.load_vault(CRED).current
+        assert key1 is not None
+        fleet.take_down("kubernetes-2")
+        assert reconciler.run(Request(reason="second")).result == "succeeded"
+        clock.advance(2 * 3600)  # grace over, timeout not yet
+        reconciler.run()
+        assert key_state(fleet, key_id_of(fleet, key1))["disabled"] is False
+        clock.advance(3600 + 60)  # past unreachable_timeout
+        reconciler.run()
+        assert key_state(fleet, key_id_of(fleet, key1))["disabled"] is True
+        assert [lag.cluster for lag in store.load(CRED).lagging] == ["cluster-2"]  # still out of sync
+    finally:
+        app.close()
+        fleet.bring_up("kubernetes-2")
