@@ -85,6 +85,14 @@ def held(sbx: SandboxProcess, cluster: str) -> dict[str, str | None]:
     return {ns: held_or_none(sbx, cluster, ns) for ns in TEAMS}
 
 
+def rotated(reconciler: Any, store: FileStateStore) -> str:
+    """A rotation that succeeds; the key value it put in place."""
+    assert reconciler.run(Request(reason="rotate")).result == "succeeded"
+    key = store.load_vault(CRED).current
+    assert key is not None
+    return key
+
+
 def unreachable_events(sbx: SandboxProcess, cluster: str) -> list[Any]:
     events = cluster_core(sbx, cluster).list_event_for_all_namespaces().items
     return [e for e in events if e.reason == "PullSecretClusterUnreachable"]
@@ -110,10 +118,7 @@ def test_a_cluster_down_mid_rotation_lags_and_keeps_the_old_key_until_it_holds_t
     store = FileStateStore(tmp_path / "state")
     try:
         reconciler = app.reconciler(CRED)
-        # One mint, written into both clusters.
-        assert reconciler.run(Request(reason="first")).result == "succeeded"
-        key1 = store.load_vault(CRED).current
-        assert key1 is not None
+        key1 = rotated(reconciler, store)  # one mint, written into both clusters
         for cluster in CLUSTERS:
             assert set(held(fleet, cluster).values()) == {key1}
         key1_id = key_id_of(fleet, key1)
@@ -353,9 +358,7 @@ def test_revoke_despite_unreachable_disables_the_old_key_after_the_timeout(
     store = FileStateStore(tmp_path / "state")
     try:
         reconciler = app.reconciler(CRED)
-        assert reconciler.run(Request(reason="first")).result == "succeeded"
-        key1 = store.load_vault(CRED).current
-        assert key1 is not None
+        key1 = rotated(reconciler, store)
         fleet.take_down("kubernetes-2")
         assert reconciler.run(Request(reason="second")).result == "succeeded"
         clock.advance(2 * 3600)  # grace over, timeout not yet
