@@ -153,7 +153,9 @@ class Metrics:
         )
         self.retries = counter("rotator_retries", "Retried transient failures, by operation.", ("operation",))
         self.revocations = counter("rotator_revocations", "Keys disabled or deleted.", ("credential", "step"))
-        self.heals = counter("rotator_secret_heals", "Targets put back to the current key.", ("credential",))
+        self.heals = counter(
+            "rotator_secret_heals", "Targets put back to the current key, by cluster.", ("credential", "cluster")
+        )
         self.leader = gauge("rotator_leader", "1 when this replica is the leader.")
         self.build_info = gauge("rotator_build_info", "Build information.", ("version", "python"))
         self.build_info.labels(__version__, platform.python_version()).set(1)
@@ -191,8 +193,8 @@ class Metrics:
                 self.secrets_out_of_sync.labels(credential, sink, cluster).set(out_of_sync)
         elif name == "key.revoked":
             self.revocations.labels(credential, fields["step"]).inc()
-        elif name == "secret.healed":
-            self.heals.labels(credential).inc()
+        elif name == "secret.healed":  # target: <sink>[@<cluster>]:<namespace>/<name>
+            self.heals.labels(credential, sink_and_cluster(str(fields.get("target", "")).split(":", 1)[0])[1]).inc()
 
     def secret_write(self, sink: str, result: str) -> None:
         self.secret_writes.labels(*sink_and_cluster(sink), result).inc()
