@@ -89,9 +89,9 @@ class App:
         if self._store is None:
             state = self.settings.state
             if state.kind == "configmap":
-                from kubernetes import client
+                from rotator.kubecore import CoreV1
 
-                core = client.CoreV1Api(self.kube)
+                core = CoreV1(self.kube)
                 self._store = ConfigMapStateStore(core, self.settings.kubernetes.namespace, state.name)
             else:
                 self._store = FileStateStore(state.path)

@@ -45,6 +45,7 @@ from rotator.metrics import Metrics, pass_error_reason
 from rotator.model import TargetRef
 from rotator.policy import Request, backoff
 from rotator.reconcile import Reconciler, new_rotation_id
+from rotator.seensecrets import SeenSecrets
 from rotator.status import leak_progress
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
@@ -414,6 +415,8 @@ class Daemon:
         self.server: Any = None
         # Kubernetes sinks by cluster ("" for the top-level connection): (credential, sink) pairs.
         self._kube: dict[str, list[tuple[str, KubernetesSink]]] | None = None
+        # By (cluster, secret name): what each cluster's secret watch keeps current for the sinks' writes.
+        self._seen: dict[tuple[str, str], SeenSecrets] = {}
         self._store_ok = (0.0, False)
         self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
 
@@ -520,11 +523,23 @@ class Daemon:
                 worker.tick()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any], cluster: str = "") -> None:
+        if resource == "secrets":
+            self._remember(event, obj, cluster)
         sinks = self._kube_sinks().get(cluster, [])
         if resource != "namespaces" and any(s.is_own_write(event, obj) for _, s in sinks):
             return  # our own write coming back
         for trigger in route(resource, event, obj, [Selection(n, s.matches, s.target_for) for n, s in sinks]):
             self._dispatch(trigger)
+
+    def _remember(self, event: str, obj: dict[str, Any], cluster: str = "") -> None:
+        meta = obj.get("metadata") or {}
+        seen = self._seen.get((cluster, str(meta.get("name", ""))))
+        if seen is None:
+            return
+        if event == "DELETED":
+            seen.forget(str(meta.get("namespace", "")), str(meta.get("name", "")))
+        else:
+            seen.put(obj)
 
     def _dispatch(self, trigger: Trigger) -> None:
         worker = self.workers[trigger.credential]
@@ -565,20 +580,31 @@ class Daemon:
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
         names = sorted({s.target.secret_name for s in sinks})
         accounts = sorted({a for s in sinks for a in s.target.service_accounts})
-        specs: list[tuple[str, Any, dict[str, Any]]] = [("namespaces", core.list_namespace, {})]
+        # Each secret watch keeps the secrets of its name in its cluster as last seen, for the sinks' writes.
+        for name in names:
+            self._seen[(cluster, name)] = SeenSecrets()
+        for sink in sinks:
+            sink.seen = self._seen[(cluster, sink.target.secret_name)]
+        specs: list[tuple[str, Any, dict[str, Any], Any]] = [("namespaces", core.list_namespace, {}, None)]
         specs += [
             (
                 "secrets",
                 core.list_secret_for_all_namespaces,
                 {"field_selector": f"metadata.name={n}", "label_selector": f"{MANAGED_LABEL}=rotator"},
+                self._seen[(cluster, n)].reset,
             )
             for n in names
         ]
         specs += [
-            ("serviceaccounts", core.list_service_account_for_all_namespaces, {"field_selector": f"metadata.name={a}"})
+            (
+                "serviceaccounts",
+                core.list_service_account_for_all_namespaces,
+                {"field_selector": f"metadata.name={a}"},
+                None,
+            )
             for a in accounts
         ]
-        for resource, list_fn, kwargs in specs:
+        for resource, list_fn, kwargs, on_list in specs:
             watch = ResourceWatch(
                 resource,
                 list_fn,
@@ -586,6 +612,7 @@ class Daemon:
                 stop=self.stopping,
                 kwargs=kwargs,
                 on_relist=self._on_relist,
+                on_list=on_list,
                 timeout_s=max(1, int(self.settings.daemon.watch_timeout.total_seconds())),
             )
             watch.start()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from rotator.journal import CredentialJournal, RequestBook, Vault
 from rotator.model import KeyInfo, MintedKey, RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
+
+# Told what a write is about to replace (the rollback snapshot must hold what the target really held).
+Replacing = Callable[[TargetState], None]
 
 
 class Clock(Protocol):
@@ -75,8 +78,9 @@ class SecretSink(Protocol):
         """The target as stored: exists, our entry (as the kubelet would read it), refusal reason."""
         ...
 
-    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
-        """Create or merge our entry, keeping other entries; "created", "updated", "unchanged" or "skipped"."""
+    def write_entry(self, target: TargetRef, auth: RegistryAuth, *, replacing: Replacing | None = None) -> str:
+        """Create or merge our entry, keeping other entries; "created", "updated", "unchanged" or "skipped".
+        ``replacing`` is told the state each write attempt is about to replace, before it is sent."""
         ...
 
     def remove_entry(self, target: TargetRef, server: str) -> None:

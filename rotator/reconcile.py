@@ -31,7 +31,7 @@ from rotator.errors import (
 )
 from rotator.faultpoint import boundary
 from rotator.journal import CredentialJournal, KeyRef, Lagging, Result, Retired, Rotation, Vault
-from rotator.model import RegistryAuth, SecretStr, TargetRef, VerifyResult
+from rotator.model import RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
 from rotator.ports import Clock, CredentialProvider, RegistryVerifier, SecretSink, StateStore
 
@@ -563,8 +563,26 @@ class Reconciler:
         new_id = rotation.new_key.id if rotation.new_key else "?"
         self._activity("PullSecretRotated", f"rotation {rotation.id}: {self.credential} now uses key {new_id}")
         started = time.monotonic()
+        snapshot_lock = threading.Lock()
+
+        def replacing(target: TargetRef) -> Callable[[TargetState], None]:
+            def check(state: TargetState) -> None:
+                # The snapshot was read before the writes (in the daemon, from the secrets as last seen): a
+                # write that finds something else there records what it really replaces before it is sent.
+                nonlocal vault
+                with snapshot_lock:
+                    assert vault.snapshot is not None
+                    fixed = _snapshot_replaced(vault.snapshot, target.key, state.entry)
+                    if fixed is not None:
+                        vault = replace(vault, snapshot=fixed)
+                        self.store.save_vault(self.credential, vault)
+
+            return check
+
         results = self._fan_out(
-            writable, lambda t: self.sinks[t.sink].write_entry(t, auth), partial_boundary="distribute:partial"
+            writable,
+            lambda t: self.sinks[t.sink].write_entry(t, auth, replacing=replacing(t)),
+            partial_boundary="distribute:partial",
         )
         self._emit("secrets.written", targets=len(writable), seconds=time.monotonic() - started)
         # A fleet cluster that stopped answering does not hold the others back: it lags (the old key
@@ -845,6 +863,28 @@ def _merge_snapshots(first: dict[str, Any], more: dict[str, Any]) -> dict[str, A
         targets[key] = values.index(value)
     refused = {**first.get("refused", {}), **more["refused"]}
     return {**first, "targets": targets, "values": values, "refused": refused}
+
+
+def _snapshot_replaced(snapshot: dict[str, Any], key: str, entry: RegistryAuth | None) -> dict[str, Any] | None:
+    """The snapshot with ``key``'s entry changed to ``entry``, or None when it already holds that (or does not
+    cover the target: one that appeared since has nothing to restore)."""
+    targets: dict[str, int | None] = snapshot.get("targets", {})
+    if key not in targets:
+        return None
+    values: list[dict[str, Any]] = snapshot.get("values", [])
+    index = targets[key]
+    held = None if index is None else values[index]
+    wanted = (
+        None
+        if entry is None
+        else {"username": entry.username, "password": entry.password.reveal(), "email": entry.email}
+    )
+    if held == wanted:
+        return None
+    if wanted is not None and wanted not in values:
+        values = [*values, wanted]
+    position = None if wanted is None else values.index(wanted)
+    return {**snapshot, "targets": {**targets, key: position}, "values": values}
 
 
 def _snapshot(views: list[TargetView]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Each watch lists once to learn a resourceVersion, then streams from it; a stream that ends is
 resumed from the last resourceVersion seen, and a 410 Expired (history compacted) re-lists.
-Nothing is cached: an event is routed and forgotten, so memory does not grow with the cluster.
+Nothing is cached here: an event is routed and forgotten, so memory does not grow with the cluster
+(the daemon keeps the managed secrets themselves for its writes, see seensecrets.py).
 Secrets are watched by name (``metadata.name=<secret_name>``, which RBAC can grant by resourceNames)
 and the managed-by label, so rotator never sees (or holds) secret data it does not manage.
 
@@ -102,6 +103,7 @@ class ResourceWatch:
         stop: threading.Event,
         kwargs: dict[str, Any] | None = None,
         on_relist: Callable[[str], None] | None = None,
+        on_list: Callable[[], None] | None = None,
         timeout_s: int = STREAM_TIMEOUT_S,
     ) -> None:
         self.timeout_s = timeout_s
@@ -111,6 +113,7 @@ class ResourceWatch:
         self.stop_event = stop
         self.kwargs = kwargs or {}
         self.on_relist = on_relist
+        self.on_list = on_list  # before each list: the stream from it shows only what changes after
         self.resource_version: str | None = None
         self.relists = 0
         self.thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
@@ -141,6 +144,8 @@ class ResourceWatch:
         while not self.stop_event.is_set():
             try:
                 if self.resource_version is None:
+                    if self.on_list is not None:
+                        self.on_list()
                     self.resource_version = self._list_version()
                     self.relists += 1
                     if self.on_relist is not None and self.relists > 1:

@@ -17,6 +17,7 @@ from daemon_env import API_AUTH, Daemon, api_config, first_rotation_done
 from polling import POLL_S, wait_for
 from rotation_env import (
     SECRET,
+    api_client,
     core,
     iam_keys,
     read_secret,
@@ -454,3 +455,93 @@ def test_a_request_accepted_by_a_leader_that_dies_is_served_by_the_next(
     again = httpx.post(f"{other_api}/v1/credentials/icr-pull/rotate", headers=headers, json={"reason": "c9"})
     assert again.status_code == 202 and again.json()["rotation_id"] == recorded[0].id, again.text
     assert [r.rotation_id for r in store.load("icr-pull").history].count(recorded[0].id) == 1
+
+
+def test_a_warm_daemon_writes_each_secret_with_one_put_and_merges_after_a_409(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """With the managed secrets seen by its watch, a rotation costs one PUT per secret and no GET (observation,
+    snapshot, stored-secret check and write all go from the secret as last seen). A secret changed while the
+    watch could not see it is written over with a stale resourceVersion: the 409 makes the daemon read it again,
+    and the other registry's entry the outside write added survives."""
+    from kubernetes import client
+
+    from rotator import dockerconfig
+
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text("operator-token-0123456789 alice rotate\n")
+    top = {
+        "daemon": {"watch_timeout": "1s", "resync": "1h"},
+        "server": {"listen": "127.0.0.1:0", "auth": {"mode": "token-file", "file": str(tokens)}},
+    }
+    daemons.append(daemon := Daemon(write_config(tmp_path, sandbox, top=top)))
+    first_rotation_done(sandbox, tmp_path)
+    watch_path = "/api/v1/secrets"  # the secret watch (all namespaces, by name and label)
+    wait_for(
+        lambda: any(r["path"] == watch_path and "watch" in r["query"] for r in sandbox.requests("kubernetes")),
+        "the secret watch to stream",
+    )
+    base = daemon.api()
+    namespaces = ("team-a", "team-b", "team-c")
+    paths = {f"/api/v1/namespaces/{ns}/secrets/{SECRET}": ns for ns in namespaces}
+    outside_agent = "outside-writer/1.0"
+
+    def rotate() -> list[dict[str, Any]]:
+        """One rotation through the API; the daemon's requests on the target secrets meanwhile."""
+        since = sandbox.last_seq("kubernetes")
+        rotation_id = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH).json()["rotation_id"]
+
+        def finished() -> str | None:
+            state = httpx.get(f"{base}/v1/rotations/{rotation_id}", headers=API_AUTH).json()["state"]
+            return state if state in ("succeeded", "failed") else None
+
+        assert wait_for(finished, "the rotation") == "succeeded"
+        return [
+            r
+            for r in sandbox.requests("kubernetes", since=since)
+            if r["path"] in paths and r["user_agent"] != outside_agent
+        ]
+
+    def per_secret(log: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+        out: dict[str, list[tuple[str, int]]] = {ns: [] for ns in namespaces}
+        for r in log:
+            out[paths[r["path"]]].append((r["method"], r["status"]))
+        return out
+
+    rotate()  # every secret seen since the watch listed: read once (or written) into what the daemon keeps
+    warm = per_secret(rotate())
+    assert warm == {ns: [("PUT", 200)] for ns in namespaces}, warm
+
+    # The watch cannot reconnect (its stream ends every second): changes from now on stay unseen.
+    sandbox.set_faults(
+        "kubernetes", {"path_prefix": watch_path, "methods": ["GET"], "error_status": 500, "error_count": 1_000_000}
+    )
+    since = sandbox.last_seq("kubernetes")
+    wait_for(
+        lambda: any(
+            r["path"] == watch_path and r["status"] == 500 for r in sandbox.requests("kubernetes", since=since)
+        ),
+        "the secret watch to be cut off",
+    )
+    outside = client.ApiClient(api_client(sandbox).configuration)
+    outside.user_agent = outside_agent
+    outside_core = client.CoreV1Api(outside)
+    obj = outside_core.read_namespaced_secret(SECRET, "team-b", _preload_content=False)
+    secret = json.loads(obj.data)
+    doc = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    doc["auths"]["other.example.com"] = {"auth": base64.b64encode(b"robot:other-registry-token").decode()}
+    secret["data"][".dockerconfigjson"] = base64.b64encode(json.dumps(doc).encode()).decode()
+    outside_core.replace_namespaced_secret(SECRET, "team-b", secret)
+
+    try:
+        stale = per_secret(rotate())
+    finally:
+        sandbox.clear_faults()
+        outside.close()
+    assert stale["team-b"] == [("PUT", 409), ("GET", 200), ("PUT", 200)], stale
+    assert stale["team-a"] == stale["team-c"] == [("PUT", 200)], stale
+    stored = read_secret(sandbox, "team-b")
+    assert stored is not None
+    merged = dockerconfig.parse(base64.b64decode(stored["data"][".dockerconfigjson"]))
+    assert "other.example.com" in merged["auths"], "the outside write's entry was lost"
+    assert stored_password(sandbox, "team-b") == stored_password(sandbox, "team-a")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from rotation_env import (
     write_config,
 )
 
+from rotator.app import App
 from rotator.policy import Request
 from rotator.sandbox.control import SandboxProcess
 
@@ -132,26 +134,35 @@ def test_rejected_new_key_rolls_back_and_deletes_it(sandbox: SandboxProcess, tmp
     assert [k["id"] for k in live_owned_keys(sandbox)] == [key_id_of(sandbox, old)]
 
 
-def test_rejection_after_distribution_restores_every_secret(sandbox: SandboxProcess, tmp_path: Path) -> None:
-    """If the stored bytes fail the check after distribution, every secret gets the old key back."""
-    app = make_app(write_config(tmp_path, sandbox))
+def rejected_after_distribution(sbx: SandboxProcess, app: App) -> Callable[[], None]:
+    """Once armed, the app's next rotation passes its first check of the new key, then the registry
+    refuses every manifest: the stored secrets fail their check after distribution."""
     seen: list[str] = []
+    armed = [False]
 
     def on_event(name: str, fields: dict[str, Any]) -> None:
         seen.append(name)
-        if name == "verification" and seen.count("verification") == 1 and armed:
-            # The new key passed its first check; from now on the registry refuses every manifest.
-            sandbox.set_faults(
+        if name == "verification" and seen.count("verification") == 1 and armed[0]:
+            sbx.set_faults(
                 "registry", {"path_prefix": "/v2/team/", "methods": ["HEAD"], "error_status": 401, "error_count": 1000}
             )
 
-    armed = False
+    def arm() -> None:
+        seen.clear()
+        armed[0] = True
+
     app.on_event = on_event
+    return arm
+
+
+def test_rejection_after_distribution_restores_every_secret(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """If the stored bytes fail the check after distribution, every secret gets the old key back."""
+    app = make_app(write_config(tmp_path, sandbox))
+    arm = rejected_after_distribution(sandbox, app)
     try:
         assert app.reconciler(CRED).run(Request(reason="setup")).result == "succeeded"
         old = stored_password(sandbox, "team-c")
-        seen.clear()
-        armed = True
+        arm()
         outcome = app.reconciler(CRED).run(Request(reason="test"))
     finally:
         app.close()
@@ -430,3 +441,42 @@ def test_leak_of_a_retired_key_disables_it_inside_its_grace(sandbox: SandboxProc
     assert {k["id"]: k["disabled"] for k in iam_keys(sandbox)}[k1] is True
     journal = app.store.load(CRED)
     assert journal.current == current and len(journal.history) == 2, "no rotation for a retired key"
+
+
+def test_rollback_restores_what_a_secret_held_when_it_changed_behind_the_seen_copy(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """The daemon snapshots the secrets as last seen; one whose entry was changed by someone else since (no watch
+    here, so the change stays unseen) is found out by the 409 on its write, and the snapshot takes the entry it
+    really held before the write is sent: the rollback puts that back, not the stale copy's."""
+    from rotator.adapters.kubernetes import KubernetesSink
+    from rotator.seensecrets import SeenSecrets
+
+    app = make_app(write_config(tmp_path, sandbox))
+    arm = rejected_after_distribution(sandbox, app)
+    changed = "changed-behind-the-seen-copy"
+    try:
+        reconciler = app.reconciler(CRED)
+        assert reconciler.run(Request(reason="setup")).result == "succeeded"
+        old = stored_password(sandbox, "team-a")
+        sink = reconciler.sinks["kubernetes"]
+        assert isinstance(sink, KubernetesSink)
+        sink.seen = SeenSecrets()
+        sink.seen.reset()  # what the daemon does when its secret watch lists
+        reconciler.read_targets(reconciler.targets())  # every secret seen
+        assert len(sink.seen) == len(TEAMS)
+        obj = read_secret(sandbox, "team-b")
+        assert obj is not None
+        doc = stored_doc(obj)
+        host = sandbox.endpoints["registry_host"]
+        doc["auths"][host] = {"auth": base64.b64encode(f"iamapikey:{changed}".encode()).decode()}
+        obj["data"][".dockerconfigjson"] = base64.b64encode(json.dumps(doc).encode()).decode()
+        core(sandbox).replace_namespaced_secret(SECRET, "team-b", obj)
+        arm()
+        outcome = reconciler.run(Request(reason="test"))
+    finally:
+        app.close()
+    sandbox.clear_faults()
+    assert outcome.result == "failed" and "verify_stored" in outcome.detail
+    assert stored_password(sandbox, "team-b") == changed, "the rollback put back the stale copy's entry"
+    assert old is not None and stored_password(sandbox, "team-a") == stored_password(sandbox, "team-c") == old

@@ -38,6 +38,7 @@ from rotator.errors import (
 )
 from rotator.imageref import ImageRefError, registry_for_server
 from rotator.model import RegistryAuth, SecretStr, TargetRef, TargetState
+from rotator.ports import Replacing
 from rotator.retrying import RetryPolicy
 from rotator.settings import CodeEngineTarget
 
@@ -135,11 +136,11 @@ class CodeEngineSink:
         return _json_object(response, f"read secret {self._where(target)}")
 
     # -- writing -------------------------------------------------------------------------------
-    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
+    def write_entry(self, target: TargetRef, auth: RegistryAuth, *, replacing: Replacing | None = None) -> str:
         """Create or replace; "created", "updated" or "unchanged"."""
         for _ in range(CONFLICT_RETRIES):
             try:
-                result = self._write_once(target, auth)
+                result = self._write_once(target, auth, replacing)
             except TargetRefusedError:
                 raise  # reported as refused
             except RotatorError:
@@ -153,10 +154,12 @@ class CodeEngineSink:
             f"write Code Engine secret {self._where(target)}: still conflicting after {CONFLICT_RETRIES} attempts"
         )
 
-    def _write_once(self, target: TargetRef, auth: RegistryAuth) -> str | None:
+    def _write_once(self, target: TargetRef, auth: RegistryAuth, replacing: Replacing | None) -> str | None:
         """One read-then-write; None when someone else wrote in between (read again)."""
         secret = self._get(target)
         if secret is None:
+            if replacing is not None:
+                replacing(TargetState(exists=False))
             body = {"format": REGISTRY_FORMAT, "name": target.name, "data": _data(None, auth)}
             response = self._call(
                 "create", target, "POST", self._collection_url(target), json=body, ok=(201, 404, 409), secret=auth
@@ -176,6 +179,8 @@ class CodeEngineSink:
         tag = secret.get("entity_tag")
         if not isinstance(tag, str) or not tag:
             raise PermanentError(f"read secret {self._where(target)}: Code Engine answered without an entity_tag")
+        if replacing is not None:
+            replacing(state)
         raw = secret.get("data")
         body = {"format": REGISTRY_FORMAT, "data": _data(raw if isinstance(raw, dict) else None, auth)}
         response = self._call(

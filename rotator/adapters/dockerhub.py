@@ -42,7 +42,6 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
-import jwt
 
 from rotator.adapters import http, ownership
 from rotator.errors import (
@@ -425,6 +424,8 @@ def _server_now(response: httpx.Response, now: Callable[[], float]) -> float:
 
 def _lifetime(token: str) -> float:
     """Seconds the JWT is valid (``exp - iat``), read without checking the signature (not ours to check)."""
+    import jwt  # here: PyJWT loads cryptography when it is installed, which a daemon without Docker Hub never needs
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
         lifetime = float(claims["exp"]) - float(claims["iat"])

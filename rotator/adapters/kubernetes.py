@@ -3,6 +3,8 @@
 Secrets are updated in place (same UID): read, merge our registry entry into
 ``.dockerconfigjson`` (other registries' entries survive), replace with the read
 ``resourceVersion``; a 409 means someone else wrote in between, so re-read and merge again.
+In the daemon the read is the secret as its watch last saw it (``seen``, see seensecrets.py):
+one PUT per secret, and a GET only after a 409 or for a secret not seen yet.
 Secrets of another type, or whose ``.dockerconfigjson`` is not JSON, are refused unless the
 config allows overwriting. Service accounts get the secret appended to ``imagePullSecrets``
 (an atomic list: read-modify-write with resourceVersion, never a merge patch).
@@ -16,7 +18,7 @@ import os
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator import dockerconfig, redact
 from rotator.errors import (
@@ -31,8 +33,12 @@ from rotator.errors import (
 )
 from rotator.model import RegistryAuth, TargetRef, TargetState
 from rotator.ownwrites import OwnWrites
+from rotator.ports import Replacing
 from rotator.retrying import RetryPolicy
 from rotator.settings import KubernetesSettings, KubernetesTarget
+
+if TYPE_CHECKING:
+    from rotator.seensecrets import SeenSecrets
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 MANAGED_LABEL = "app.kubernetes.io/managed-by"
@@ -231,9 +237,9 @@ class KubernetesSink:
         retry: RetryPolicy | None = None,
         on_write: WriteHook | None = None,
     ) -> None:
-        from kubernetes import client
+        from rotator.kubecore import CoreV1
 
-        self.core: Any = client.CoreV1Api(api)
+        self.core: Any = CoreV1(api)
         self.target = target
         self.credential = credential
         self.retry = retry or RetryPolicy()
@@ -244,6 +250,8 @@ class KubernetesSink:
         self.activity: tuple[str, str, bool] | None = None
         # Our own writes, so the watch events they cause are not mistaken for drift.
         self._own = OwnWrites()
+        # The managed secrets as last seen, kept by the daemon's watch (None: read before each write).
+        self.seen: SeenSecrets | None = None
 
     def _write(self, obj: dict[str, Any], send: Callable[[], Any]) -> Any:
         """Send a write whose result is ``obj`` (announced first: its event may beat its response)."""
@@ -358,16 +366,27 @@ class KubernetesSink:
 
         return self.retry.call(once, operation=f"kubernetes.{what.split(' ')[0]}")
 
-    def _read_secret(self, target: TargetRef) -> dict[str, Any] | None:
+    def _read_secret(self, target: TargetRef, *, fresh: bool = True) -> dict[str, Any] | None:
+        """The secret (None: there is none); unless ``fresh``, as last seen when the watch keeps it."""
+        seen = self.seen
+        if not fresh and seen is not None:
+            obj = seen.get(target.namespace, target.name)
+            if obj is not None:
+                return obj
+        epoch = seen.epoch if seen is not None else 0
         what = f"read secret {target.namespace}/{target.name}"
         try:
             response = self._call(
                 lambda: self.core.read_namespaced_secret(target.name, target.namespace, _preload_content=False), what
             )
         except NotFoundError:
+            if seen is not None:
+                seen.forget(target.namespace, target.name)
             return None
-        obj: dict[str, Any] = json.loads(response.data)
-        return obj
+        read: dict[str, Any] = json.loads(response.data)
+        if seen is not None:
+            seen.put(read, epoch=epoch)
+        return read
 
     def _inspect(self, obj: dict[str, Any] | None, server: str) -> TargetState:
         if obj is None:
@@ -394,7 +413,7 @@ class KubernetesSink:
         return TargetState(exists=True, managed=managed, entry=dockerconfig.entry(doc, server))
 
     def read_state(self, target: TargetRef, server: str) -> TargetState:
-        return self._inspect(self._read_secret(target), server)
+        return self._inspect(self._read_secret(target, fresh=False), server)
 
     def read_entry(self, target: TargetRef, server: str) -> RegistryAuth | None:
         return self.read_state(target, server).entry
@@ -405,26 +424,32 @@ class KubernetesSink:
             self.on_write(self.name, result)
         return result
 
-    def write_entry(self, target: TargetRef, auth: RegistryAuth) -> str:
+    def write_entry(self, target: TargetRef, auth: RegistryAuth, *, replacing: Replacing | None = None) -> str:
         """Create or merge; "created", "updated", "unchanged", or "skipped" (namespace gone). A transient
         answer (5xx, 429 with its Retry-After, a dropped connection) is retried by the one retry policy,
         inside the step, before the step itself gives up and waits for the credential's retry_backoff."""
-        return self.retry.call(lambda: self._write_once(target, auth), operation="kubernetes.write")
+        return self.retry.call(lambda: self._write_once(target, auth, replacing), operation="kubernetes.write")
 
-    def _write_once(self, target: TargetRef, auth: RegistryAuth) -> str:
+    def _write_once(self, target: TargetRef, auth: RegistryAuth, replacing: Replacing | None) -> str:
         from kubernetes.client.exceptions import ApiException
 
+        fresh = False  # the first attempt may write over the secret as last seen
         for _ in range(CONFLICT_RETRIES):
-            obj = self._read_secret(target)
+            obj = self._read_secret(target, fresh=fresh)
+            cached, fresh = not fresh and self.seen is not None, True
             try:
                 if obj is None:
+                    if replacing is not None:
+                        replacing(TargetState(exists=False))
                     result = self._create(target, auth)
                 else:
-                    result = self._update(target, obj, auth)
+                    result = self._update(target, obj, auth, replacing)
             except ApiException as exc:
                 if exc.status == 409:
                     self._report("conflict")
                     continue
+                if exc.status == 404 and cached and obj is not None:
+                    continue  # deleted since it was seen: read (and create) again
                 error = map_api_error(exc, f"write secret {target.namespace}/{target.name}")
                 self._report("error")
                 raise error from None
@@ -465,7 +490,7 @@ class KubernetesSink:
             "data": {".dockerconfigjson": base64.b64encode(dockerconfig.merge(None, auth)).decode()},
         }
         try:
-            self._write(
+            self._write_secret(
                 body, lambda: self.core.create_namespaced_secret(target.namespace, body, _preload_content=False)
             )
         except ApiException as exc:
@@ -474,7 +499,7 @@ class KubernetesSink:
             raise
         return "created"
 
-    def _update(self, target: TargetRef, obj: dict[str, Any], auth: RegistryAuth) -> str:
+    def _update(self, target: TargetRef, obj: dict[str, Any], auth: RegistryAuth, replacing: Replacing | None) -> str:
         state = self._inspect(obj, auth.server)
         existing: bytes | None = base64.b64decode((obj.get("data") or {}).get(".dockerconfigjson") or "")
         if state.refused:
@@ -485,14 +510,25 @@ class KubernetesSink:
             existing = None  # overwrite_invalid: replace the malformed document
         if state.entry == auth:
             return "unchanged"
+        if replacing is not None:
+            replacing(state)
         obj.setdefault("data", {})
         obj["data"] = dict(obj["data"] or {})
         obj["data"][".dockerconfigjson"] = base64.b64encode(dockerconfig.merge(existing, auth)).decode()
         obj.pop("stringData", None)
-        self._write(
-            obj, lambda: self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False)
+        self._write_secret(
+            obj,
+            lambda: self.core.replace_namespaced_secret(target.name, target.namespace, obj, _preload_content=False),
         )
         return "updated"
+
+    def _write_secret(self, obj: dict[str, Any], send: Callable[[], Any]) -> None:
+        """A secret write (see ``_write``). What it answers is what the secret now holds: the next write
+        goes from there, unless the watch listed again meanwhile (then it may not follow that version)."""
+        epoch = self.seen.epoch if self.seen is not None else 0
+        response = self._write(obj, send)
+        if self.seen is not None:
+            self.seen.put(json.loads(response.data), epoch=epoch)
 
     def remove_entry(self, target: TargetRef, server: str) -> None:
         """Undo our write: delete a secret only rotator's entry lives in, else drop our entry."""
@@ -511,9 +547,11 @@ class KubernetesSink:
                 self.core.delete_namespaced_secret(
                     target.name, target.namespace, body={"preconditions": {"resourceVersion": rv}}
                 )
+                if self.seen is not None:
+                    self.seen.forget(target.namespace, target.name)
             else:
                 obj["data"][".dockerconfigjson"] = base64.b64encode(remaining).decode()
-                self._write(
+                self._write_secret(
                     obj,
                     lambda: self.core.replace_namespaced_secret(
                         target.name, target.namespace, obj, _preload_content=False

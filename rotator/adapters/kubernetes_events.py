@@ -32,9 +32,9 @@ class PendingEvent:
 
 class EventRecorder:
     def __init__(self, api: Any, *, instance: str = "") -> None:
-        from kubernetes import client
+        from rotator.kubecore import CoreV1
 
-        self.core: Any = client.CoreV1Api(api)
+        self.core: Any = CoreV1(api)
         self.instance = instance
         self.dropped = 0
         self._queue: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=QUEUE_LIMIT)
