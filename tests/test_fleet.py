@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,35 @@ TEAMS = ("team-a", "team-b", "team-c")
 CLUSTERS = ("cluster-1", "cluster-2")
 
 
+# Port bases below the kernel's ephemeral range (32768 and up): while cluster 2 is down its port cannot be
+# handed to an outgoing connection as its local port, so bringing it back on the same port never finds it taken.
+PORT_BASES = range(20000, 32000, 10)
+FLEET_PORTS = 8  # the seven services and cluster 2 (port base + 5 + 2)
+
+
+def free(base: int) -> bool:
+    for port in range(base, base + FLEET_PORTS):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 @pytest.fixture
 def fleet() -> Iterator[SandboxProcess]:
-    with start_sandbox(extra_args=["--clusters", "2"]) as sbx:
-        yield sbx
+    for base in random.sample(PORT_BASES, 20):  # bounded: another sandbox may hold a base meanwhile
+        if not free(base):
+            continue
+        try:
+            sbx = start_sandbox(port_base=base, extra_args=["--clusters", "2"])
+        except RuntimeError:
+            continue
+        with sbx:
+            yield sbx
+        return
+    pytest.fail("no free port base for a two-cluster sandbox below the ephemeral range")
 
 
 def fleet_config(tmp_path: Path, sbx: SandboxProcess, *, top: dict[str, Any] | None = None, **overrides: Any) -> Path:
