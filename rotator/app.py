@@ -19,6 +19,7 @@ from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
+from rotator.errors import ConfigError
 from rotator.imageref import registry_for_server
 from rotator.livesecret import LiveSecret
 from rotator.metrics import Metrics
@@ -110,6 +111,12 @@ class App:
         """The ApiClient of a fleet cluster, built once per connection (kubeconfig, context, in_cluster)."""
         key = (cluster.kubeconfig, cluster.context, cluster.in_cluster)
         if key not in self._clusters:
+            if cluster.kubeconfig is not None and not cluster.kubeconfig.is_file():
+                raise ConfigError(
+                    f"targets.kubernetes cluster {cluster.name}: kubeconfig {cluster.kubeconfig} does not exist; "
+                    "give the path of that cluster's kubeconfig (a mounted Secret, see install.md), or "
+                    "in_cluster: true for the cluster rotator runs in"
+                )
             connection = KubernetesSettings(
                 kubeconfig=cluster.kubeconfig,
                 context=cluster.context,

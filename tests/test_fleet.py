@@ -400,3 +400,29 @@ def test_revoke_despite_unreachable_disables_the_old_key_after_the_timeout(
     finally:
         app.close()
         fleet.bring_up("kubernetes-2")
+
+
+def test_a_missing_cluster_kubeconfig_is_a_config_error_naming_the_cluster(tmp_path: Path) -> None:
+    """``rotator run`` exits 2 before starting anything, naming the cluster whose kubeconfig is missing."""
+    key = tmp_path / "apikey"
+    key.write_text("x" * 44)
+    key.chmod(0o600)
+    provider = {"kind": "ibm-iam", "account_id": "a", "service_id": "ServiceId-1"}
+    missing = str(tmp_path / "spokes" / "missing")
+    doc = {
+        "credentials": [
+            {
+                "name": CRED,
+                "provider": {**provider, "apikey": {"file": str(key)}},
+                "registry": {"server": "127.0.0.1:2", "images": ["127.0.0.1:2/team/app:latest"]},
+                "targets": {"kubernetes": [{"name": "spoke", "kubeconfig": missing, "namespaces": {"all": True}}]},
+            }
+        ],
+        "state": {"kind": "file", "path": str(tmp_path / "state")},
+        "server": {"listen": "127.0.0.1:0"},
+    }
+    config = tmp_path / "rotator.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    result = run_rotator("run", "-c", str(config), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"targets.kubernetes cluster spoke: kubeconfig {missing} does not exist" in result.stderr
