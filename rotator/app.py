@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ from rotator.adapters.kubernetes import KubernetesSink, api_client
 from rotator.adapters.kubernetes_events import EventRecorder
 from rotator.adapters.registry import RegistryVerifier
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
+from rotator.errors import ConfigError
 from rotator.imageref import registry_for_server
 from rotator.livesecret import LiveSecret
 from rotator.metrics import Metrics
@@ -27,14 +28,19 @@ from rotator.ports import Clock, StateStore
 from rotator.reconcile import EventHook, Reconciler
 from rotator.retrying import RetryPolicy
 from rotator.settings import (
+    ClusterConnection,
     CredentialSettings,
     DockerHubProviderSettings,
     IamAuth,
     IamProviderSettings,
+    KubernetesSettings,
     Settings,
     TrustedProfileSource,
 )
 from rotator.status import credential_status
+
+# Tries per call to a fleet cluster inside a step (the retry policy's default is 5): see App.sinks.
+FLEET_RETRY_ATTEMPTS = 2
 
 
 @dataclass
@@ -50,6 +56,10 @@ class App:
     _providers: dict[str, IamProvider | DockerHubProvider] = field(default_factory=dict)
     _verifier: RegistryVerifier | None = None
     _events: EventRecorder | None = None
+    # Fleet clusters: one ApiClient (and connection pool) and one Event recorder per cluster connection,
+    # shared by every credential that writes there.
+    _clusters: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _cluster_events: dict[tuple[Any, ...], EventRecorder] = field(default_factory=dict)
     hooks: dict[str, Callable[..., None]] = field(default_factory=dict)
     metrics: Metrics | None = None
 
@@ -96,6 +106,36 @@ class App:
         if self._events is None:
             self._events = EventRecorder(self.kube, instance=os.environ.get("POD_NAME", socket.gethostname()))
         return self._events
+
+    def cluster_client(self, cluster: ClusterConnection) -> Any:
+        """The ApiClient of a fleet cluster, built once per connection (kubeconfig, context, in_cluster)."""
+        key = (cluster.kubeconfig, cluster.context, cluster.in_cluster)
+        if key not in self._clusters:
+            if cluster.kubeconfig is not None and not cluster.kubeconfig.is_file():
+                raise ConfigError(
+                    f"targets.kubernetes cluster {cluster.name}: kubeconfig {cluster.kubeconfig} does not exist; "
+                    "give the path of that cluster's kubeconfig (a mounted Secret, see install.md), or "
+                    "in_cluster: true for the cluster rotator runs in"
+                )
+            connection = KubernetesSettings(
+                kubeconfig=cluster.kubeconfig,
+                context=cluster.context,
+                in_cluster=cluster.in_cluster,
+                concurrency=self.settings.kubernetes.concurrency,
+            )
+            where = "in_cluster" if cluster.in_cluster else f"kubeconfig {cluster.kubeconfig}"
+            origin = f"targets.kubernetes cluster {cluster.name} ({where})"
+            self._clusters[key] = api_client(connection, origin=origin)
+        return self._clusters[key]
+
+    def cluster_recorder(self, cluster: ClusterConnection) -> EventRecorder | None:
+        if not self.settings.kubernetes.events:
+            return None
+        key = (cluster.kubeconfig, cluster.context, cluster.in_cluster)
+        if key not in self._cluster_events:
+            instance = os.environ.get("POD_NAME", socket.gethostname())
+            self._cluster_events[key] = EventRecorder(self.cluster_client(cluster), instance=instance)
+        return self._cluster_events[key]
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(on_retry=self.hooks.get("retry"))
@@ -160,15 +200,25 @@ class App:
 
     def sinks(self, cred: CredentialSettings) -> list[KubernetesSink | CodeEngineSink]:
         sinks: list[KubernetesSink | CodeEngineSink] = []
-        if cred.kubernetes is not None:
+        for target in cred.kubernetes_targets:
+            cluster = target.cluster
+            # A fleet cluster that does not answer lags and is tried again by the reconciler with backoff:
+            # fewer tries inside a step, so it does not hold up the step for the clusters that do answer.
+            retry = self.retry_policy()
+            if cluster is not None:
+                retry = replace(retry, attempts=FLEET_RETRY_ATTEMPTS)
             sink = KubernetesSink(
-                self.kube,
-                cred.kubernetes,
+                self.kube if cluster is None else self.cluster_client(cluster),
+                target,
                 credential=cred.name,
-                retry=self.retry_policy(),
+                retry=retry,
                 on_write=self.hooks.get("write"),
             )
-            sink.recorder = self.event_recorder
+            if cluster is None:
+                sink.recorder = self.event_recorder
+            else:  # its targets, metrics and status name the cluster
+                sink.name, sink.cluster = f"kubernetes@{cluster.name}", cluster.name
+                sink.recorder = self.cluster_recorder(cluster)
             sinks.append(sink)
         if cred.codeengine is not None:
             sinks.append(self.codeengine_sink(cred))
@@ -206,6 +256,8 @@ class App:
             backoff_base=cred.schedule.retry_backoff,
             backoff_cap=cred.schedule.retry_backoff_max,
             expiry_margin=cred.provider.key_expiry_margin if isinstance(cred.provider, IamProviderSettings) else None,
+            unreachable_timeout=cred.unreachable_timeout,
+            revoke_despite_unreachable=cred.revoke_despite_unreachable,
         )
 
     def reconciler(self, name: str) -> Reconciler:
@@ -236,8 +288,11 @@ class App:
 
     def status(self, name: str, now: dt.datetime) -> dict[str, Any]:
         """``rotator status --json`` for one credential (the CLI and the HTTP API show the same)."""
-        policy = self.policy(self.settings.credential(name))
-        return credential_status(name, self.store.load(name), policy, now, self.store.load_requests(name).leaks)
+        cred = self.settings.credential(name)
+        policy = self.policy(cred)
+        clusters = tuple(t.cluster.name for t in cred.clusters if t.cluster is not None)
+        leaks = self.store.load_requests(name).leaks
+        return credential_status(name, self.store.load(name), policy, now, leaks, clusters)
 
     def __enter__(self) -> App:
         return self
@@ -248,11 +303,15 @@ class App:
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
+        for recorder in self._cluster_events.values():
+            recorder.close()
         for reconciler in self._reconcilers.values():
             reconciler.close()
         self.http.close()
         if self._kube is not None:
             self._kube.close()
+        for api in self._clusters.values():
+            api.close()
 
 
 def _iam_credential(auth: IamAuth) -> LiveSecret | ProfileGrant:

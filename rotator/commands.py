@@ -109,7 +109,9 @@ def plan(args: argparse.Namespace) -> int:
             for sink in reconciler.sinks.values():
                 for target in (t for t in targets if t.sink == sink.name):
                     for account in sink.service_account_missing(target):
-                        actions.append(f"add {target.name} to serviceaccount {target.namespace}/{account}")
+                        where = f"{target.namespace}/{account}"
+                        where = f"{sink.name} {where}" if getattr(sink, "cluster", "") else where
+                        actions.append(f"add {target.name} to serviceaccount {where}")
             if journal.current:
                 actions.append(
                     f"retire key {journal.current.id}: disable after {cred.grace_period}, "
@@ -232,7 +234,12 @@ def _check_targets(app: App, name: str, report: Callable[..., None]) -> None:
             f"{name}: {len(views)} target(s) readable",
             "; ".join(f"{v.target.namespace}/{v.target.name}: {v.refused}" for v in refused[:5]),
         )
+        lost = reconciler.unreachable_clusters()
+        for cluster, why in lost.items():  # a rotation would go on without it, and keep the old key for it
+            report(False, f"{name}: cluster {cluster} does not answer", why)
         for sink in reconciler.sinks.values():
+            if getattr(sink, "cluster", "") in lost:
+                continue
             denied = sink.check_writable([t for t in targets if t.sink == sink.name])
             report(not denied, f"{name}: {sink.name} targets writable", "; ".join(denied[:5]))
     except RotatorError as exc:

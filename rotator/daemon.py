@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import os
 import random
 import signal
@@ -412,9 +413,10 @@ class Daemon:
         self.elector: Any = None
         self.watches: list[ResourceWatch] = []
         self.server: Any = None
-        self._kube: dict[str, KubernetesSink] | None = None
-        self._selections: list[Selection] = []
-        self._seen: dict[str, SeenSecrets] = {}  # by secret name: what each secret watch keeps current
+        # Kubernetes sinks by cluster ("" for the top-level connection): (credential, sink) pairs.
+        self._kube: dict[str, list[tuple[str, KubernetesSink]]] | None = None
+        # By (cluster, secret name): what each cluster's secret watch keeps current for the sinks' writes.
+        self._seen: dict[tuple[str, str], SeenSecrets] = {}
         self._store_ok = (0.0, False)
         self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
 
@@ -520,17 +522,18 @@ class Daemon:
                 worker.recover()
                 worker.tick()
 
-    def _on_event(self, resource: str, event: str, obj: dict[str, Any]) -> None:
+    def _on_event(self, resource: str, event: str, obj: dict[str, Any], cluster: str = "") -> None:
         if resource == "secrets":
-            self._remember(event, obj)
-        if resource != "namespaces" and any(s.is_own_write(event, obj) for s in self._kube_sinks().values()):
+            self._remember(event, obj, cluster)
+        sinks = self._kube_sinks().get(cluster, [])
+        if resource != "namespaces" and any(s.is_own_write(event, obj) for _, s in sinks):
             return  # our own write coming back
-        for trigger in route(resource, event, obj, self._selections):
+        for trigger in route(resource, event, obj, [Selection(n, s.matches, s.target_for) for n, s in sinks]):
             self._dispatch(trigger)
 
-    def _remember(self, event: str, obj: dict[str, Any]) -> None:
+    def _remember(self, event: str, obj: dict[str, Any], cluster: str = "") -> None:
         meta = obj.get("metadata") or {}
-        seen = self._seen.get(str(meta.get("name", "")))
+        seen = self._seen.get((cluster, str(meta.get("name", ""))))
         if seen is None:
             return
         if event == "DELETED":
@@ -550,43 +553,45 @@ class Daemon:
         if trigger.kind == "heal":
             worker.heal(trigger.target)
         elif trigger.kind == "rotate" and self.may_act():
-            sink = self._kube_sinks().get(trigger.credential)
-            if sink is not None:
-                sink.clear_rotate_annotation(trigger.target)
+            for credential, sink in (pair for pairs in self._kube_sinks().values() for pair in pairs):
+                if credential == trigger.credential and sink.name == trigger.target.sink:
+                    sink.clear_rotate_annotation(trigger.target)
             worker.request(Ask(reason=trigger.reason, principal="annotation"))
 
-    def _kube_sinks(self) -> dict[str, KubernetesSink]:
-        """Each credential's Kubernetes sink (built once; every watch event consults them)."""
+    def _kube_sinks(self) -> dict[str, list[tuple[str, KubernetesSink]]]:
+        """Each cluster's Kubernetes sinks with their credentials (built once; every watch event consults
+        them). A fleet has one per cluster and credential; the single-cluster form one per credential."""
         if self._kube is None:
             self._kube = {}
             for cred in self.settings.credentials:
                 for sink in self.app.reconciler(cred.name).sinks.values():
                     if isinstance(sink, KubernetesSink):
-                        self._kube[cred.name] = sink
-            self._selections = [Selection(n, s.matches, s.target_for) for n, s in self._kube.items()]
+                        self._kube.setdefault(sink.cluster, []).append((cred.name, sink))
         return self._kube
 
     def _start_watches(self) -> None:
-        from rotator.kubecore import CoreV1
+        # Every cluster has its own watches (own streams, resourceVersions and 410 recovery).
+        for cluster, sinks in self._kube_sinks().items():
+            self._start_cluster_watches(cluster, [s for _, s in sinks])
 
-        if not self._kube_sinks():
-            return
-        core: Any = CoreV1(self.app.kube)
+    def _start_cluster_watches(self, cluster: str, sinks: list[KubernetesSink]) -> None:
+        core: Any = sinks[0].core  # the cluster's own ApiClient
         # Secrets and service accounts are watched by name (one watch per distinct name), so the
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
-        names = sorted({s.target.secret_name for s in self._kube_sinks().values()})
-        accounts = sorted({a for s in self._kube_sinks().values() for a in s.target.service_accounts})
-        # Each secret watch keeps the secrets of its name as last seen, for the sinks' writes.
-        self._seen = {n: SeenSecrets() for n in names}
-        for sink in self._kube_sinks().values():
-            sink.seen = self._seen[sink.target.secret_name]
+        names = sorted({s.target.secret_name for s in sinks})
+        accounts = sorted({a for s in sinks for a in s.target.service_accounts})
+        # Each secret watch keeps the secrets of its name in its cluster as last seen, for the sinks' writes.
+        for name in names:
+            self._seen[(cluster, name)] = SeenSecrets()
+        for sink in sinks:
+            sink.seen = self._seen[(cluster, sink.target.secret_name)]
         specs: list[tuple[str, Any, dict[str, Any], Any]] = [("namespaces", core.list_namespace, {}, None)]
         specs += [
             (
                 "secrets",
                 core.list_secret_for_all_namespaces,
                 {"field_selector": f"metadata.name={n}", "label_selector": f"{MANAGED_LABEL}=rotator"},
-                self._seen[n].reset,
+                self._seen[(cluster, n)].reset,
             )
             for n in names
         ]
@@ -603,7 +608,7 @@ class Daemon:
             watch = ResourceWatch(
                 resource,
                 list_fn,
-                self._on_event,
+                functools.partial(self._on_event, cluster=cluster),
                 stop=self.stopping,
                 kwargs=kwargs,
                 on_relist=self._on_relist,
@@ -668,6 +673,9 @@ class Daemon:
         self.prepare()
         for cred in self.settings.credentials:
             self.metrics.init_credential(cred.name, cred.registry.server)
+            # The single cluster of the top-level connection is cluster "" (its series carry no cluster label).
+            clusters = tuple(t.cluster.name if t.cluster else "" for t in cred.kubernetes_targets)
+            self.metrics.init_clusters(cred.name, clusters)
             # Built here, once, before the threads that share them: App builds lazily and without a lock,
             # so a worker and the watches racing for it made two (and an event thread nobody stopped).
             self.app.reconciler(cred.name)

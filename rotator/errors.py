@@ -3,7 +3,8 @@
     RotatorError
     ├── ConfigError                 bad configuration; names file, field, value and a fix
     ├── TransientError              worth retrying: timeouts, 429, 5xx, 409 conflicts
-    │   └── RateLimited             429; carries retry_after seconds when the server said
+    │   ├── RateLimited             429; carries retry_after seconds when the server said
+    │   └── Unreachable             the server could not be talked to at all (refused, timed out)
     └── PermanentError              retrying will not help
         ├── NotOwnedError           a key or secret rotator did not create; never touched
         ├── LimitReachedError       a provider quota (IAM key limit, Code Engine secret limit)
@@ -36,6 +37,11 @@ class RateLimited(TransientError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unreachable(TransientError):
+    """Nothing answered (connection refused, reset, timed out): a fleet cluster in this state is marked
+    out of sync and the rotation goes on with the others."""
 
 
 class PermanentError(RotatorError):

@@ -88,6 +88,19 @@ class Result:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Lagging:
+    """A fleet cluster rotator could not reach when it last tried: it may still hold a retired key, so
+    that key stays enabled (see ``policy.held_by_unreachable``). Dropped once the cluster answers again
+    (its targets are then compared like any other)."""
+
+    cluster: str
+    since: dt.datetime
+    reason: str
+    attempts: int = 1  # tries in a row that found it unreachable: the next one waits longer
+    retry_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class CredentialJournal:
     current: KeyRef | None = None
     rotation: Rotation | None = None
@@ -97,6 +110,8 @@ class CredentialJournal:
     # After a failed attempt, planned rotations wait until then (emergencies do not).
     backoff_until: dt.datetime | None = None
     failures_in_a_row: int = 0
+    # Fleet clusters that did not answer (out of sync until they do), oldest first.
+    lagging: tuple[Lagging, ...] = ()
 
     @property
     def last_result(self) -> Result | None:
@@ -174,7 +189,7 @@ def _to_json(obj: Any) -> Any:
 def _from_json(cls: type, data: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     nested = {"new_key": KeyRef, "current": KeyRef, "rotation": Rotation}
-    lists = {"retired": Retired, "history": Result, "requests": Accepted, "leaks": Leak}
+    lists = {"retired": Retired, "history": Result, "requests": Accepted, "leaks": Leak, "lagging": Lagging}
     for f in fields(cls):
         if f.name not in data:
             continue
@@ -183,7 +198,7 @@ def _from_json(cls: type, data: dict[str, Any]) -> Any:
             value = _from_json(nested[f.name], value)
         elif f.name in lists:
             value = tuple(_from_json(lists[f.name], v) for v in value or [])
-        elif isinstance(value, str) and (f.name.endswith("_at") or f.name.endswith("_until")):
+        elif isinstance(value, str) and (f.name.endswith("_at") or f.name.endswith("_until") or f.name == "since"):
             value = _parse_ts(value)
         kwargs[f.name] = value
     return cls(**kwargs)

@@ -1,8 +1,9 @@
 """Prometheus metrics, all ``rotator_*``, created on a registry passed in.
 
 Timestamps are exported as ``*_timestamp_seconds`` so that alerts are ``time() - x`` arithmetic.
-Labels stay low-cardinality: credential, sink, registry, result, method, code, provider,
-operation, reason. Never a namespace, a key id or a value.
+Labels stay low-cardinality: credential, sink, cluster, registry, result, method, code, provider,
+operation, reason. Never a namespace, a key id or a value. ``cluster`` is the fleet cluster's name on
+per-target series ("" for the single cluster of the top-level ``kubernetes`` connection and Code Engine).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rotator import __version__
 from rotator.errors import LockedError, RotatorError, StateError, TransientError, UnauthorizedError
 from rotator.journal import CredentialJournal
-from rotator.policy import Policy, due
+from rotator.policy import Policy, due, held_by_unreachable
 
 # rotator_pass_errors_total's reason label: a fixed set, so every series exists at zero from the start.
 PASS_ERROR_REASONS = ("unauthorized", "transient", "state", "permanent", "unexpected")
@@ -31,6 +32,7 @@ def _ts(value: dt.datetime | None) -> float:
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._clusters: dict[str, set[str]] = {}  # fleet clusters with series, per credential
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -85,13 +87,32 @@ class Metrics:
             "Earliest deadline among pending revocations (0: none pending).",
             ("credential",),
         )
-        self.secrets_managed = gauge("rotator_secrets_managed", "Target secrets, by sink.", ("credential", "sink"))
+        self.secrets_managed = gauge(
+            "rotator_secrets_managed", "Target secrets, by sink and cluster.", ("credential", "sink", "cluster")
+        )
         self.secrets_out_of_sync = gauge(
             "rotator_secrets_out_of_sync",
             "Target secrets that do not hold the current key (or could not be written).",
-            ("credential", "sink"),
+            ("credential", "sink", "cluster"),
         )
-        self.secret_writes = counter("rotator_secret_writes", "Secret writes, by sink and result.", ("sink", "result"))
+        self.secret_writes = counter(
+            "rotator_secret_writes", "Secret writes, by sink, cluster and result.", ("sink", "cluster", "result")
+        )
+        self.cluster_unreachable = gauge(
+            "rotator_cluster_unreachable",
+            "1 while a fleet cluster did not answer at the last try (its secrets lag; the old key stays enabled).",
+            ("credential", "cluster"),
+        )
+        self.cluster_unreachable_since = gauge(
+            "rotator_cluster_unreachable_since_timestamp_seconds",
+            "Since when a fleet cluster has not answered (0: it answers).",
+            ("credential", "cluster"),
+        )
+        self.cluster_holds_old_key = gauge(
+            "rotator_cluster_holds_old_key",
+            "1 while an unreachable cluster keeps a replaced key enabled (revocation waits for it).",
+            ("credential", "cluster"),
+        )
         self.verifications = counter(
             "rotator_verifications", "Pull checks, by result.", ("credential", "registry", "result")
         )
@@ -132,7 +153,9 @@ class Metrics:
         )
         self.retries = counter("rotator_retries", "Retried transient failures, by operation.", ("operation",))
         self.revocations = counter("rotator_revocations", "Keys disabled or deleted.", ("credential", "step"))
-        self.heals = counter("rotator_secret_heals", "Targets put back to the current key.", ("credential",))
+        self.heals = counter(
+            "rotator_secret_heals", "Targets put back to the current key, by cluster.", ("credential", "cluster")
+        )
         self.leader = gauge("rotator_leader", "1 when this replica is the leader.")
         self.build_info = gauge("rotator_build_info", "Build information.", ("version", "python"))
         self.build_info.labels(__version__, platform.python_version()).set(1)
@@ -164,16 +187,25 @@ class Metrics:
                 if getattr(quota, "limit", None) is not None:
                     self.registry_quota_limit.labels(registry).set(quota.limit)
         elif name == "targets.observed":
-            for sink, (managed, out_of_sync) in fields["sinks"].items():
-                self.secrets_managed.labels(credential, sink).set(managed)
-                self.secrets_out_of_sync.labels(credential, sink).set(out_of_sync)
+            for name, (managed, out_of_sync) in fields["sinks"].items():
+                sink, cluster = sink_and_cluster(name)
+                self.secrets_managed.labels(credential, sink, cluster).set(managed)
+                self.secrets_out_of_sync.labels(credential, sink, cluster).set(out_of_sync)
         elif name == "key.revoked":
             self.revocations.labels(credential, fields["step"]).inc()
-        elif name == "secret.healed":
-            self.heals.labels(credential).inc()
+        elif name == "secret.healed":  # target: <sink>[@<cluster>]:<namespace>/<name>
+            self.heals.labels(credential, sink_and_cluster(str(fields.get("target", "")).split(":", 1)[0])[1]).inc()
 
     def secret_write(self, sink: str, result: str) -> None:
-        self.secret_writes.labels(sink, result).inc()
+        self.secret_writes.labels(*sink_and_cluster(sink), result).inc()
+
+    def init_clusters(self, credential: str, clusters: tuple[str, ...]) -> None:
+        """Every fleet cluster's series at zero from the start (an alert compares against them)."""
+        self._clusters.setdefault(credential, set()).update(clusters)
+        for cluster in clusters:
+            self.cluster_unreachable.labels(credential, cluster).set(0)
+            self.cluster_unreachable_since.labels(credential, cluster).set(0)
+            self.cluster_holds_old_key.labels(credential, cluster).set(0)
 
     def registry_request(self, registry: str, method: str, status: str) -> None:
         self.registry_requests.labels(registry, method, status).inc()
@@ -211,6 +243,22 @@ class Metrics:
         deadlines = [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
         known = [d for d in deadlines if d is not None]
         self.revocation_deadline.labels(credential).set(_ts(min(known)) if known else 0)
+        now = dt.datetime.now(dt.UTC)
+        holding = held_by_unreachable(journal, policy, now) and any(r.disabled_at is None for r in journal.retired)
+        lagging = {lag.cluster: lag for lag in journal.lagging}
+        seen = self._clusters.setdefault(credential, set())
+        seen |= set(lagging)  # a cluster that answers again goes back to 0, not away
+        for cluster in seen:
+            lag = lagging.get(cluster)
+            self.cluster_unreachable.labels(credential, cluster).set(1 if lag else 0)
+            self.cluster_unreachable_since.labels(credential, cluster).set(_ts(lag.since) if lag else 0)
+            self.cluster_holds_old_key.labels(credential, cluster).set(1 if lag and holding else 0)
+
+
+def sink_and_cluster(name: str) -> tuple[str, str]:
+    """A sink's name as metric labels: ``kubernetes@prod-eu`` is sink kubernetes, cluster prod-eu."""
+    sink, _, cluster = name.partition("@")
+    return sink, cluster
 
 
 def pass_error_reason(exc: BaseException) -> str:

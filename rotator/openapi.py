@@ -147,6 +147,24 @@ def _schemas() -> dict[str, Any]:
                     "disabled_at).",
                 },
                 "last_result": {"type": "object", "nullable": True},
+                "clusters": {
+                    "type": "array",
+                    "description": "Fleet clusters (targets.kubernetes as a list): in_sync, or out of sync since "
+                    "out_of_sync_since for reason (it did not answer), retried at retry_at; holds_old_key while "
+                    "that keeps the replaced key enabled.",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "in_sync"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "in_sync": {"type": "boolean"},
+                            "out_of_sync_since": nullable_string,
+                            "reason": nullable_string,
+                            "retry_at": nullable_string,
+                            "holds_old_key": {"type": "boolean"},
+                        },
+                    },
+                },
                 "passes_failing": {
                     "type": "object",
                     "nullable": True,

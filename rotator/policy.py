@@ -10,6 +10,9 @@ Safety invariants (guarded by a property test):
   current key when the rotation in flight started) and a due delete of a disabled key go ahead between
   that rotation's steps, so enabled owned keys stay <= 2 + (retired keys inside their grace) however
   often rotations are requested;
+- a fleet cluster that did not answer (``journal.lagging``) may still hold a retired key: no retired key
+  that was not reported leaked is disabled while one lags, unless ``revoke_despite_unreachable`` is set
+  and that cluster has lagged for ``unreachable_timeout``;
 - a key reported leaked is disabled without grace as soon as it is retired and no writable target holds
   it; a leaked key still current starts an emergency rotation (outside any window; after a failed one,
   once the backoff is over).
@@ -49,6 +52,10 @@ class Policy:
     window_duration: dt.timedelta | None = None
     # A current key this close to its provider-side expiry means rotation is stuck (metric and alert).
     expiry_margin: dt.timedelta | None = None
+    # How long a fleet cluster that does not answer holds back disabling retired keys, and whether they
+    # are disabled once that is over (otherwise they wait for the cluster, with an alert).
+    unreachable_timeout: dt.timedelta = dt.timedelta(hours=24)
+    revoke_despite_unreachable: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,15 +148,17 @@ def plan(obs: Observation, policy: Policy) -> Action:
 
     # 1. A rotation in flight goes first (finish it or roll it back), but a due revocation of a key that no
     #    target holds is not held back by it: it goes between the rotation's steps.
+    held = held_by_unreachable(journal, policy, now)
     if rotation is not None:
-        revoke = revocation(obs, policy, in_sync=rotation.started_in_sync)
+        revoke = revocation(obs, policy, in_sync=rotation.started_in_sync and not held)
         if revoke is not None:
             return revoke
         if rotation.phase in ("minted", "verified", "distributing") and not obs.vault_has_pending:
             return Action(kind="rollback", reason="the new key's value was lost before it was distributed")
         if rotation.retry_at is not None and now < rotation.retry_at and rotation.phase != "rolling_back":
             # Wake for a revocation that falls due while the rotation waits, not only for the retry.
-            until = min([rotation.retry_at, *revocation_deadlines(journal, in_sync=rotation.started_in_sync)])
+            deadlines = revocation_deadlines(journal, in_sync=rotation.started_in_sync and not held)
+            until = min([rotation.retry_at, *deadlines])
             return Action(kind="wait", until=until, reason=rotation.waiting or "waiting to retry")
         kind = PHASE_ACTIONS.get(rotation.phase)
         if kind is None:
@@ -161,7 +170,7 @@ def plan(obs: Observation, policy: Policy) -> Action:
         return Action(kind="heal", targets=obs.out_of_sync, reason="targets do not hold the current key")
 
     # 3. Revocations that are due, only when every target is known to hold the current key.
-    in_sync = obs.out_of_sync is not None and not obs.out_of_sync and not obs.stale_refused
+    in_sync = obs.out_of_sync is not None and not obs.out_of_sync and not obs.stale_refused and not held
     revoke = revocation(obs, policy, in_sync=in_sync)
     if revoke is not None:
         return revoke
@@ -207,7 +216,12 @@ def plan(obs: Observation, policy: Policy) -> Action:
     if backing_off and journal.backoff_until is not None and (due_at is None or due_at < journal.backoff_until):
         due_at = journal.backoff_until
     candidates = [due_at, journal.backoff_until]
-    candidates += [r.delete_at if r.disabled_at else r.disable_at for r in journal.retired]
+    # A disable held back by a lagging cluster is not a deadline (it would wake the loop at once); the
+    # next try to reach that cluster is, and so is the end of its unreachable_timeout when that releases it.
+    candidates += [r.delete_at if r.disabled_at else None if held else r.disable_at for r in journal.retired]
+    candidates += [lag.retry_at for lag in journal.lagging]
+    if policy.revoke_despite_unreachable and journal.retired:
+        candidates += [lag.since + policy.unreachable_timeout for lag in journal.lagging]
     deadlines = [d for d in candidates if d is not None]
     return Action(kind="idle", until=min(deadlines) if deadlines else None)
 
@@ -231,6 +245,19 @@ def revocation(obs: Observation, policy: Policy, *, in_sync: bool) -> Action | N
         if retired.disabled_at is not None and retired.delete_at is not None and now >= retired.delete_at:
             return Action(kind="delete", key_id=retired.key_id, reason="disabled long enough")
     return None
+
+
+def held_by_unreachable(journal: CredentialJournal, policy: Policy, now: dt.datetime) -> bool:
+    """Whether a fleet cluster that did not answer may still depend on a retired key, so none is disabled:
+    while any cluster lags, unless the config revokes despite it and every one has lagged for the timeout."""
+    if policy.revoke_despite_unreachable:
+        return any(now < lag.since + policy.unreachable_timeout for lag in journal.lagging)
+    return bool(journal.lagging)
+
+
+def unreachable_overdue(journal: CredentialJournal, policy: Policy, now: dt.datetime) -> list[str]:
+    """Lagging clusters past ``unreachable_timeout`` (for the status line and logs)."""
+    return [lag.cluster for lag in journal.lagging if now >= lag.since + policy.unreachable_timeout]
 
 
 def revocation_deadlines(journal: CredentialJournal, *, in_sync: bool) -> list[dt.datetime]:

@@ -27,9 +27,10 @@ from rotator.errors import (
     RateLimited,
     RotatorError,
     TransientError,
+    Unreachable,
 )
 from rotator.faultpoint import boundary
-from rotator.journal import CredentialJournal, KeyRef, Result, Retired, Rotation, Vault
+from rotator.journal import CredentialJournal, KeyRef, Lagging, Result, Retired, Rotation, Vault
 from rotator.model import RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
 from rotator.ports import Clock, CredentialProvider, RegistryVerifier, SecretSink, StateStore
@@ -104,6 +105,12 @@ class Reconciler:
         self.log = logs.get("rotator.reconcile", credential=credential)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fanout")
         self._lock = threading.Lock()
+        # Fleet clusters this step reached, and those that did not answer (cluster -> why): recorded in
+        # the journal's ``lagging`` after the step. Fan-out threads add to them.
+        self._reached: set[str] = set()
+        self._unreachable: dict[str, str] = {}
+        self._found: dict[str, list[TargetRef]] = {}  # each fleet sink's targets, as resolved this step
+        self._contact_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -135,8 +142,11 @@ class Reconciler:
                 for value in (vault.current, vault.pending):
                     if value:
                         logs.register_secret(value)
+                self._forget_contacts()
                 if journal.rotation is None and views is None:
                     views = self.read_targets(self.targets())
+                    if self._record_contacts():
+                        journal = self.store.load(self.credential)
                 obs = self._observe(journal, vault, request, views)
                 action = plan(obs, self.policy)
                 if action.kind == "idle":
@@ -158,6 +168,7 @@ class Reconciler:
                 if action.kind == "heal":
                     views = None
                 outcome = self._act(action, journal, vault)
+                self._record_contacts()
                 if outcome is not None:
                     return outcome  # one rotation per pass; what is due next comes on the next pass
             return Outcome(result="waiting", detail=f"stopped after {max_steps} steps")
@@ -214,17 +225,88 @@ class Reconciler:
 
     # -- observation -----------------------------------------------------------------------------
     def targets(self) -> list[TargetRef]:
+        """Every sink's targets; a fleet cluster that does not answer adds none (and is marked lagging)."""
         out: list[TargetRef] = []
         for sink in self.sinks.values():
-            out += sink.resolve_targets()
+            cluster: str = getattr(sink, "cluster", "")
+            try:
+                found = sink.resolve_targets()
+            except Unreachable as exc:
+                if not cluster:
+                    raise
+                self._lost(cluster, exc)
+                continue
+            if cluster:
+                with self._contact_lock:
+                    self._reached.add(cluster)
+                    self._found[sink.name] = found
+            out += found
         return out
 
     def read_targets(self, targets: Iterable[TargetRef]) -> list[TargetView]:
-        def read(target: TargetRef) -> TargetView:
-            state = self.sinks[target.sink].read_state(target, self.server)
+        def read(target: TargetRef) -> TargetView | None:
+            try:
+                state = self.sinks[target.sink].read_state(target, self.server)
+            except Unreachable as exc:
+                if not self._cluster_of(target):
+                    raise
+                self._lost(self._cluster_of(target), exc)
+                return None
             return TargetView(target=target, exists=state.exists, entry=state.entry, refused=state.refused)
 
-        return list(self._pool.map(read, targets))
+        return [view for view in self._pool.map(read, targets) if view is not None]
+
+    # -- fleet clusters that do not answer --------------------------------------------------------
+    def _cluster_of(self, target: TargetRef) -> str:
+        cluster: str = getattr(self.sinks[target.sink], "cluster", "")
+        return cluster
+
+    def _lost(self, cluster: str, exc: Exception) -> None:
+        with self._contact_lock:
+            self._unreachable.setdefault(cluster, redact.clean(str(exc), limit=300))
+
+    def unreachable_clusters(self) -> dict[str, str]:
+        """Fleet clusters that did not answer since the current step began (cluster -> why): ``rotator check``."""
+        with self._contact_lock:
+            return dict(self._unreachable)
+
+    def _forget_contacts(self) -> None:
+        with self._contact_lock:
+            self._reached, self._unreachable, self._found = set(), {}, {}
+
+    def _record_contacts(self) -> bool:
+        """Record in the journal which fleet clusters did not answer this step (since when, why, when to try
+        again, backing off) and drop those that answered; True when the journal changed."""
+        with self._contact_lock:
+            reached, lost = self._reached - set(self._unreachable), dict(self._unreachable)
+        if not reached and not lost:
+            return False
+        journal = self.store.load(self.credential)
+        now = self.clock.now()
+        by_cluster = {lag.cluster: lag for lag in journal.lagging}
+        for cluster in reached & set(by_cluster):
+            lag = by_cluster.pop(cluster)
+            self.log.info("cluster.reachable", cluster=cluster, lagged_since=lag.since.isoformat())
+            self._emit("cluster.reachable", cluster=cluster)
+        for cluster, reason in lost.items():
+            old = by_cluster.get(cluster)
+            attempts = old.attempts + 1 if old else 1
+            by_cluster[cluster] = Lagging(
+                cluster=cluster,
+                since=old.since if old else now,
+                reason=reason,
+                attempts=attempts,
+                retry_at=now + backoff(attempts, self.policy),
+            )
+            self.log.warning("cluster.unreachable", cluster=cluster, reason=reason, attempts=attempts)
+            self._emit("cluster.unreachable", cluster=cluster)
+            if old is None:
+                self._announce(cluster, reached)
+        lagging = tuple(sorted(by_cluster.values(), key=lambda lag: (lag.since, lag.cluster)))
+        if lagging == journal.lagging:
+            return False
+        self._save(replace(journal, lagging=lagging))
+        return True
 
     def _observe(
         self, journal: CredentialJournal, vault: Vault, request: Request | None, views: list[TargetView] | None
@@ -267,6 +349,10 @@ class Reconciler:
                 elif not self.provider.identifies_values and username == self.username:
                     untold += 1
         sweepable = orphans([(k.id, k.created_at) for k in unknown], journal, held, now, self.policy.orphan_window)
+        if journal.lagging and sweepable:
+            # A cluster that did not answer may hold any of them: no sweep until every cluster answers.
+            self.log.info("orphans.held_back", orphans=len(sweepable), lagging=[lag.cluster for lag in journal.lagging])
+            sweepable = ()
         if untold and sweepable:
             # Any unknown key may be the one those targets hold (a lost journal leaves every secret holding one):
             # never revoke a key a target may still hold. The sweep resumes once they hold the current key.
@@ -278,6 +364,19 @@ class Reconciler:
             stale_refused=stale_refused,
             orphans=sweepable,
         )
+
+    def _announce(self, cluster: str, reached: set[str]) -> None:
+        """A Warning Event in every cluster that answered (on its first target secret: one per cluster, not
+        one per namespace), so those watching their own cluster learn why the old key lives on."""
+        message = (
+            f"cluster {cluster} does not answer: replaced keys of {self.credential} stay enabled until it holds "
+            "the current key"
+        )
+        for sink in self.sinks.values():
+            recorder = getattr(sink, "recorder", None)
+            found = self._found.get(sink.name)
+            if recorder is not None and found and getattr(sink, "cluster", "") in reached:
+                recorder.record(found[0], "PullSecretClusterUnreachable", message, warning=True)
 
     # -- acting ----------------------------------------------------------------------------------
     def _emit(self, name: str, **fields: Any) -> None:
@@ -447,10 +546,19 @@ class Reconciler:
             views = self.read_targets(targets)
             vault = Vault(current=vault.current, pending=vault.pending, snapshot=_snapshot(views))
             self.store.save_vault(self.credential, vault)
+        else:
+            # A fleet cluster that did not answer when the snapshot was taken (or a namespace new since) is
+            # added to it before its first write, so a rollback restores it too.
+            known = {*vault.snapshot.get("targets", {}), *vault.snapshot.get("refused", {})}
+            late = self.read_targets([t for t in targets if t.key not in known])
+            if late:
+                vault = replace(vault, snapshot=_merge_snapshots(vault.snapshot, _snapshot(late)))
+                self.store.save_vault(self.credential, vault)
         boundary("distribute:after-snapshot")
         assert vault.snapshot is not None and vault.pending
         refused = set(vault.snapshot.get("refused", {}))
-        writable = [t for t in targets if t.key not in refused]
+        snapshotted = set(vault.snapshot.get("targets", {}))
+        writable = [t for t in targets if t.key not in refused and t.key in snapshotted]
         auth = self._auth(vault.pending)
         new_id = rotation.new_key.id if rotation.new_key else "?"
         self._activity("PullSecretRotated", f"rotation {rotation.id}: {self.credential} now uses key {new_id}")
@@ -477,6 +585,13 @@ class Reconciler:
             partial_boundary="distribute:partial",
         )
         self._emit("secrets.written", targets=len(writable), seconds=time.monotonic() - started)
+        # A fleet cluster that stopped answering does not hold the others back: it lags (the old key
+        # stays enabled for it) and is written when it answers again.
+        by_key = {t.key: t for t in writable}
+        for key, result in list(results.items()):
+            if isinstance(result, Unreachable) and self._cluster_of(by_key[key]):
+                self._lost(self._cluster_of(by_key[key]), result)
+                results[key] = "lagging"
         transient = [k for k, r in results.items() if isinstance(r, TransientError)]
         failed = {k: r for k, r in results.items() if isinstance(r, RotatorError) and k not in transient}
         for key, error in failed.items():
@@ -653,6 +768,11 @@ class Reconciler:
             return sink.write_entry(target, auth)
 
         results = self._fan_out(pending, restore)
+        for key, result in list(results.items()):
+            # A fleet cluster that stopped answering is put back by a heal (to the current key) once it answers.
+            if isinstance(result, Unreachable) and self._cluster_of(targets[key]):
+                self._lost(self._cluster_of(targets[key]), result)
+                results[key] = "lagging"
         errors = {k: r for k, r in results.items() if isinstance(r, Exception)}
         transient = {k: e for k, e in errors.items() if isinstance(e, TransientError)}
         if transient:
@@ -727,6 +847,22 @@ class Reconciler:
 
 def new_rotation_id(now: dt.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _merge_snapshots(first: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``first`` with the targets of ``more`` added (their values re-indexed into one list)."""
+    values: list[dict[str, Any]] = list(first.get("values", []))
+    targets: dict[str, int | None] = dict(first.get("targets", {}))
+    for key, index in more["targets"].items():
+        if index is None:
+            targets[key] = None
+            continue
+        value = more["values"][index]
+        if value not in values:
+            values.append(value)
+        targets[key] = values.index(value)
+    refused = {**first.get("refused", {}), **more["refused"]}
+    return {**first, "targets": targets, "values": values, "refused": refused}
 
 
 def _snapshot_replaced(snapshot: dict[str, Any], key: str, entry: RegistryAuth | None) -> dict[str, Any] | None:

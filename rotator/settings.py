@@ -211,6 +211,19 @@ class KubernetesTarget:
     service_accounts: tuple[str, ...] = ()
     # Replace a .dockerconfigjson that is not valid JSON instead of refusing to touch it.
     overwrite_invalid: bool = False
+    # A cluster of a fleet (``targets.kubernetes`` as a list); None: the cluster of the top-level
+    # ``kubernetes`` connection (the single-mapping form).
+    cluster: ClusterConnection | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConnection:
+    """How to reach one cluster of a fleet: a kubeconfig (and context) or the pod's own service account."""
+
+    name: str
+    kubeconfig: Path | None = None
+    context: str | None = None
+    in_cluster: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,6 +257,17 @@ class CredentialSettings:
     delete_after: dt.timedelta
     kubernetes: KubernetesTarget | None = None
     codeengine: CodeEngineTarget | None = None
+    # ``targets.kubernetes`` as a list: one target per cluster (then ``kubernetes`` is None).
+    clusters: tuple[KubernetesTarget, ...] = ()
+    # A fleet cluster unreachable this long no longer holds back disabling a retired key, but only
+    # when ``revoke_despite_unreachable`` says so; otherwise the key stays enabled (and alerts).
+    unreachable_timeout: dt.timedelta = dt.timedelta(hours=24)
+    revoke_despite_unreachable: bool = False
+
+    @property
+    def kubernetes_targets(self) -> tuple[KubernetesTarget, ...]:
+        """Every Kubernetes target: the one of the single-mapping form, or one per fleet cluster."""
+        return (self.kubernetes,) if self.kubernetes is not None else self.clusters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -974,9 +998,13 @@ def _namespaces(node: _Node) -> NamespaceSelection | None:
     return NamespaceSelection(names=names or (), selector=selector, all=bool(every), exclude=exclude or ())
 
 
-def _kubernetes_target(node: _Node) -> KubernetesTarget | None:
-    node.known("secret_name", "namespaces", "service_accounts", "overwrite_invalid")
-    secret_name = node.value("secret_name", _k8s_name, example="icr-pull-secret")
+def _kubernetes_target(
+    node: _Node, *, cluster: ClusterConnection | None = None, default_name: str | None = None
+) -> KubernetesTarget | None:
+    if cluster is None:
+        node.known("secret_name", "namespaces", "service_accounts", "overwrite_invalid")
+    default = ... if default_name is None else default_name
+    secret_name = node.value("secret_name", _k8s_name, example="icr-pull-secret", default=default)
     ns_node = node.child("namespaces")
     namespaces = _namespaces(ns_node) if ns_node else None
     service_accounts = node.value("service_accounts", _list_of(_k8s_name), example="[default]", default=())
@@ -988,7 +1016,65 @@ def _kubernetes_target(node: _Node) -> KubernetesTarget | None:
         namespaces=namespaces,
         service_accounts=service_accounts or (),
         overwrite_invalid=bool(overwrite),
+        cluster=cluster,
     )
+
+
+CLUSTER_EXAMPLE = "{name: prod-eu, kubeconfig: /etc/rotator/spokes/prod-eu, context: prod-eu, namespaces: {all: true}}"
+
+
+def _kubernetes_clusters(node: _Node, key: str, base_dir: Path, credential: str | None) -> tuple[KubernetesTarget, ...]:
+    """``targets.kubernetes`` as a list: one cluster each, named, with its own connection and targets
+    (``secret_name`` defaults to the credential's name)."""
+    items = node.data[key]
+    path = node.at(key)
+    if not items:
+        node.errors.add(path, "lists no cluster", f"[{CLUSTER_EXAMPLE}]")
+        return ()
+    out: list[KubernetesTarget] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        child = _Node(item, f"{path}[{index}]", node.errors)
+        if not isinstance(item, dict):
+            continue
+        child.known(
+            "name",
+            "kubeconfig",
+            "context",
+            "in_cluster",
+            "secret_name",
+            "namespaces",
+            "service_accounts",
+            "overwrite_invalid",
+        )
+        name = child.value("name", _k8s_name, example="prod-eu")
+        kubeconfig = child.value("kubeconfig", _string, example="/etc/rotator/spokes/prod-eu", default=None)
+        context = child.value("context", _string, example="prod-eu", default=None)
+        in_cluster = bool(child.value("in_cluster", _bool, example="true", default=False))
+        if in_cluster and (kubeconfig or context):
+            child.errors.add(
+                child.at("in_cluster"), "is true, so kubeconfig and context must not be set", "in_cluster: true"
+            )
+        if not in_cluster and kubeconfig is None:
+            child.errors.add(
+                child.at("kubeconfig"),
+                "is required (or in_cluster: true for the cluster rotator runs in)",
+                "kubeconfig: /etc/rotator/spokes/prod-eu",
+            )
+        if name is not None and name in seen:
+            child.errors.add(child.at("name"), f"{name!r} names two clusters; give each cluster its own name")
+        if name is None:
+            continue
+        seen.add(name)
+        file = None
+        if kubeconfig is not None:
+            file = Path(kubeconfig).expanduser()
+            file = file if file.is_absolute() else base_dir / file
+        connection = ClusterConnection(name=name, kubeconfig=file, context=context, in_cluster=in_cluster)
+        target = _kubernetes_target(child, cluster=connection, default_name=credential or "")
+        if target is not None:
+            out.append(target)
+    return tuple(out)
 
 
 CE_ENDPOINT_EXAMPLE = "https://api.us-south.codeengine.cloud.ibm.com/v2"
@@ -1081,7 +1167,18 @@ def _codeengine_target(node: _Node, base_dir: Path) -> CodeEngineTarget | None:
 
 
 def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
-    node.known("name", "provider", "registry", "schedule", "max_age", "grace_period", "delete_after", "targets")
+    node.known(
+        "name",
+        "provider",
+        "registry",
+        "schedule",
+        "max_age",
+        "grace_period",
+        "delete_after",
+        "targets",
+        "unreachable_timeout",
+        "revoke_despite_unreachable",
+    )
     name = node.value("name", _k8s_name, example="icr-pull")
     provider_node, registry_node = node.child("provider"), node.child("registry")
     provider = _provider(provider_node, base_dir) if provider_node else None
@@ -1092,13 +1189,23 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
     max_age = node.value("max_age", _positive_duration, example="30d", default=dt.timedelta(days=90))
     grace = node.value("grace_period", _duration, example="1h", default=dt.timedelta(hours=1))
     delete_after = node.value("delete_after", _duration, example="24h", default=dt.timedelta(days=1))
+    unreachable_timeout = node.value(
+        "unreachable_timeout", _positive_duration, example="24h", default=dt.timedelta(hours=24)
+    )
+    revoke_anyway = node.value("revoke_despite_unreachable", _bool, example="false", default=False)
     targets = node.child("targets")
+    clusters: tuple[KubernetesTarget, ...] = ()
     kubernetes = None
     codeengine = None
     if targets is not None:
         targets.known("kubernetes", "codeengine")
-        k8s_node = targets.child("kubernetes", required=False)
-        kubernetes = _kubernetes_target(k8s_node) if k8s_node else None
+        k8s_node = None
+        if isinstance(targets.data.get("kubernetes"), list):
+            clusters = _kubernetes_clusters(targets, "kubernetes", base_dir, name)
+            k8s_node = targets
+        else:
+            k8s_node = targets.child("kubernetes", required=False)
+            kubernetes = _kubernetes_target(k8s_node) if k8s_node else None
         ce_node = targets.child("codeengine", required=False)
         codeengine = _codeengine_target(ce_node, base_dir) if ce_node else None
         if k8s_node is None and ce_node is None:
@@ -1137,6 +1244,9 @@ def _credential(node: _Node, base_dir: Path) -> CredentialSettings | None:
         delete_after=delete_after,
         kubernetes=kubernetes,
         codeengine=codeengine,
+        clusters=clusters,
+        unreachable_timeout=unreachable_timeout or dt.timedelta(hours=24),
+        revoke_despite_unreachable=bool(revoke_anyway),
     )
 
 

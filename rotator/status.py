@@ -10,7 +10,7 @@ from typing import Any
 
 from rotator.durations import format_duration
 from rotator.journal import CredentialJournal, Leak
-from rotator.policy import Policy, due
+from rotator.policy import Policy, due, held_by_unreachable
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -18,7 +18,12 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def credential_status(
-    name: str, journal: CredentialJournal, policy: Policy, now: dt.datetime, leaks: tuple[Leak, ...] = ()
+    name: str,
+    journal: CredentialJournal,
+    policy: Policy,
+    now: dt.datetime,
+    leaks: tuple[Leak, ...] = (),
+    clusters: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     current = journal.current
     due_at, why = due(journal, policy)
@@ -57,6 +62,7 @@ def credential_status(
             for r in journal.retired
         ],
         "leaks": [leak_progress(leak, journal) for leak in leaks],
+        "clusters": cluster_sync(clusters, journal, policy, now),
         "last_success_at": _iso(journal.last_success_at),
         "last_result": (
             {
@@ -70,6 +76,30 @@ def credential_status(
             else None
         ),
     }
+
+
+def cluster_sync(
+    clusters: tuple[str, ...], journal: CredentialJournal, policy: Policy, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """Each fleet cluster: in sync (answered at the last contact; its targets are compared and healed like
+    any), or out of sync since it stopped answering, why, when it is tried next, and whether that holds
+    back disabling the old key."""
+    lagging = {lag.cluster: lag for lag in journal.lagging}
+    holding = held_by_unreachable(journal, policy, now) and any(r.disabled_at is None for r in journal.retired)
+    out = []
+    for cluster in clusters:
+        lag = lagging.get(cluster)
+        out.append(
+            {
+                "name": cluster,
+                "in_sync": lag is None,
+                "out_of_sync_since": _iso(lag.since) if lag else None,
+                "reason": lag.reason if lag else None,
+                "retry_at": _iso(lag.retry_at) if lag else None,
+                "holds_old_key": bool(lag and holding),
+            }
+        )
+    return out
 
 
 def leak_progress(leak: Leak, journal: CredentialJournal) -> dict[str, Any]:
@@ -116,6 +146,15 @@ def render_text(statuses: list[dict[str, Any]], now: dt.datetime) -> str:
             )
         for leak in s.get("leaks", []):
             lines.append(f"  leak          {leak['key_id']} reported by {leak['reported_by']}: {leak['state']}")
+        for c in s.get("clusters", []):
+            if c["in_sync"]:
+                lines.append(f"  cluster       {c['name']} in sync")
+                continue
+            held = "; the old key stays enabled for it" if c["holds_old_key"] else ""
+            lines.append(
+                f"  cluster       {c['name']} OUT OF SYNC since {c['out_of_sync_since']} ({c['reason']}); "
+                f"next try {c['retry_at']}{held}"
+            )
         for rev in s["revocations_pending"]:
             lines.append(f"  pending       {rev['step']} {rev['key_id']} at {rev['deadline']} ({rev['reason']})")
         if s["last_result"]:

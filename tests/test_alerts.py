@@ -81,6 +81,7 @@ def test_there_are_the_expected_alerts() -> None:
             "RotatorRotationOverdue",
             "RotatorRevocationOverdue",
             "RotatorSecretsOutOfSync",
+            "RotatorClusterUnreachable",
             "RotatorVerificationFailing",
             "RotatorRegistryRateLimited",
             "RotatorRegistryQuotaLow",

@@ -59,11 +59,16 @@ def expand(expr: str, credential_regex: str) -> str:
         name = match.group(1) or match.group(2)
         if name == "credential":
             return credential_regex
+        if name == "cluster":  # "All": the variable's allValue, which keeps series without a cluster label
+            return CLUSTER_ALL
         if name in BUILTINS:
             return BUILTINS[name]
         raise AssertionError(f"unknown template variable ${name} in {expr!r}")
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", sub, expr)
+
+
+CLUSTER_ALL = ".*"
 
 
 def grafana_regex(*values: str) -> str:
@@ -97,6 +102,10 @@ def test_dashboard_is_importable() -> None:
     credential = variables["credential"]
     assert credential["type"] == "query" and credential["multi"] is True and credential["includeAll"] is True
     assert credential["query"]["query"] == "label_values(rotator_key_created_timestamp_seconds, credential)"
+    cluster = variables["cluster"]
+    assert cluster["type"] == "query" and cluster["multi"] is True and cluster["includeAll"] is True
+    assert cluster["query"]["query"] == "label_values(rotator_secrets_managed, cluster)"
+    assert cluster["allValue"] == CLUSTER_ALL
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for panel in _panels():
@@ -124,7 +133,11 @@ def test_dashboard_has_the_required_panels() -> None:
         "Leader",
         "Provider request errors",
         "Since last successful pass",
+        "Fleet clusters out of sync",
     } <= titles
+    # The per-target panels follow the cluster variable.
+    per_target = [e for where, e in _targets() if where.startswith(("Secrets in sync", "Secret writes", "Fleet"))]
+    assert per_target and all('cluster=~"$cluster"' in e for e in per_target)
 
 
 @pytest.mark.parametrize("expr", TARGETS)

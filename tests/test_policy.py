@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rotator.journal import PHASES, CredentialJournal, KeyRef, Retired, Rotation
+from rotator.journal import PHASES, CredentialJournal, KeyRef, Lagging, Retired, Rotation
 from rotator.policy import Observation, Policy, Request, due, plan
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -162,7 +162,23 @@ def journals(draw: st.DrawFn) -> CredentialJournal:
             retry_at=st.none() | times,
         )
     )
-    return CredentialJournal(current=current, retired=tuple(retired), rotation=rotation)
+    lagging = draw(
+        st.lists(
+            st.builds(Lagging, cluster=st.sampled_from(["c1", "c2"]), since=times, reason=st.just("refused")),
+            max_size=2,
+            unique_by=lambda lag: lag.cluster,
+        )
+    )
+    return CredentialJournal(current=current, retired=tuple(retired), rotation=rotation, lagging=tuple(lagging))
+
+
+# The fleet's two ways with a cluster that stays unreachable: wait for it, or revoke after the timeout.
+POLICIES = st.sampled_from(
+    [
+        POLICY,
+        replace(POLICY, unreachable_timeout=dt.timedelta(days=2), revoke_despite_unreachable=True),
+    ]
+)
 
 
 @settings(max_examples=600, deadline=None)
@@ -174,6 +190,7 @@ def journals(draw: st.DrawFn) -> CredentialJournal:
     orphan_ids=st.lists(key_ids, max_size=2).map(tuple),
     leaked=st.frozensets(key_ids, max_size=2),
     request=st.none() | st.just(Request(reason="asked")),
+    policy=POLICIES,
 )
 def test_safety_invariants(
     journal: CredentialJournal,
@@ -183,9 +200,11 @@ def test_safety_invariants(
     orphan_ids: tuple[str, ...],
     leaked: frozenset[str],
     request: Request | None,
+    policy: Policy,
 ) -> None:
     """Whatever the state: never revoke the current key or the one being rolled out, never a key a target may
-    hold; and never starve a revocation that may go (the bound on enabled keys rests on that)."""
+    hold (nor one a cluster that did not answer may hold, unless the config revokes despite it once the
+    timeout is over); and never starve a revocation that may go (the bound on enabled keys rests on that)."""
     obs = Observation(
         journal=journal,
         now=now,
@@ -195,13 +214,18 @@ def test_safety_invariants(
         leaked=leaked,
         request=request,
     )
-    action = plan(obs, POLICY)
+    action = plan(obs, policy)
     rotation = journal.rotation
     in_use = {
         journal.current.id if journal.current else None,
         rotation.new_key.id if rotation and rotation.new_key else None,
     }
-    in_sync = rotation.started_in_sync if rotation else (out_of_sync == () and stale == ())
+    # A lagging cluster holds back every disable but a leak's, until its timeout when the config says so.
+    timed_out = policy.revoke_despite_unreachable and all(
+        now >= lag.since + policy.unreachable_timeout for lag in journal.lagging
+    )
+    fleet_clear = not journal.lagging or timed_out
+    in_sync = (rotation.started_in_sync if rotation else (out_of_sync == () and stale == ())) and fleet_clear
     if action.kind in ("disable", "delete", "sweep"):
         assert action.key_id not in in_use
     if action.kind == "sweep":
@@ -213,6 +237,7 @@ def test_safety_invariants(
         assert (retired[0].disable_at <= now and in_sync) or (
             action.key_id in leaked and (in_sync or (rotation is None and out_of_sync == ()))
         )
+        assert fleet_clear or action.key_id in leaked
     if action.kind == "delete":
         retired = [r for r in journal.retired if r.key_id == action.key_id]
         assert retired and retired[0].disabled_at is not None and retired[0].delete_at is not None
@@ -327,3 +352,23 @@ def test_emergency_ignores_the_window() -> None:
         journal=journal_with_current(), now=now, out_of_sync=(), request=Request(reason="leak", emergency=True)
     )
     assert plan(obs, policy).kind == "start"
+
+
+def test_a_lagging_cluster_holds_the_old_key_until_it_answers_or_the_timeout_releases_it() -> None:
+    """Targets that answered all hold the current key, one cluster did not answer: the retired key stays
+    enabled (and the wake-up is the next try to reach it, not the overdue disable); once the cluster is no
+    longer lagging the disable goes. With revoke_despite_unreachable it goes after unreachable_timeout."""
+    retired = Retired(key_id="k-old", retired_at=T0, disable_at=T0 + dt.timedelta(hours=1))
+    retry_at = T0 + dt.timedelta(hours=3)
+    lag = Lagging(cluster="c2", since=T0, reason="connection refused", retry_at=retry_at)
+    j = journal_with_current(retired=(retired,), lagging=(lag,))
+    later = T0 + dt.timedelta(hours=2)
+    held = plan(Observation(journal=j, now=later, out_of_sync=()), POLICY)
+    assert held.kind == "idle" and held.until == retry_at
+    assert plan(Observation(journal=j, now=T0 + dt.timedelta(days=1), out_of_sync=()), POLICY).kind == "idle"
+    answered = replace(j, lagging=())
+    assert plan(Observation(journal=answered, now=later, out_of_sync=()), POLICY).kind == "disable"
+    anyway = replace(POLICY, unreachable_timeout=dt.timedelta(hours=24), revoke_despite_unreachable=True)
+    assert plan(Observation(journal=j, now=later, out_of_sync=()), anyway).kind == "idle"
+    overdue = plan(Observation(journal=j, now=T0 + dt.timedelta(hours=24), out_of_sync=()), anyway)
+    assert overdue.kind == "disable" and overdue.key_id == "k-old"

@@ -453,3 +453,53 @@ def test_plain_http_code_engine_project_endpoint_is_refused(tmp_path: Path) -> N
     doc["credentials"][0]["targets"]["codeengine"]["endpoint"] = "http://ce.lab.example/v2"
     with pytest.raises(ConfigError, match=r"targets\.codeengine\.endpoint: 'http://ce.lab.example/v2' is plain http"):
         load(tmp_path, doc)
+
+
+FLEET = [
+    {"name": "dev", "kubeconfig": "spokes/dev", "context": "dev", "namespaces": {"all": True}},
+    {
+        "name": "prod",
+        "kubeconfig": "spokes/prod",
+        "secret_name": "prod-pull",
+        "namespaces": {"names": ["team-a"]},
+        "service_accounts": ["default"],
+    },
+]
+
+
+def test_kubernetes_targets_as_a_list_of_clusters(tmp_path: Path) -> None:
+    doc = with_change("credentials.0.targets.kubernetes", FLEET)
+    doc["credentials"][0]["unreachable_timeout"] = "2h"
+    cred = load(tmp_path, doc).credentials[0]
+    assert cred.kubernetes is None
+    dev, prod = cred.clusters
+    assert cred.kubernetes_targets == (dev, prod)
+    assert dev.cluster is not None and dev.cluster.name == "dev" and dev.cluster.context == "dev"
+    assert dev.cluster.kubeconfig == tmp_path / "spokes/dev"
+    assert dev.secret_name == "icr-pull"  # the credential's name
+    assert prod.secret_name == "prod-pull" and prod.service_accounts == ("default",)
+    assert cred.unreachable_timeout == dt.timedelta(hours=2) and cred.revoke_despite_unreachable is False
+
+
+def test_the_single_mapping_form_is_unchanged(tmp_path: Path) -> None:
+    cred = load(tmp_path, GOOD).credentials[0]
+    assert cred.kubernetes is not None and cred.kubernetes.cluster is None and cred.clusters == ()
+    assert cred.unreachable_timeout == dt.timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("clusters", "field", "words"),
+    [
+        ([{"kubeconfig": "k", "namespaces": {"all": True}}], "targets.kubernetes[0].name", "is required"),
+        ([{"name": "dev", "namespaces": {"all": True}}], "targets.kubernetes[0].kubeconfig", "in_cluster: true"),
+        ([{**FLEET[0]}, {**FLEET[0]}], "targets.kubernetes[1].name", "names two clusters"),
+        ([{**FLEET[0], "in_cluster": True}], "targets.kubernetes[0].in_cluster", "must not be set"),
+        ([{**FLEET[0], "namespace": "x"}], "targets.kubernetes[0].namespace", "unknown field"),
+        ([{"name": "dev", "kubeconfig": "k"}], "targets.kubernetes[0].namespaces", "is required"),
+        ([], "targets.kubernetes", "lists no cluster"),
+    ],
+)
+def test_bad_clusters_name_the_field(tmp_path: Path, clusters: Any, field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, with_change("credentials.0.targets.kubernetes", clusters))
+    assert f"credentials[0].{field}: " in str(err.value) and words in str(err.value)

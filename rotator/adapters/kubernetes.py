@@ -29,6 +29,7 @@ from rotator.errors import (
     TargetRefusedError,
     TransientError,
     UnauthorizedError,
+    Unreachable,
 )
 from rotator.model import RegistryAuth, TargetRef, TargetState
 from rotator.ownwrites import OwnWrites
@@ -50,12 +51,13 @@ CONFLICT_RETRIES = 10
 WriteHook = Callable[[str, str], None]
 
 
-def api_client(settings: KubernetesSettings) -> Any:
+def api_client(settings: KubernetesSettings, *, origin: str | None = None) -> Any:
     """An ApiClient of its own (never the global configuration), sized for the fan-out pool; a
-    kubeconfig or in-cluster config that cannot be loaded is a ConfigError naming the field."""
+    kubeconfig or in-cluster config that cannot be loaded is a ConfigError naming the field
+    (``origin``: that field, when it is not the top-level ``kubernetes`` section's)."""
     from kubernetes import client, config
 
-    origin = config_origin(settings)
+    origin = origin or config_origin(settings)
     configuration = client.Configuration()
     try:
         if settings.in_cluster:
@@ -99,7 +101,7 @@ def config_origin(settings: KubernetesSettings) -> str:
     return "kubernetes.kubeconfig (unset: $KUBECONFIG or ~/.kube/config)"
 
 
-class ApiServerUnreachable(TransientError):
+class ApiServerUnreachable(Unreachable):
     """The API server could not be talked to (refused, reset, timed out, name or TLS failure).
 
     Transient while the daemon runs (the pass backs off and is counted); ``tls`` tells start-up
@@ -223,7 +225,8 @@ def map_api_error(exc: Exception, what: str) -> Exception:
 
 
 class KubernetesSink:
-    name = "kubernetes"
+    name = "kubernetes"  # "kubernetes@<cluster>" for a fleet cluster (set by the composition root)
+    cluster = ""  # the fleet cluster's name; "" for the one cluster of the top-level kubernetes connection
 
     def __init__(
         self,
