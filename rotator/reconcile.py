@@ -298,7 +298,11 @@ class Reconciler:
                 attempts=attempts,
                 retry_at=now + backoff(attempts, self.policy),
             )
-            self.log.warning("cluster.unreachable", cluster=cluster, reason=reason, attempts=attempts)
+            # A warning once per outage; each further failed contact (one per step while it lasts) at info,
+            # so a long outage does not flood the log (the gauge and RotatorClusterUnreachable carry it).
+            (self.log.warning if old is None else self.log.info)(
+                "cluster.unreachable", cluster=cluster, reason=reason, attempts=attempts
+            )
             self._emit("cluster.unreachable", cluster=cluster)
             if old is None:
                 self._announce(cluster, reached)
