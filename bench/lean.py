@@ -1,6 +1,6 @@
 """Lean-daemon benchmark: how fast ``rotator run`` is ready, and where its memory goes.
 
-    python bench/lean.py [--python PATH] [--idle-seconds 20] [--malloc-arena-max 2]
+    python bench/lean.py [--python PATH] [--clusters 3] [--idle-seconds 20] [--malloc-arena-max 2]
 
 Against a sandbox with 3 credentials (each with its own Kubernetes secret), it measures:
 
@@ -16,7 +16,10 @@ Against a sandbox with 3 credentials (each with its own Kubernetes secret), it m
 requirements.lock, no test extras such as rich or cryptography) give the figures the image has,
 e.g. a venv made with ``pip install --require-hashes --no-deps -r deploy/requirements.lock`` and
 this checkout on PYTHONPATH; ``--source`` measures another copy of the rotator package (an older
-commit's, for a before/after; leave out its sandbox, as the image does). Everything runs on 127.0.0.1.
+commit's, for a before/after; leave out its sandbox, as the image does). ``--clusters K`` runs the
+sandbox with K Kubernetes emulators and writes every credential into all K (``targets.kubernetes`` as
+a list of clusters, the issue's "3 credentials and 3 clusters"): the daemon holds one ApiClient and
+one set of watches per cluster, shared by the credentials. Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -89,9 +92,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLUSTERS = [1]  # how many Kubernetes clusters every credential writes to (--clusters)
+
+
+def fleet_credential(ep: dict[str, Any], name: str) -> dict[str, Any]:
+    """A credential of bench/events.py, written into every cluster of the sandbox when it serves several."""
+    cred = credential(ep, name)
+    if CLUSTERS[0] > 1:
+        one = cred["targets"]["kubernetes"]
+        cred["targets"]["kubernetes"] = [
+            {"name": c["name"], "kubeconfig": ep["kubeconfig"], "context": c["context"], **one} for c in ep["clusters"]
+        ]
+    return cred
+
+
+def sandbox() -> SandboxProcess:
+    return SandboxProcess.start(extra_args=["--clusters", str(CLUSTERS[0])] if CLUSTERS[0] > 1 else [])
+
+
 def write_config(tmp: Path, sbx: SandboxProcess, tag: str, port: int) -> Path:
     doc = {
-        "credentials": [credential(sbx.endpoints, n) for n in NAMES],
+        "credentials": [fleet_credential(sbx.endpoints, n) for n in NAMES],
         "kubernetes": {"kubeconfig": sbx.endpoints["kubeconfig"]},
         "state": {"kind": "file", "path": str(tmp / f"state-{tag}")},
         "server": {"listen": f"127.0.0.1:{port}"},
@@ -201,24 +222,27 @@ def main() -> int:
         default=REPO,
         help="a directory holding the rotator package to measure (e.g. an older one)",
     )
+    parser.add_argument("--clusters", type=int, default=1, help="Kubernetes clusters every credential writes to")
     args = parser.parse_args()
     SOURCE[0] = args.source
+    CLUSTERS[0] = args.clusters
     tmp = Path(tempfile.mkdtemp(prefix="rotator-bench-lean-"))
-    result: dict[str, Any] = {"python": args.python}
-    with SandboxProcess.start() as sbx:
+    result: dict[str, Any] = {"python": args.python, "credentials": len(NAMES), "clusters": args.clusters}
+    with sandbox() as sbx:
         result["daemon"] = run_daemon(args.python, tmp, sbx, "plain", args.idle_seconds, {})
-    with SandboxProcess.start() as sbx:
+    with sandbox() as sbx:
         arena = {"MALLOC_ARENA_MAX": args.malloc_arena_max}
         result[f"daemon_malloc_arena_max_{args.malloc_arena_max}"] = run_daemon(
             args.python, tmp, sbx, "arena", args.idle_seconds, arena
         )
-    with SandboxProcess.start() as sbx:
+    with sandbox() as sbx:
         result["breakdown_rss_mib"] = breakdown(args.python, tmp, sbx)
     result["importtime_top10"] = importtime(args.python)
     print(json.dumps(result, indent=2))
     daemon = result["daemon"]
     ok = daemon["ready_s"] is not None and daemon["ready_s"] < 1.0 and daemon["rss_mib_idle"] < 80
-    print(f"target (ready < 1 s, idle RSS < 80 MiB with 3 credentials): {'met' if ok else 'NOT met'}")
+    condition = f"ready < 1 s, idle RSS < 80 MiB with {len(NAMES)} credentials, {args.clusters} clusters"
+    print(f"target ({condition}): {'met' if ok else 'NOT met'}")
     return 0
 
 
