@@ -13,9 +13,9 @@ import datetime as dt
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +34,8 @@ from rotator.journal import CredentialJournal, KeyRef, Lagging, Result, Retired,
 from rotator.model import RegistryAuth, SecretStr, TargetRef, TargetState, VerifyResult
 from rotator.policy import Action, Observation, Policy, Request, backoff, orphans, plan
 from rotator.ports import Clock, CredentialProvider, RegistryVerifier, SecretSink, StateStore
+
+_T = TypeVar("_T")  # what a fan-out step returns per target
 
 # A rotation waits this long after an inconclusive verification before checking again (the default of
 # ``Reconciler(inconclusive_retry=...)``; the daemon and CLI set it from ``registry.recheck_interval``).
@@ -103,7 +105,11 @@ class Reconciler:
         self.on_event = on_event
         self.inconclusive_retry = inconclusive_retry
         self.log = logs.get("rotator.reconcile", credential=credential)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fanout")
+        # One pool of ``concurrency`` per sink (each fleet cluster, each Code Engine sink): a fleet's
+        # clusters are written in parallel, each at the configured concurrency, as each has its own
+        # connection pool of that size; one shared pool wrote them one after another (bench/fleet_fanout.py).
+        self._pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
         self._lock = threading.Lock()
         # Fleet clusters this step reached, and those that did not answer (cluster -> why): recorded in
         # the journal's ``lagging`` after the step. Fan-out threads add to them.
@@ -113,7 +119,24 @@ class Reconciler:
         self._contact_lock = threading.Lock()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        with self._pools_lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True)
+
+    def _map(self, fn: Callable[[TargetRef], _T], targets: Iterable[TargetRef]) -> Iterator[_T]:
+        """``fn`` over ``targets``, each on its sink's pool; results in the targets' order."""
+        futures = []
+        for target in targets:
+            with self._pools_lock:
+                pool = self._pools.get(target.sink)
+                if pool is None:
+                    pool = self._pools[target.sink] = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self.concurrency, thread_name_prefix=f"fanout-{target.sink}"
+                    )
+            futures.append(pool.submit(fn, target))
+        for future in futures:
+            yield future.result()
 
     # -- the loop --------------------------------------------------------------------------------
     def run(
@@ -254,7 +277,7 @@ class Reconciler:
                 return None
             return TargetView(target=target, exists=state.exists, entry=state.entry, refused=state.refused)
 
-        return [view for view in self._pool.map(read, targets) if view is not None]
+        return [view for view in self._map(read, targets) if view is not None]
 
     # -- fleet clusters that do not answer --------------------------------------------------------
     def _cluster_of(self, target: TargetRef) -> str:
@@ -629,7 +652,7 @@ class Reconciler:
             except RotatorError as exc:
                 return target.key, exc
 
-        for i, (key, result) in enumerate(self._pool.map(one, targets), start=1):
+        for i, (key, result) in enumerate(self._map(one, targets), start=1):
             results[key] = result
             if i == half and partial_boundary:
                 boundary(partial_boundary)
