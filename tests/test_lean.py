@@ -17,7 +17,7 @@ HEAVY = ("rotator.sandbox", "kubernetes.client.api.core_v1_api", "cryptography")
 
 # A daemon as ``rotator run`` builds it (the CLI's parser first), one rotation, then what it loaded.
 DAEMON = """
-import json, sys, time
+import json, sys, threading
 from pathlib import Path
 from prometheus_client import CollectorRegistry
 from rotator.cli import build_parser
@@ -27,12 +27,15 @@ from rotator.daemon import Daemon
 from rotator.metrics import Metrics
 from rotator.settings import load
 registry = CollectorRegistry()
-daemon = Daemon(App(load(Path(args.config)), metrics=Metrics(registry)), registry=registry)
+finished = threading.Event()  # set by the reconciler's own event when the first rotation ends
+def on_event(name, fields):
+    if name == "rotation.finished":
+        finished.set()
+app = App(load(Path(args.config)), metrics=Metrics(registry), on_event=on_event)
+daemon = Daemon(app, registry=registry)
 daemon.start()
 try:
-    deadline = time.monotonic() + 60
-    while daemon.app.store.load("icr-pull").last_result is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    finished.wait(60)
     result = daemon.app.store.load("icr-pull").last_result
 finally:
     daemon.stop()
