@@ -114,4 +114,6 @@ def _route_python_logs() -> None:
 
 
 def get(name: str = "rotator", **bound: Any) -> Any:
-    return structlog.get_logger(name).bind(**bound)
+    """A logger that takes the configuration in force when it logs, not when it was made: module-level
+    loggers are made at import, before ``configure`` runs (they printed console text on stdout at debug)."""
+    return structlog.get_logger(name, **bound)

@@ -3,7 +3,10 @@ InsecureRequestWarning: test_rotation_e2e.py::test_check_warns_of_plain_http_and
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 
 from logtail import LogTail
 
@@ -24,3 +27,18 @@ def test_library_log_records_are_json_log_lines() -> None:
     assert first["logger"] == "urllib3.connectionpool" and first["level"] == "warning"
     assert first["message"] == "Connection pool is full, discarding connection: 127.0.0.1 (***)"
     assert "lib-echo" not in long["message"], "scrubbed before it is cut short, so no prefix survives"
+
+
+def test_a_logger_made_before_configure_logs_as_configured() -> None:
+    """Module-level loggers are made at import, before the CLI configures logging: they follow the
+    configuration in force when they log (JSON on stderr at the configured level), not the defaults."""
+    script = (
+        "from rotator.adapters import kubernetes_events\n"
+        "from rotator import logs\n"
+        "logs.configure(level='info', json_output=True)\n"
+        "kubernetes_events.log.debug('below.the.level')\n"
+        "kubernetes_events.log.info('module.logger', a=1)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout == ""
+    assert [json.loads(line)["event"] for line in out.stderr.splitlines()] == ["module.logger"]
