@@ -105,6 +105,14 @@ def _invalid(what: str) -> IamApiError:
     return IamApiError(400, f"Property validation failed. {what}", kind="invalid")
 
 
+async def _object_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON body, which IAM's create and update calls take only as an object."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise _invalid("The request body must be a JSON object.")
+    return body
+
+
 def _wire_time(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M+0000", time.gmtime(ts))
 
@@ -662,9 +670,7 @@ class IamEmulator:
     @_api
     async def create_key(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise _invalid("The request body must be a JSON object.")
+        body = await _object_body(request)
         name, iam_id = body.get("name"), body.get("iam_id")
         if not isinstance(name, str) or not name.strip():
             raise _missing("name")
@@ -793,9 +799,7 @@ class IamEmulator:
     @_api
     async def create_service_id(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise _invalid("The request body must be a JSON object.")
+        body = await _object_body(request)
         name, account_id = body.get("name"), body.get("account_id")
         if not isinstance(account_id, str) or not account_id:
             raise _missing("account_id")
@@ -953,10 +957,7 @@ async def _update_body(request: web.Request, record: ApiKeyRecord | ServiceIdRec
         raise IamApiError(409, f"{what} {record.id} is locked.", code="entity_locked")
     if if_match not in ("*", record.entity_tag):
         raise IamApiError(409, "The If-Match value does not match the current entity_tag.")
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise _invalid("The request body must be a JSON object.")
-    return body
+    return await _object_body(request)
 
 
 def _bool_header(request: web.Request, name: str) -> bool:
