@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-from typing import Any
+from typing import Any, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -20,7 +20,8 @@ from rotator.journal import CredentialJournal
 from rotator.policy import Policy, due, held_by_unreachable
 
 # rotator_pass_errors_total's reason label: a fixed set, so every series exists at zero from the start.
-PASS_ERROR_REASONS = ("unauthorized", "transient", "state", "permanent", "unexpected")
+PassErrorReason = Literal["unauthorized", "transient", "state", "permanent", "unexpected"]
+PASS_ERROR_REASONS: tuple[str, ...] = get_args(PassErrorReason)
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 

@@ -1,30 +1,77 @@
-"""The OpenAPI 3.0 document of rotator's HTTP API, built in code so it cannot drift from the routes'
-limits (they share the constants below). ``tests/test_server_schemathesis.py`` checks it against
-the running server.
+"""The OpenAPI 3.0 document of rotator's HTTP API. Paths and operations are declared here; every body
+schema is generated from the pydantic models in ``rotator/api_models.py`` that the server parses and
+answers with, so the document cannot drift from the wire. ``tests/test_server_schemathesis.py``
+checks it against the running server.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rotator import __version__
-from rotator.metrics import PASS_ERROR_REASONS
+from pydantic import BaseModel
 
-REASON_MAX = 1024  # characters of a rotation reason
-KEY_ID_MAX = 256
+from rotator import __version__, api_models
+from rotator.api_models import LeakRequest, RotateRequest
+
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # visible ASCII, as most clients send
 CREDENTIAL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ROTATION_ID_MAX = 200
+REF = "#/components/schemas/{model}"
 
 _JSON = "application/json"
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def component_schemas() -> dict[str, Any]:
+    """components/schemas: each body model's JSON Schema and those of the models it uses, in OpenAPI 3.0
+    form. Two models may not share a name (one would silently replace the other)."""
+    out: dict[str, Any] = {}
+    for model in (*api_models.REQUESTS, *api_models.RESPONSES):
+        schema = model.model_json_schema(ref_template=REF)
+        for name, found in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+            converted = as_openapi30(found)
+            if out.setdefault(name, converted) != converted:
+                raise ValueError(f"two API models are named {name}")
+    return out
+
+
+def as_openapi30(schema: Any) -> Any:
+    """JSON Schema as pydantic writes it (2020-12) in OpenAPI 3.0's dialect: ``X | None`` (anyOf with a
+    null type) becomes ``nullable``, ``const`` an ``enum``, and a ``$ref`` with siblings (which 3.0
+    ignores) is wrapped in ``allOf``."""
+    if isinstance(schema, list):
+        return [as_openapi30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: as_openapi30(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "allOf", "anyOf", "oneOf", "not"):
+            out[key] = as_openapi30(value)
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = value
+    branches = out.get("anyOf")
+    if isinstance(branches, list) and {"type": "null"} in branches:
+        rest = [b for b in branches if b != {"type": "null"}]
+        del out["anyOf"]
+        if len(rest) == 1:
+            out = {**rest[0], **out}
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    if "$ref" in out and len(out) > 1:
+        out = {"allOf": [{"$ref": out.pop("$ref")}], **out}
+    return out
 
 
 def _error(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {_JSON: {"schema": _ref("Error")}}}
+    out: dict[str, Any] = {"description": description, "content": {_JSON: {"schema": _ref(api_models.Error)}}}
     if headers:
         out["headers"] = headers
     return out
@@ -46,149 +93,8 @@ def _auth_errors() -> dict[str, Any]:
     }
 
 
-def _schemas() -> dict[str, Any]:
-    nullable_string = {"type": "string", "nullable": True}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {"type": "string"},
-                "detail": {"description": "More about the error: field names, conditions, limits."},
-                "leader": {**nullable_string, "description": "The leader's identity, on a follower's 503."},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ok"]}},
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["status", "conditions"],
-            "properties": {
-                "status": {"type": "string", "enum": ["ready"]},
-                "conditions": {"type": "object", "additionalProperties": {"type": "boolean"}},
-            },
-        },
-        "RotateRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"reason": {"type": "string", "maxLength": REASON_MAX}},
-        },
-        "LeakRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "key_id": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": KEY_ID_MAX,
-                    "description": "The key reported leaked; default: the current key.",
-                },
-                "reason": {"type": "string", "maxLength": REASON_MAX},
-            },
-        },
-        "RotationAccepted": {
-            "type": "object",
-            "required": ["rotation_id", "credential", "joined", "status_url"],
-            "properties": {
-                "rotation_id": {"type": "string"},
-                "credential": {"type": "string"},
-                "joined": {
-                    "type": "boolean",
-                    "description": "True when the request joined a rotation already queued or in progress "
-                    "(waiting included), or repeated an Idempotency-Key (also across restarts).",
-                },
-                "status_url": {"type": "string"},
-            },
-        },
-        "Rotation": {
-            "type": "object",
-            "required": ["id", "credential", "state"],
-            "properties": {
-                "id": {"type": "string"},
-                "credential": {"type": "string"},
-                "state": {
-                    "type": "string",
-                    "description": "queued, running, waiting (retrying later, see retry_at), the result "
-                    "(succeeded, failed), or joined (a rotation that started first was still in progress; "
-                    "detail names it).",
-                },
-                "phase": nullable_string,
-                "retry_at": nullable_string,
-                "requested_by": nullable_string,
-                "leaks": {
-                    "type": "array",
-                    "items": {"type": "object"},
-                    "description": "For a leak report: the key's way out (state, disabled_at).",
-                },
-                "reason": nullable_string,
-                "detail": nullable_string,
-                "requested_at": nullable_string,
-                "finished_at": nullable_string,
-            },
-        },
-        "CredentialStatus": {
-            "type": "object",
-            "required": ["name"],
-            "description": "What `rotator status --json` shows for one credential: key ids, ages, deadlines.",
-            "properties": {
-                "name": {"type": "string"},
-                "current_key_id": nullable_string,
-                "current_key_age_seconds": {"type": "integer", "nullable": True},
-                "next_rotation_at": nullable_string,
-                "rotation_in_progress": {"type": "object", "nullable": True},
-                "revocations_pending": {"type": "array", "items": {"type": "object"}},
-                "leaks": {
-                    "type": "array",
-                    "items": {"type": "object"},
-                    "description": "Keys reported leaked: who reported them, when, and their way out (state, "
-                    "disabled_at).",
-                },
-                "last_result": {"type": "object", "nullable": True},
-                "clusters": {
-                    "type": "array",
-                    "description": "Fleet clusters (targets.kubernetes as a list): in_sync, or out of sync since "
-                    "out_of_sync_since for reason (it did not answer), retried at retry_at; holds_old_key while "
-                    "that keeps the replaced key enabled.",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "in_sync"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "in_sync": {"type": "boolean"},
-                            "out_of_sync_since": nullable_string,
-                            "reason": nullable_string,
-                            "retry_at": nullable_string,
-                            "holds_old_key": {"type": "boolean"},
-                        },
-                    },
-                },
-                "passes_failing": {
-                    "type": "object",
-                    "nullable": True,
-                    "description": "Set while passes for the credential fail before they can act (null otherwise).",
-                    "properties": {
-                        "since": {"type": "string"},
-                        "failures_in_a_row": {"type": "integer"},
-                        "reason": {"type": "string", "enum": list(PASS_ERROR_REASONS)},
-                        "detail": {"type": "string"},
-                        "next_retry_at": {"type": "string"},
-                    },
-                },
-            },
-        },
-        "CredentialList": {
-            "type": "object",
-            "required": ["credentials"],
-            "properties": {"credentials": {"type": "array", "items": _ref("CredentialStatus")}},
-        },
-    }
-
-
 def _rotate_operation(*, leaked: bool) -> dict[str, Any]:
-    body = "LeakRequest" if leaked else "RotateRequest"
+    body = LeakRequest if leaked else RotateRequest
     summary = (
         "Report a key leaked: rotate now (ignoring maintenance windows) and revoke that key at once."
         if leaked
@@ -219,7 +125,7 @@ def _rotate_operation(*, leaked: bool) -> dict[str, Any]:
             "202": {
                 "description": "Accepted: the rotation to follow at status_url.",
                 "headers": {"Location": {"description": "The rotation's status URL.", "schema": {"type": "string"}}},
-                "content": {_JSON: {"schema": _ref("RotationAccepted")}},
+                "content": {_JSON: {"schema": _ref(api_models.RotationAccepted)}},
                 "links": {
                     "GetRotation": {
                         "operationId": "getRotation",
@@ -270,7 +176,7 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
+            "schemas": component_schemas(),
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -280,7 +186,7 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
                     "summary": "Liveness: the daemon's loop is turning.",
                     "security": [],
                     "responses": {
-                        "200": {"description": "Alive.", "content": {_JSON: {"schema": _ref("Health")}}},
+                        "200": {"description": "Alive.", "content": {_JSON: {"schema": _ref(api_models.Health)}}},
                         "503": _error("Not alive."),
                     },
                 },
@@ -297,7 +203,7 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
                     "summary": "Readiness: every condition holds.",
                     "security": [],
                     "responses": {
-                        "200": {"description": "Ready.", "content": {_JSON: {"schema": _ref("Ready")}}},
+                        "200": {"description": "Ready.", "content": {_JSON: {"schema": _ref(api_models.Ready)}}},
                         "503": _error("Not ready; detail lists the conditions and which fail."),
                     },
                 }
@@ -316,7 +222,10 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
                     "operationId": "listCredentials",
                     "summary": "Status of every credential (needs list).",
                     "responses": {
-                        "200": {"description": "Statuses.", "content": {_JSON: {"schema": _ref("CredentialList")}}},
+                        "200": {
+                            "description": "Statuses.",
+                            "content": {_JSON: {"schema": _ref(api_models.CredentialList)}},
+                        },
                         **read_errors,
                     },
                 }
@@ -336,7 +245,10 @@ def document(*, metrics_public: bool) -> dict[str, Any]:
                         }
                     ],
                     "responses": {
-                        "200": {"description": "The rotation.", "content": {_JSON: {"schema": _ref("Rotation")}}},
+                        "200": {
+                            "description": "The rotation.",
+                            "content": {_JSON: {"schema": _ref(api_models.Rotation)}},
+                        },
                         **read_errors,
                         "404": _error("No rotation by that id."),
                     },

@@ -3,10 +3,11 @@
 An aiohttp application on its own thread and event loop, so it keeps answering whatever the
 daemon's threads do; every call into the daemon (``DaemonControl``) and into the token authority
 (``Authenticator``) runs on a small worker pool. Endpoints and their answers are in
-``rotator/openapi.py`` (served at ``/openapi.json``). Errors are always JSON
-``{"error": ..., "detail"?: ...}``; a bug answers 500 with a generic message and is logged, never
-a traceback. One ``http.request`` line is logged per request (method, route template, status,
-principal, duration): never a header, so never the bearer token.
+``rotator/openapi.py`` (served at ``/openapi.json``); every JSON body read or sent goes through its
+model in ``rotator/api_models.py``. Errors are always JSON ``{"error": ..., "detail"?: ...}``; a bug
+answers 500 with a generic message and is logged, never a traceback. One ``http.request`` line is
+logged per request (method, route template, status, principal, duration): never a header, so never
+the bearer token.
 
 Mutating endpoints are rate limited per principal (token bucket), charged only when a rotation is
 started or joined (not for a bad body, a bad name, an unknown credential), and honour
@@ -39,8 +40,21 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
 
 from rotator import apitransport, logs, openapi, redact
+from rotator.api_models import (
+    ApiModel,
+    CredentialList,
+    Error,
+    Health,
+    LeakRequest,
+    Ready,
+    RequestModel,
+    RotateRequest,
+    Rotation,
+    RotationAccepted,
+)
 from rotator.apiauth import Access, Authenticator, AuthUnavailable, Principal, build_authenticator
 from rotator.errors import NotFoundError, RequestRefused, RotatorError, TransientError
 from rotator.model import SecretStr
@@ -49,6 +63,7 @@ from rotator.settings import ServerSettings, Settings
 
 log = logs.get("rotator.api")
 T = TypeVar("T")
+R = TypeVar("R", bound=RequestModel)
 
 MAX_BODY = 16 * 1024
 REALM = 'Bearer realm="rotator"'
@@ -66,8 +81,6 @@ PRINCIPAL = web.RequestKey("principal", str)
 _TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 b64token
 _IDEMPOTENCY_KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)
 _CREDENTIAL_NAME = re.compile(openapi.CREDENTIAL_NAME_PATTERN)
-ROTATE_FIELDS = ("reason",)
-LEAK_FIELDS = ("key_id", "reason")
 
 
 class ApiError(Exception):
@@ -91,7 +104,11 @@ class ApiError(Exception):
         body: dict[str, Any] = {"error": self.error, **self.extra}
         if self.detail is not None:
             body["detail"] = self.detail
-        return _json(body, self.status, headers=self.headers)
+        return _send(Error.model_validate(body), self.status, headers=self.headers)
+
+
+def _send(model: ApiModel, status: int = 200, *, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(model.body(), status, headers=headers)
 
 
 def _json(body: Any, status: int = 200, *, headers: dict[str, str] | None = None) -> web.Response:
@@ -349,7 +366,7 @@ class ApiServer:
             response = self._http_error(exc)
         except Exception as exc:  # a bug: answer without a traceback, log the type only
             log.error("http.error", path=_route_template(request), error=type(exc).__name__)
-            response = _json({"error": "internal error"}, 500)
+            response = _send(Error(error="internal error"), 500)
         log.info(
             "http.request",
             method=request.method,
@@ -422,7 +439,7 @@ class ApiServer:
             alive = False
         if not alive:
             raise ApiError(503, "not alive")
-        return _json({"status": "ok"})
+        return _send(Health(status="ok"))
 
     async def _readyz(self, _: web.Request) -> web.Response:
         try:
@@ -432,7 +449,7 @@ class ApiServer:
         failing = sorted(name for name, ok in conditions.items() if not ok)
         if failing:
             raise ApiError(503, "not ready", detail={"failing": failing, "conditions": conditions})
-        return _json({"status": "ready", "conditions": conditions})
+        return _send(Ready(status="ready", conditions=conditions))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if not self.settings.metrics_public:
@@ -447,7 +464,7 @@ class ApiServer:
     async def _list_credentials(self, request: web.Request) -> web.Response:
         await self._authorize(request, Access(verb="list"))
         statuses = await self._call(self.control.credentials)
-        return _json({"credentials": statuses})
+        return _send(CredentialList.model_validate({"credentials": statuses}))
 
     async def _get_rotation(self, request: web.Request) -> web.Response:
         rotation_id = request.match_info["id"]
@@ -461,7 +478,7 @@ class ApiServer:
         await self._permit(principal, Access(verb="get", credential=credential))
         if rotation is None:
             raise ApiError(404, "no rotation by that id")
-        return _json(rotation)
+        return _send(Rotation.model_validate(rotation))
 
     # -- rotation requests ------------------------------------------------------------------------
     async def _rotate(self, request: web.Request) -> web.Response:
@@ -473,7 +490,8 @@ class ApiServer:
     async def _request_rotation(self, request: web.Request, *, leaked: bool) -> web.Response:
         name = request.match_info["name"]
         principal = await self._authorize(request, Access(verb="rotate", credential=name))
-        fields = await _read_body(request, LEAK_FIELDS if leaked else ROTATE_FIELDS)
+        body = await _read_body(request, LeakRequest if leaked else RotateRequest)
+        fields = body.body()
         key = _idempotency_key(request)
         if len(name) > 253 or not _CREDENTIAL_NAME.match(name):
             raise ApiError(404, "no credential by that name")
@@ -511,11 +529,11 @@ class ApiServer:
             leaked_key_id=fields.get("key_id"),
         )
         url = f"/v1/rotations/{rotation_id}"
-        body = {"rotation_id": rotation_id, "credential": name, "joined": joined, "status_url": url}
-        return _json(body, 202, headers={"Location": url})
+        accepted = RotationAccepted(rotation_id=rotation_id, credential=name, joined=joined, status_url=url)
+        return _send(accepted, 202, headers={"Location": url})
 
     async def _start_or_replay(
-        self, principal: Principal, name: str, key: str | None, fingerprint: str, fields: dict[str, str], leaked: bool
+        self, principal: Principal, name: str, key: str | None, fingerprint: str, fields: dict[str, Any], leaked: bool
     ) -> tuple[str, bool, bool]:
         slot = (principal.name, name, key or "")
         if key:
@@ -558,13 +576,13 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def _read_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The optional JSON object body, with only ``allowed`` string fields."""
+async def _read_body(request: web.Request, model: type[R]) -> R:
+    """The optional JSON object body, validated by ``model`` (an empty body is an empty object)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
     raw = await request.read()
     if not raw:
-        return {}
+        return model()
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, "the body must be application/json", detail={"content_type": content_type})
@@ -574,22 +592,23 @@ async def _read_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str
         raise ApiError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
-    unknown = sorted(str(k) for k in data if k not in allowed)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _refusal(model, list(data), exc) from None
+
+
+def _refusal(model: type[RequestModel], sent: list[str], exc: ValidationError) -> ApiError:
+    """The 400 for a body the model refused: unknown fields first (listed with the allowed ones), else every
+    bad field in the order sent, each with its rule. Never the value: a reason may quote a secret."""
+    bad = {str(e["loc"][0]): e["type"] for e in exc.errors(include_url=False, include_input=False) if e["loc"]}
+    unknown = sorted(name for name, kind in bad.items() if kind == "extra_forbidden")
     if unknown:
-        raise ApiError(
-            400, f"unknown fields: {', '.join(unknown)}", detail={"unknown_fields": unknown, "allowed": list(allowed)}
+        allowed = list(model.model_fields)
+        return ApiError(
+            400, f"unknown fields: {', '.join(unknown)}", detail={"unknown_fields": unknown, "allowed": allowed}
         )
-    return {field: _field(field, value) for field, value in data.items()}
-
-
-def _field(name: str, value: Any) -> str:
-    if name == "reason":
-        if not isinstance(value, str) or len(value) > openapi.REASON_MAX:
-            raise ApiError(400, f"reason must be a string of at most {openapi.REASON_MAX} characters")
-        return value
-    if not isinstance(value, str) or not value or len(value) > openapi.KEY_ID_MAX:
-        raise ApiError(400, f"{name} must be a non-empty string of at most {openapi.KEY_ID_MAX} characters")
-    return value
+    return ApiError(400, "; ".join(model.rule(name) for name in sent if name in bad) or "the body is invalid")
 
 
 def start_server(
