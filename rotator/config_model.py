@@ -95,23 +95,26 @@ def refuse(problems: list[Problem]) -> None:
 
 
 def _insecure(model: Any, *keys: str) -> list[Problem]:
-    """Each of ``keys`` that is plain http to a host that is not loopback, unless allow_insecure_http."""
-    if model.allow_insecure_http:
-        return []
+    """Each of ``keys`` that is plain http to a host that is not loopback, unless allow_insecure_http (as
+    written: the message quotes it); then the URLs lose a trailing slash (the adapters append paths)."""
     out = []
     for key in keys:
         value = getattr(model, key)
-        urls = [p.endpoint for p in value] if isinstance(value, list) else [value]
-        out += [
-            Problem(
-                key,
-                f"{url!r} is plain http to a host that is not loopback: keys and tokens would cross the network "
-                "unencrypted; use https, or (a lab only) set {here}.allow_insecure_http: true",
-                url.replace("http://", "https://", 1),
-            )
-            for url in urls
-            if url and plain_http_remote(url)
-        ]
+        holders = value if isinstance(value, list) else [model]
+        attr = "endpoint" if isinstance(value, list) else key
+        for holder in holders:
+            url = getattr(holder, attr)
+            if url and plain_http_remote(url) and not model.allow_insecure_http:
+                out.append(
+                    Problem(
+                        key,
+                        f"{url!r} is plain http to a host that is not loopback: keys and tokens would cross the "
+                        "network unencrypted; use https, or (a lab only) set {here}.allow_insecure_http: true",
+                        url.replace("http://", "https://", 1),
+                    )
+                )
+            if url:
+                setattr(holder, attr, url.rstrip("/"))
     return out
 
 
@@ -204,12 +207,12 @@ def _url(value: Any) -> str:
     text = _string(value)
     if not re.match(r"^https?://[^\s/]+", text):
         raise ValueError("is not an http(s) URL")
-    return text.rstrip("/")
+    return text
 
 
 def _ce_endpoint(value: Any) -> str:
     text = _url(value)
-    if not text.endswith("/v2"):
+    if not text.rstrip("/").endswith("/v2"):
         raise ValueError("is not a Code Engine API base URL ending in /v2")
     return text
 
