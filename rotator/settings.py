@@ -671,13 +671,29 @@ def _problems(
             tags = " or ".join(m.unwrap(info.annotation)[0]) if info is not None else None
             shown = "is required" if given is None else f"{_show(given)} {err['msg']}"
             out.append((f"{path}.kind", shown, tags))
+        elif kind == "literal_error":
+            out.append((path, f"{_show(value, path)} is not {ctx['expected']}", example))
         elif kind == "value_error" and parts and isinstance(parts[-1], int):
             item = f"(item {parts[-1]}: {_show(value, path)}) {ctx['error']}"
             out.append((_join(parts[:-1]), item, example))
         else:
             problem = str(ctx["error"]) if kind == "value_error" else err["msg"]
             out.append((path, f"{_show(value, path)} {problem}", example))
+    if alias:  # a resource's fields are camelCase, also where a message or an example names them
+        return [(path, _camel_words(text), None if ex is None else _camel_words(_flow(ex))) for path, text, ex in out]
     return out
+
+
+def _camel_words(text: str) -> str:
+    return _FIELD_WORDS.sub(lambda match: to_camel(match.group(0)), text)
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields).union(*(_field_names(sub) for sub in model.__subclasses__()))
+
+
+# Every multi-word field name of the models (retry_backoff, allow_insecure_http, ...).
+_FIELD_WORDS = re.compile(r"\b(" + "|".join(sorted(n for n in _field_names(m.Spec) if "_" in n)) + r")\b")
 
 
 # -- the validated model as runtime settings ---------------------------------------------------------
