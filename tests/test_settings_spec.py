@@ -113,3 +113,20 @@ def test_a_config_file_may_name_a_secret_key_ref(tmp_path: Path) -> None:
     both = with_change("credentials[0].provider.apikey", {"secret_key_ref": REF, "env": "X"})
     with pytest.raises(ConfigError, match="give exactly one of file"):
         load(tmp_path, both)
+
+
+def test_the_logged_view_of_a_bound_credential_names_the_secret_only() -> None:
+    """``redacted()`` shows where the key is; the reader (a client holding a lock) is neither copied nor shown."""
+    import threading
+
+    class Client:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()  # cannot be deep-copied
+
+        def read(self, namespace: str, name: str, key: str) -> str:
+            return "the-admin-key"
+
+    cred = settings.with_secret_reader(settings.credential_from_spec("icr-pull", SPEC, source=SOURCE), Client().read)
+    view = settings.Settings(source=Path("cluster"), credentials=(cred,)).redacted()
+    assert view["credentials"][0]["provider"]["apikey"] == "secret:rotator-system/icr-admin#apikey"
+    assert view["credentials"][0]["deletion_policy"] == "Retain" and "the-admin-key" not in repr(view)
