@@ -542,7 +542,7 @@ class IamProviderSpec(Spec):
         "What IAM does with a minted key found in a public leak.", "disable", "disable"
     )
     lock_current_key: Bool = field("Mint every key with an IAM entity lock.", True, False)
-    allow_insecure_http: Bool = field(_INSECURE_DOC, True, False)
+    allow_insecure_http: Bool = field(_INSECURE_DOC, False, False)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -566,9 +566,9 @@ class DockerHubProviderSpec(Spec):
         "Token scopes (default: repo:read for personal, repo-pull for organization).", ["repo:read"], None
     )
     repositories: list[Text] = field(
-        "Organization tokens only, and required there: org/repo or org/*.", ["acme/app", "acme/*"], []
+        "Organization tokens only, and required there: org/repo or org/*.", ["acme/app"], []
     )
-    allow_insecure_http: Bool = field(_INSECURE_DOC, True, False)
+    allow_insecure_http: Bool = field(_INSECURE_DOC, False, False)
 
     @property
     def registry_username(self) -> str:
@@ -609,14 +609,14 @@ class RegistrySpec(Spec):
     endpoint: Url | None = field(
         "Base URL of the registry's v2 API when it differs from https://<server>.", "https://us.icr.io", None
     )
-    verify_budget: PositiveDuration = field("Time budget of one pull check.", "20s", "60s")
+    verify_budget: PositiveDuration = field("Time budget of one pull check.", "60s", "60s")
     recheck_interval: PositiveDuration = field(
-        "How long a rotation waits after an inconclusive check before checking again.", "1m", "30s"
+        "How long a rotation waits after an inconclusive check before checking again.", "30s", "30s"
     )
     token_realm_hosts: list[HostName] = field(
         "Hosts, besides the registry's own, whose token service may receive the key.", ["auth.example.com"], []
     )
-    allow_insecure_http: Bool = field(_INSECURE_DOC, True, False)
+    allow_insecure_http: Bool = field(_INSECURE_DOC, False, False)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -639,15 +639,15 @@ class WindowSpec(Spec):
 class ScheduleSpec(Spec):
     """When planned rotations happen: exactly one of interval or cron."""
 
-    interval: PositiveDuration | None = field("Rotate this long after the last rotation.", "7d", None)
-    cron: Cron | None = field("Rotate at the times of a 5-field cron expression (UTC).", "0 3 * * 1", None)
-    jitter: Duration = field("Random delay up to this long added to each planned rotation.", "30m", "0s")
+    interval: PositiveDuration | None = field("Rotate this long after the last rotation.", "24h", None)
+    cron: Cron | None = field("Rotate at the times of a 5-field cron expression (UTC).", "0 3 * * *", None)
+    jitter: Duration = field("Random delay up to this long added to each planned rotation.", "5m", "0s")
     window: WindowSpec | None = field(
         "Planned rotations start only inside this window.", {"cron": "0 2 * * 1-5", "duration": "3h"}, None
     )
-    health_check: Duration = field("How often the current key is checked; 0s turns it off.", "10m", "5m")
-    retry_backoff: PositiveDuration = field("First wait after a failure, doubling each time.", "5m", "1m")
-    retry_backoff_max: PositiveDuration = field("The longest such wait.", "30m", "1h")
+    health_check: Duration = field("How often the current key is checked; 0s turns it off.", "5m", "5m")
+    retry_backoff: PositiveDuration = field("First wait after a failure, doubling each time.", "1m", "1m")
+    retry_backoff_max: PositiveDuration = field("The longest such wait.", "1h", "1h")
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -675,7 +675,7 @@ class NamespacesSpec(Spec):
         "Namespaces with these labels, including ones created later.", "rotator.example.com/pull-secrets=enabled", None
     )
     all: Bool = field("Every namespace.", True, False)
-    exclude: list[NamespaceName] = field("Never these.", ["kube-system", "kube-public"], [])
+    exclude: list[NamespaceName] = field("Never these.", ["kube-system"], [])
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -698,12 +698,12 @@ NAMESPACES_EXAMPLE = {"selector": "team=platform"}
 class KubernetesTargetSpec(Spec):
     """A pull Secret of one name in the chosen namespaces of rotator's cluster."""
 
-    secret_name: K8sName = field("Name of the pull Secret in every namespace.", "icr-pull")
+    secret_name: K8sName = field("Name of the pull Secret in every namespace.", "icr-pull-secret")
     namespaces: NamespacesSpec = field("Which namespaces get the Secret.", NAMESPACES_EXAMPLE)
     service_accounts: list[K8sName] = field(
         "Service accounts in each namespace that get the Secret in imagePullSecrets.", ["default"], []
     )
-    overwrite_invalid: Bool = field("Replace a .dockerconfigjson that is not valid JSON.", True, False)
+    overwrite_invalid: Bool = field("Replace a .dockerconfigjson that is not valid JSON.", False, False)
 
 
 class ClusterTargetSpec(Spec):
@@ -720,7 +720,7 @@ class ClusterTargetSpec(Spec):
     service_accounts: list[K8sName] = field(
         "Service accounts in each namespace that get the Secret in imagePullSecrets.", ["default"], []
     )
-    overwrite_invalid: Bool = field("Replace a .dockerconfigjson that is not valid JSON.", True, False)
+    overwrite_invalid: Bool = field("Replace a .dockerconfigjson that is not valid JSON.", False, False)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
@@ -881,17 +881,17 @@ class CredentialFieldsSpec(Spec):
         "When planned rotations happen (default: interval 24h).", {"interval": "7d"}, None
     )
     max_age: PositiveDuration = field("Longest a key may stay current.", "30d", "90d")
-    grace_period: Duration = field("How long a replaced key keeps working before it is disabled.", "2h", "1h")
-    delete_after: Duration = field("How long a disabled key is kept before it is deleted.", "7d", "24h")
+    grace_period: Duration = field("How long a replaced key keeps working before it is disabled.", "1h", "1h")
+    delete_after: Duration = field("How long a disabled key is kept before it is deleted.", "24h", "24h")
     targets: TargetsSpec = field(
         "Where the key is written: kubernetes and/or codeengine.",
         {"kubernetes": {"secret_name": "icr-pull", "namespaces": NAMESPACES_EXAMPLE}},
     )
     unreachable_timeout: PositiveDuration = field(
-        "How long an unreachable fleet cluster holds back disabling a replaced key.", "72h", "24h"
+        "How long an unreachable fleet cluster holds back disabling a replaced key.", "24h", "24h"
     )
     revoke_despite_unreachable: Bool = field(
-        "Disable the replaced key once a cluster has been unreachable for unreachable_timeout.", True, False
+        "Disable the replaced key once a cluster has been unreachable for unreachable_timeout.", False, False
     )
 
     @property
@@ -991,11 +991,11 @@ class KubernetesSpec(Spec):
     kubeconfig: FilePath | None = field("Kubeconfig file when not in-cluster.", "~/.kube/config", None)
     context: Text | None = field("Kubeconfig context.", "prod", None)
     in_cluster: Bool = field("Use the pod's ServiceAccount token.", True, False)
-    concurrency: IntConcurrency = field("Secrets written in parallel during a fan-out (1 to 256).", 32, 16)
+    concurrency: IntConcurrency = field("Secrets written in parallel during a fan-out (1 to 256).", 16, 16)
     namespace: NamespaceName = field(
         "rotator's own namespace: state ConfigMap, vault Secret, Lease.", "rotator-system", "rotator-system"
     )
-    events: Bool = field("Record Kubernetes Events on the Secrets rotator writes.", False, True)
+    events: Bool = field("Record Kubernetes Events on the Secrets rotator writes.", True, True)
 
 
 class StateSpec(Spec):
@@ -1014,9 +1014,9 @@ class DaemonSpec(Spec):
     lease_duration: PositiveDuration = field("How long a lease is valid without renewal.", "15s", "15s")
     renew_deadline: PositiveDuration = field("The leader steps down if it cannot renew within this.", "10s", "10s")
     retry_period: PositiveDuration = field("How often candidates retry.", "2s", "2s")
-    watch: Bool = field("Watch namespaces, managed Secrets and service accounts.", False, True)
-    watch_timeout: PositiveDuration = field("Each watch stream is re-opened after this long.", "5m", "1m")
-    resync: PositiveDuration = field("Longest pause between passes when nothing is due.", "10m", "5m")
+    watch: Bool = field("Watch namespaces, managed Secrets and service accounts.", True, True)
+    watch_timeout: PositiveDuration = field("Each watch stream is re-opened after this long.", "1m", "1m")
+    resync: PositiveDuration = field("Longest pause between passes when nothing is due.", "5m", "5m")
     shutdown_grace: PositiveDuration = field("How long SIGTERM waits for the step in progress.", "25s", "25s")
 
     @model_validator(mode="after")
@@ -1041,10 +1041,8 @@ class ApiAuthSpec(Spec):
         "token-file, kubernetes or disabled (default: kubernetes in a cluster, else disabled).", "token-file", None
     )
     file: FilePath | None = field("token-file: the token file.", "/etc/rotator/api-tokens", None)
-    audiences: list[Text] | None = field(
-        "kubernetes: TokenReview audiences (default: [rotator]).", ["rotator", "rotator.example.com"], None
-    )
-    cache_ttl: Duration = field("kubernetes: how long review answers are cached.", "30s", "10s")
+    audiences: list[Text] | None = field("kubernetes: TokenReview audiences (default: [rotator]).", ["rotator"], None)
+    cache_ttl: Duration = field("kubernetes: how long review answers are cached.", "10s", "10s")
     namespace: NamespaceName | None = field(
         "kubernetes: namespace of the SubjectAccessReview (default: kubernetes.namespace).", "rotator-system", None
     )
@@ -1070,15 +1068,15 @@ class TlsSpec(Spec):
 class RateLimitSpec(Spec):
     """Token bucket per principal on the mutating endpoints."""
 
-    per_minute: PositiveNumber = field("Requests per minute.", 30, 10)
-    burst: IntBurst = field("Its burst.", 10, 5)
+    per_minute: PositiveNumber = field("Requests per minute.", 10, 10)
+    burst: IntBurst = field("Its burst.", 5, 5)
 
 
 class ServerSpec(Spec):
     """The HTTP API and /metrics."""
 
-    listen: Listen = field("host:port (IPv6 in brackets; port 0 picks a free one).", "[::]:8080", "0.0.0.0:8080")
-    metrics_public: Bool = field("Serve /metrics without a token.", False, True)
+    listen: Listen = field("host:port (IPv6 in brackets; port 0 picks a free one).", "0.0.0.0:8080", "0.0.0.0:8080")
+    metrics_public: Bool = field("Serve /metrics without a token.", True, True)
     auth: ApiAuthSpec | None = field(
         "How bearer tokens are checked.", {"mode": "token-file", "file": "/etc/rotator/api-tokens"}, None
     )
@@ -1087,11 +1085,11 @@ class ServerSpec(Spec):
         {"cert_file": "/etc/rotator/tls/tls.crt", "key_file": "/etc/rotator/tls/tls.key"},
         None,
     )
-    header_timeout: PositiveDuration = field("A request's headers must arrive within this long.", "5s", "10s")
+    header_timeout: PositiveDuration = field("A request's headers must arrive within this long.", "10s", "10s")
     rate_limit: RateLimitSpec | None = field(
         "Rate limit of the mutating endpoints.", {"per_minute": 30, "burst": 10}, None
     )
-    idempotency_ttl: PositiveDuration = field("How long an Idempotency-Key is remembered.", "1h", "24h")
+    idempotency_ttl: PositiveDuration = field("How long an Idempotency-Key is remembered.", "24h", "24h")
 
 
 class ConfigFileSpec(Spec):
