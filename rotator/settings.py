@@ -479,7 +479,7 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     try:
         spec = m.ConfigFileSpec.model_validate(raw, by_name=True, by_alias=False)
     except ValidationError as exc:
-        problems += _problems(exc, m.ConfigFileSpec, alias=False)
+        problems += _problems(exc, raw, m.ConfigFileSpec, alias=False)
     if problems:
         raise ConfigError("\n".join(_line(str(source), *p) for p in problems))
     kubernetes = _kubernetes(spec.kubernetes, base_dir)
@@ -505,7 +505,7 @@ def credential_from_spec(name: str, spec: Mapping[str, Any], *, source: str) -> 
             spec, by_alias=True, by_name=False, context={m.ABSOLUTE_PATHS: True}
         )
     except ValidationError as exc:
-        lines = _problems(exc, m.RegistryCredentialSpec, alias=True, prefix=["spec"])
+        lines = _problems(exc, spec, m.RegistryCredentialSpec, alias=True, prefix=["spec"])
         raise ConfigError("\n".join(_line(source, *p) for p in lines)) from None
     return _credential(model, name, "spec", Path("/"))
 
@@ -630,12 +630,26 @@ def _locate(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str
     return parts, info, owner
 
 
+def _document_order(data: Any, parts: list[str | int]) -> tuple[int, ...]:
+    """Where ``parts`` is in the document, to report problems top to bottom (absent keys after present ones)."""
+    key = []
+    for part in parts:
+        if isinstance(data, dict | list) and (part in data if isinstance(data, dict) else part in range(len(data))):
+            key.append(list(data).index(part) if isinstance(data, dict) else int(part))
+            data = data[part]  # type: ignore[index]
+        else:
+            key.append(1 << 30)
+            data = None
+    return tuple(key)
+
+
 def _problems(
-    exc: ValidationError, root: type[BaseModel], *, alias: bool, prefix: list[str | int] | None = None
+    exc: ValidationError, data: Any, root: type[BaseModel], *, alias: bool, prefix: list[str | int] | None = None
 ) -> list[tuple[str, str, Any]]:
-    """Each error as (field path, message, example)."""
+    """Each error as (field path, message, example), in the document's order."""
     out: list[tuple[str, str, Any]] = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    for err in sorted(errors, key=lambda e: _document_order(data, _locate(root, e["loc"])[0])):
         parts, info, owner = _locate(root, err["loc"])
         parts = [*(prefix or []), *parts]
         path, kind, value, ctx = _join(parts), err["type"], err["input"], err.get("ctx") or {}
