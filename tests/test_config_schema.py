@@ -14,6 +14,7 @@ import pytest
 import yaml
 from test_settings import GOOD, with_change
 
+from rotator import config_model as m
 from rotator import settings
 from rotator.errors import ConfigError
 from rotator.schemas import CONFIG_SCHEMA_FILE, config_schema
@@ -98,3 +99,18 @@ def test_a_bad_document_is_refused_by_both(tmp_path: Path, doc: dict[str, Any], 
     with pytest.raises(ConfigError) as info:
         settings.load(path, base_dir=tmp_path)
     assert f"{field}" in str(info.value)
+
+
+def all_sections(model: type[m.Spec]) -> set[type[m.Spec]]:
+    return {model}.union(*(all_sections(sub) for sub in model.__subclasses__()))
+
+
+def test_every_field_has_a_description_and_an_example() -> None:
+    """Editors show the description; error messages quote the example."""
+    bare = [
+        f"{section.__name__}.{name}"
+        for section in all_sections(m.Spec)
+        for name, info in section.model_fields.items()
+        if not info.description or not info.examples
+    ]
+    assert bare == []
