@@ -21,7 +21,7 @@ def _with_config(parser: argparse.ArgumentParser) -> None:
 def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     """The CLI; ``sandbox=False`` names the sandbox command without loading the emulators (aiohttp's
     server, the token signer and its cryptography: ~25 MiB and ~0.3 s that ``rotator run`` does not need)."""
-    from rotator import commands, version
+    from rotator import commands, schemas, version
 
     parser = argparse.ArgumentParser(
         prog="rotator",
@@ -73,6 +73,8 @@ def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     p = add("run", commands.run, "run the daemon")
     _with_config(p)
     p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
+    p = add("schema", commands.schema, "print a document generated from rotator's models")
+    p.add_argument("name", choices=sorted(schemas.GENERATORS), help="config: the config file's JSON Schema")
     _add_sandbox(sub, load=sandbox)
     return parser
 
