@@ -25,12 +25,10 @@ import yaml
 from pydantic import BaseModel
 
 from rotator import regcred
-from rotator.errors import RotatorError
+from rotator.config_model import DURATION_PATTERN, RegistryCredentialSpec
 
 Schema = dict[str, Any]
 
-# The duration syntax of rotator.durations (``90s``, ``1h30m``, ``30d``, ``2w``).
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
 # Formats the API server knows (others are dropped: they would only be warned about, or mean something
 # else, as ``duration`` does: Go's syntax there, ISO 8601 in JSON Schema).
 KEPT_FORMATS = ("date-time", "date", "byte", "int32", "int64", "double", "float", "email", "uri", "hostname")
@@ -72,13 +70,21 @@ VALUE_VALIDATIONS = frozenset(
 
 @dataclass(frozen=True)
 class Rule:
-    """One CEL rule on a schema node: ``rule`` must hold for ``self`` (that node's value)."""
+    """One CEL rule on a schema node: ``rule`` must hold for ``self`` (that node's value); a refusal is
+    reported at ``field_path`` below the node (``.apikey``) when given, as ``reason`` when given."""
 
     rule: str
     message: str
+    field_path: str = ""
+    reason: str = ""
 
     def wire(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message}
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 def one_of(*fields: str) -> str:
@@ -90,39 +96,83 @@ def _given(field: str) -> str:
     return f"has(self.{field})"
 
 
-# Cross-field rules of the model, keyed by its JSON Schema definition name (a pydantic model's class
-# name), each the CEL twin of a model_validator; the messages are the model's.
+def _required(field: str, rule: str, message: str) -> Rule:
+    """A rule that asks for ``field`` (reported as a Required value at it)."""
+    return Rule(rule, message, field_path=f".{field}", reason="FieldValueRequired")
+
+
+SECRET_SOURCE = Rule(
+    one_of("file", "env", "secretKeyRef"),
+    "give exactly one of file (a path to a file holding the key), env (an environment variable name) or "
+    "secret_key_ref (a key of a Kubernetes Secret); keys are never written inline",
+)
+NOT_BOTH_AUTH = Rule("!(has(self.apikey) && has(self.auth))", "give either apikey or auth, not both", ".auth")
+ORGANIZATION = "has(self.tokenType) && self.tokenType == 'organization'"
+
+# Cross-field rules of the model (rotator.config_model), keyed by its JSON Schema definition name (a
+# model's class name): each is the CEL twin of a check of a model_validator, with the model's message.
+# Rules that compare durations (retry_backoff_max >= retry_backoff, interval <= max_age, key_expiry)
+# or walk lists (duplicate projects) are left to the model: CEL's durations have no days or weeks, and
+# the API server budgets the cost of a rule over a list of unbounded length. The controller reports
+# those in the resource's status.
 RULES: Mapping[str, tuple[Rule, ...]] = {
-    "SecretSource": (
-        Rule(
-            one_of("file", "env", "secretKeyRef"),
-            "give exactly one of file, env or secretKeyRef; keys are never written inline",
-        ),
+    "SecretSourceSpec": (SECRET_SOURCE,),
+    "ApiKeyAuthSpec": (SECRET_SOURCE,),
+    "TrustedProfileAuthSpec": (
+        Rule(one_of("profileId", "profileName"), "give exactly one of profile_id or profile_name"),
     ),
-    "IamProvider": (Rule(one_of("apikey", "auth"), "give exactly one of apikey or auth"),),
-    "TrustedProfileAuth": (Rule(one_of("profileId", "profileName"), "give exactly one of profileId or profileName"),),
-    "Schedule": (Rule(one_of("interval", "cron"), "give exactly one of interval or cron"),),
-    "NamespaceSelection": (
+    "IamProviderSpec": (
+        NOT_BOTH_AUTH,
+        _required("apikey", "has(self.apikey) || has(self.auth)", "is required (or auth)"),
+    ),
+    "DockerHubProviderSpec": (
+        Rule(
+            f"!({ORGANIZATION}) || has(self.org)",
+            "an organization access token needs the organization (org)",
+            ".org",
+            "FieldValueRequired",
+        ),
+        Rule(
+            f"!({ORGANIZATION}) || (has(self.repositories) && size(self.repositories) > 0)",
+            "an organization access token needs at least one repository (org/repo)",
+            ".repositories",
+            "FieldValueRequired",
+        ),
+        Rule(
+            f"{ORGANIZATION} || !has(self.repositories) || size(self.repositories) == 0",
+            "repositories apply to organization access tokens only (PATs cover every repository)",
+            ".repositories",
+            "FieldValueForbidden",
+        ),
+        Rule("!has(self.scopes) || size(self.scopes) > 0", "scopes must not be empty", ".scopes"),
+    ),
+    "RegistrySpec": (
+        _required("images", "size(self.images) > 0", "is empty; name at least one image the key must pull"),
+    ),
+    "ScheduleSpec": (
+        Rule("!(has(self.interval) && has(self.cron))", "give interval or cron, not both"),
+        Rule("has(self.interval) || has(self.cron)", "needs interval or cron"),
+    ),
+    "NamespacesSpec": (
         Rule(
             "[has(self.names) && size(self.names) > 0, has(self.selector), has(self.all) && self.all]"
             ".filter(x, x).size() == 1",
             "choose namespaces by exactly one of names, selector or all",
         ),
     ),
-    "CodeEngineTarget": (Rule(one_of("projectId", "projects"), "give exactly one of projectId or projects"),),
-    "Targets": (
-        Rule("has(self.kubernetes) || has(self.codeengine)", "names no target: give kubernetes or codeengine"),
+    "CodeEngineTargetSpec": (
+        NOT_BOTH_AUTH,
+        Rule(one_of("projectId", "projects"), "give exactly one of project_id or projects"),
+        _required("endpoint", "!has(self.projectId) || has(self.endpoint)", "is required"),
+        Rule("!has(self.projects) || size(self.projects) > 0", "is not a non-empty list", ".projects"),
     ),
-    "DockerHubProvider": (
-        Rule(
-            "!has(self.tokenType) || self.tokenType != 'organization' || (has(self.org) && has(self.repositories)"
-            " && size(self.repositories) > 0)",
-            "an organization access token needs the organization (org) and at least one repository",
-        ),
-        Rule(
-            "has(self.tokenType) && self.tokenType == 'organization' || !has(self.repositories)"
-            " || size(self.repositories) == 0",
-            "repositories apply to organization access tokens only",
+    "TargetsSpec": (Rule("has(self.kubernetes) || has(self.codeengine)", "names no target"),),
+    "RegistryCredentialSpec": (
+        _required(
+            "targets.codeengine.apikey",
+            "self.provider.kind == 'ibm-iam' || !has(self.targets.codeengine) || has(self.targets.codeengine.apikey)"
+            " || has(self.targets.codeengine.auth)",
+            "is required: the dockerhub provider has no IAM API key to call Code Engine with",
         ),
     ),
 }
@@ -133,7 +183,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
 
 def structural(schema: Schema, rules: Mapping[str, Iterable[Rule]] = RULES) -> Schema:
     """``schema`` (pydantic's, with ``$defs``) as a structural schema with CEL rules attached."""
-    converted: Schema = _ordered(_Converter(schema.get("$defs") or {}, rules).node(schema))
+    converted: Schema = _ordered(_Converter(schema.get("$defs") or {}, rules).node(schema, name=schema.get("title")))
     return converted
 
 
@@ -155,10 +205,12 @@ class _Converter:
         self.defs = defs
         self.rules = rules
 
-    def node(self, raw: Schema, depth: int = 0) -> Schema:
+    def node(self, raw: Schema, depth: int = 0, name: str | None = None) -> Schema:
+        """``raw`` as a structural node; ``name``: the definition it is (the root's title), for its rules."""
         if depth > 64:
             raise ValueError("schema nests deeper than 64 levels (a recursive model?); a CRD cannot say that")
-        raw, name = self._resolve(raw)
+        raw, ref_name = self._resolve(raw)
+        name = ref_name or name
         branches = [b for b in raw.get("anyOf") or raw.get("oneOf") or [] if b.get("type") != "null"]
         if branches:
             outer = {k: v for k, v in raw.items() if k not in ("anyOf", "oneOf", "discriminator")}
@@ -352,18 +404,6 @@ def _check_default(node: Schema) -> None:
 # -- the definition ---------------------------------------------------------------------------------
 
 
-def spec_model() -> type[BaseModel]:
-    """The spec's model: one credential's config (rotator.config_model)."""
-    try:
-        from rotator.config_model import RegistryCredentialSpec  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != "rotator.config_model":
-            raise
-        raise RotatorError("the config model (rotator/config_model.py) is not part of this build") from None
-    model: type[BaseModel] = RegistryCredentialSpec
-    return model
-
-
 PRINTER_COLUMNS = (
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Key Age", "type": "date", "jsonPath": ".status.currentKey.createdAt"},
@@ -375,9 +415,9 @@ PRINTER_COLUMNS = (
 )
 
 
-def definition(spec: type[BaseModel] | None = None) -> dict[str, Any]:
-    """The CustomResourceDefinition (apiextensions.k8s.io/v1) as a dict, for ``spec`` (default: the config model)."""
-    spec_schema = structural((spec or spec_model()).model_json_schema(by_alias=True))
+def definition(spec: type[BaseModel] = RegistryCredentialSpec) -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) as a dict."""
+    spec_schema = structural(spec.model_json_schema(by_alias=True))
     spec_schema["description"] = "One credential's configuration, as in the config file but camelCase."
     status_schema = structural(regcred.RegistryCredentialStatus.model_json_schema(by_alias=True))
     status_schema["description"] = "What rotator observed: conditions, the current key, targets, the last rotation."
@@ -432,7 +472,7 @@ HEADER = (
 )
 
 
-@functools.lru_cache(maxsize=4)
-def render(spec: type[BaseModel] | None = None) -> str:
+@functools.lru_cache(maxsize=1)
+def render() -> str:
     """The definition as the YAML document that deploy/crd/ holds."""
-    return HEADER + yaml.safe_dump(definition(spec), sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump(definition(), sort_keys=False, width=120)

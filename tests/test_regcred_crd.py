@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 from kubectl_env import Kubectl, kubectl_runner
-from pydantic import BaseModel, ValidationError
 
-from rotator import crd, regcred
-from rotator.errors import RotatorError
+from rotator import crd, regcred, settings
+from rotator.config_model import RegistryCredentialSpec
+from rotator.errors import ConfigError
 from rotator.sandbox import kube_cel, kube_schema
 from rotator.sandbox.control import SandboxProcess
 
@@ -29,24 +29,11 @@ SAMPLE = REPO / "config" / "registrycredential-sandbox.yaml"
 REGENERATE = f"python -m rotator schema crd > {CRD_FILE.relative_to(REPO)}"
 
 
-def _spec_model() -> type[BaseModel]:
-    """The config model's spec once it is in this tree (branch model), else the tests' stand-in."""
-    try:
-        return crd.spec_model()
-    except RotatorError:  # the config model is not merged yet
-        from regcred_standin import RegistryCredentialSpec
-
-        return RegistryCredentialSpec
-
-
-SPEC = _spec_model()
-
-
 def model_refusal(spec: dict[str, Any]) -> str:
-    """Why the model refuses ``spec`` ("" when it accepts it)."""
+    """Why the config model refuses ``spec`` as a RegistryCredential's ("" when it accepts it)."""
     try:
-        SPEC.model_validate(spec)
-    except ValidationError as exc:
+        settings.credential_from_spec("checked", spec, source="RegistryCredential checked")
+    except ConfigError as exc:
         return str(exc)
     return ""
 
@@ -54,17 +41,13 @@ def model_refusal(spec: dict[str, Any]) -> str:
 # -- the generated definition, offline -----------------------------------------------------------------
 
 
-def definition() -> dict[str, Any]:
-    return crd.definition(SPEC)
-
-
 def openapi_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
 
 def test_the_committed_definition_is_the_generated_one() -> None:
-    assert CRD_FILE.read_text() == crd.render(SPEC), f"{CRD_FILE} is stale; regenerate it: {REGENERATE}"
+    assert CRD_FILE.read_text() == crd.render(), f"{CRD_FILE} is stale; regenerate it: {REGENERATE}"
 
 
 # JSONSchemaProps fields a structural schema may carry (apiextensions.k8s.io/v1), and those allowed
@@ -105,7 +88,8 @@ def test_the_definition_is_structural_and_every_rule_compiles() -> None:
 
 def test_every_rule_of_the_table_names_a_model_definition() -> None:
     """A renamed model class would silently drop its rules from the definition."""
-    defined = set(SPEC.model_json_schema(by_alias=True)["$defs"])
+    schema = RegistryCredentialSpec.model_json_schema(by_alias=True)
+    defined = {schema["title"], *schema["$defs"]}
     assert set(crd.RULES) <= defined, f"RULES keys without a definition: {sorted(set(crd.RULES) - defined)}"
 
 
@@ -242,7 +226,9 @@ def test_schema_errors_are_refused_with_the_schema_message(kubectl: Kubectl) -> 
         '* spec.targets.kubernetes.serviceAccounts[0]: Invalid value: "Not_A_Name"',
     ):
         assert line in errors, errors
-    assert model_refusal(spec).count("\n") >= 4  # the model refuses all four too
+    refusal = model_refusal(spec)  # the model refuses all four too
+    for path in ("registry", "deletionPolicy", "maxAge", "targets.kubernetes.serviceAccounts"):
+        assert f"RegistryCredential checked: spec.{path}: " in refusal, refusal
 
 
 def test_unknown_fields_are_refused_by_strict_apply_and_pruned_otherwise(kubectl: Kubectl) -> None:
@@ -251,7 +237,8 @@ def test_unknown_fields_are_refused_by_strict_apply_and_pruned_otherwise(kubectl
     spec["registry"]["verify_budget"] = "20s"  # the file's snake_case spelling: unknown here
     errors = refused(kubectl, "unknown-fields", spec)
     assert 'unknown field "spec.rotateEvery"' in errors and 'unknown field "spec.registry.verify_budget"' in errors
-    assert "Extra inputs are not permitted" in model_refusal(spec)
+    refusal = model_refusal(spec)
+    assert "spec.rotateEvery: unknown field" in refusal and "spec.registry.verify_budget: unknown field" in refusal
     kubectl("apply", "--validate=false", "-f", "-", stdin=resource("pruned", spec))
     stored = json.loads(kubectl("get", "regcred", "pruned", "-o", "json").stdout)["spec"]
     assert "rotateEvery" not in stored and "verify_budget" not in stored["registry"]
@@ -273,25 +260,53 @@ def _put(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-DOCKERHUB = {
-    "kind": "dockerhub",
-    "username": "rotatorbot",
-    "password": {"secretKeyRef": {"namespace": "rotator-system", "name": "hub", "key": "password"}},
-}
-CODEENGINE = {"secretName": "icr-pull", "endpoint": "https://api.us-south.codeengine.cloud.ibm.com/v2"}
+HUB_PASSWORD = {"secretKeyRef": {"namespace": "rotator-system", "name": "hub", "key": "password"}}
+DOCKERHUB = {"kind": "dockerhub", "username": "rotatorbot", "password": HUB_PASSWORD}
+HUB_REGISTRY = {"server": "https://index.docker.io/v1/", "images": ["docker.io/acme/app:latest"]}
+CE_ENDPOINT = "https://api.us-south.codeengine.cloud.ibm.com/v2"
+CE_PROJECT = "4a6c8e0f-1b3d-4f5a-8c7e-9d0b2a4c6e8f"
+PROFILE = {"kind": "trusted-profile", "profileName": "rotator"}
+
+
+def _hub(**fields: Any) -> tuple[Callable[[dict[str, Any]], None], ...]:
+    return (_put("provider", DOCKERHUB | fields), _put("registry", HUB_REGISTRY))
+
+
+# One violation per CEL rule: (definition, rule index) of crd.RULES -> edits of the sample spec that break it.
 VIOLATIONS: dict[tuple[str, int], tuple[Callable[[dict[str, Any]], None], ...]] = {
-    ("SecretSource", 0): (_put("provider.apikey.env", "ROTATOR_ADMIN_APIKEY"),),
-    ("IamProvider", 0): (_put("provider.auth", {"profileName": "rotator"}),),
-    ("TrustedProfileAuth", 0): (
+    ("SecretSourceSpec", 0): (_put("provider.apikey.env", "ROTATOR_ADMIN_APIKEY"),),
+    ("ApiKeyAuthSpec", 0): (_put("provider.apikey", None), _put("provider.auth", {"kind": "apikey"})),
+    ("TrustedProfileAuthSpec", 0): (
         _put("provider.apikey", None),
-        _put("provider.auth", {"profileName": "rotator", "profileId": "Profile-1"}),
+        _put("provider.auth", PROFILE | {"profileId": "Profile-3c2b1a09"}),
     ),
-    ("Schedule", 0): (_put("schedule.cron", "0 3 * * *"),),
-    ("NamespaceSelection", 0): (_put("targets.kubernetes.namespaces.all", True),),
-    ("CodeEngineTarget", 0): (_put("targets.codeengine", CODEENGINE),),
-    ("Targets", 0): (_put("targets.kubernetes", None),),
-    ("DockerHubProvider", 0): (_put("provider", DOCKERHUB | {"tokenType": "organization", "org": "acme"}),),
-    ("DockerHubProvider", 1): (_put("provider", DOCKERHUB | {"repositories": ["acme/app"]}),),
+    ("IamProviderSpec", 0): (_put("provider.auth", PROFILE),),
+    ("IamProviderSpec", 1): (_put("provider.apikey", None),),
+    ("DockerHubProviderSpec", 0): _hub(tokenType="organization", repositories=["acme/app"]),
+    ("DockerHubProviderSpec", 1): _hub(tokenType="organization", org="acme"),
+    ("DockerHubProviderSpec", 2): _hub(repositories=["acme/app"]),
+    ("DockerHubProviderSpec", 3): _hub(scopes=[]),
+    ("RegistrySpec", 0): (_put("registry.images", []),),
+    ("ScheduleSpec", 0): (_put("schedule.cron", "0 3 * * *"),),
+    ("ScheduleSpec", 1): (_put("schedule", {"jitter": "5m"}),),
+    ("NamespacesSpec", 0): (_put("targets.kubernetes.namespaces.all", True),),
+    ("CodeEngineTargetSpec", 0): (
+        _put(
+            "targets.codeengine",
+            {"secretName": "icr-pull", "projectId": CE_PROJECT, "endpoint": CE_ENDPOINT}
+            | {"apikey": {"env": "CE_APIKEY"}, "auth": PROFILE},
+        ),
+    ),
+    ("CodeEngineTargetSpec", 1): (_put("targets.codeengine", {"secretName": "icr-pull", "endpoint": CE_ENDPOINT}),),
+    ("CodeEngineTargetSpec", 2): (_put("targets.codeengine", {"secretName": "icr-pull", "projectId": CE_PROJECT}),),
+    ("CodeEngineTargetSpec", 3): (
+        _put("targets.codeengine", {"secretName": "icr-pull", "endpoint": CE_ENDPOINT, "projects": []}),
+    ),
+    ("TargetsSpec", 0): (_put("targets.kubernetes", None),),
+    ("RegistryCredentialSpec", 0): (
+        *_hub(),
+        _put("targets.codeengine", {"secretName": "icr-pull", "projectId": CE_PROJECT, "endpoint": CE_ENDPOINT}),
+    ),
 }
 
 
@@ -315,10 +330,10 @@ def test_provider_kinds_ask_for_their_own_fields(kubectl: Kubectl) -> None:
     mixed = changed(p=_put("provider.username", "rotatorbot"))
     assert "username: not a field of kind ibm-iam" in refused(kubectl, "mixed-provider", mixed)
     assert model_refusal(mixed)
-    bare = changed(p=_put("provider", {"kind": "dockerhub"}))
+    bare = changed(p=_put("provider", {"kind": "dockerhub"}), r=_put("registry", HUB_REGISTRY))
     assert "kind dockerhub needs password, username" in refused(kubectl, "bare-dockerhub", bare)
     assert model_refusal(bare)
-    hub = changed(p=_put("provider", DOCKERHUB))
+    hub = changed(**{f"e{i}": edit for i, edit in enumerate(_hub())})
     assert model_refusal(hub) == ""
     kubectl("apply", "-f", "-", stdin=resource("hub", hub))
     stored = json.loads(kubectl("get", "regcred", "hub", "-o", "json").stdout)["spec"]["provider"]
@@ -329,8 +344,5 @@ def test_rotator_schema_crd_prints_the_committed_definition() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rotator", "schema", "crd"], capture_output=True, text=True, timeout=60, check=False
     )
-    if SPEC.__module__ == "regcred_standin":
-        assert result.returncode == 1 and "rotator/config_model.py" in result.stderr
-    else:
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == CRD_FILE.read_text(), f"stale: {REGENERATE}"
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == CRD_FILE.read_text(), f"stale: {REGENERATE}"
