@@ -13,8 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -618,25 +617,6 @@ def _join(parts: list[str | int]) -> str:
     return out
 
 
-def _members(annotation: Any) -> tuple[dict[str, Any], Any]:
-    """(tag -> member of a tagged union, the type without Optional/Annotated) of a field's annotation."""
-    while True:
-        if get_origin(annotation) is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and get_origin(annotation) in (Union, UnionType):  # Optional[X]
-            annotation = args[0]
-            continue
-        tags = {
-            meta.tag: get_args(arg)[0]
-            for arg in args
-            for meta in getattr(arg, "__metadata__", ())
-            if hasattr(meta, "tag") and hasattr(arg, "__metadata__")
-        }
-        return tags, annotation
-
-
 def _locate(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str | int], FieldInfo | None, Any]:
     """Walk ``loc`` through the models: (the path without union tags, the last field, the model holding it)."""
     current: Any = root
@@ -644,7 +624,7 @@ def _locate(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str
     info: FieldInfo | None = None
     owner: Any = None
     for part in loc:
-        tags, current = _members(current)
+        tags, current = m.unwrap(current)
         if part in tags:
             current = tags[part]
             continue
@@ -688,7 +668,7 @@ def _problems(
             out.append((path, f"{_show(value, path)} is not a list", example))
         elif kind == "rotator_kind":
             given = value.get("kind") if isinstance(value, dict) else None
-            tags = " or ".join(_members(info.annotation)[0]) if info is not None else None
+            tags = " or ".join(m.unwrap(info.annotation)[0]) if info is not None else None
             shown = "is required" if given is None else f"{_show(given)} {err['msg']}"
             out.append((f"{path}.kind", shown, tags))
         elif kind == "value_error" and parts and isinstance(parts[-1], int):
