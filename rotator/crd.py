@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,7 +285,7 @@ class _Converter:
         if len(branches) == 1:
             return branches[0]
         if kept == "object":
-            return _object_union(branches, self)
+            return _object_union(branches, self._union)
         if kept == "array":
             return {"type": "array", "items": self._union([b["items"] for b in branches])}
         alternatives = [{k: v for k, v in b.items() if k in VALUE_VALIDATIONS} for b in branches]
@@ -303,13 +303,13 @@ class _Converter:
         return out
 
 
-def _object_union(branches: list[Schema], converter: _Converter) -> Schema:
+def _object_union(branches: list[Schema], union: Callable[[list[Schema]], Schema]) -> Schema:
     """Branches of objects as one object: every property, each branch's required ones asked for by CEL,
     keyed on the discriminator (a property each branch fixes to its own value) when there is one."""
     properties: dict[str, Schema] = {}
     for branch in branches:
         for key, child in (branch.get("properties") or {}).items():
-            properties[key] = child if key not in properties else converter._union([properties[key], child])
+            properties[key] = child if key not in properties else union([properties[key], child])
             if properties[key].get("type") is None and "x-kubernetes-int-or-string" not in properties[key]:
                 properties[key] = child
     for key, child in properties.items():
