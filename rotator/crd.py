@@ -104,13 +104,14 @@ def _required(field: str, rule: str, message: str) -> Rule:
 SECRET_SOURCE = Rule(
     one_of("file", "env", "secretKeyRef"),
     "give exactly one of file (a path to a file holding the key), env (an environment variable name) or "
-    "secret_key_ref (a key of a Kubernetes Secret); keys are never written inline",
+    "secretKeyRef (a key of a Kubernetes Secret); keys are never written inline",
 )
 NOT_BOTH_AUTH = Rule("!(has(self.apikey) && has(self.auth))", "give either apikey or auth, not both", ".auth")
 ORGANIZATION = "has(self.tokenType) && self.tokenType == 'organization'"
 
 # Cross-field rules of the model (rotator.config_model), keyed by its JSON Schema definition name (a
-# model's class name): each is the CEL twin of a check of a model_validator, with the model's message.
+# model's class name): each is the CEL twin of a check of a model_validator, with the message the model
+# gives for a resource (settings.credential_from_spec: field names camelCase).
 # Rules that compare durations (retry_backoff_max >= retry_backoff, interval <= max_age, key_expiry)
 # or walk lists (duplicate projects) are left to the model: CEL's durations have no days or weeks, and
 # the API server budgets the cost of a rule over a list of unbounded length. The controller reports
@@ -119,7 +120,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     "SecretSourceSpec": (SECRET_SOURCE,),
     "ApiKeyAuthSpec": (SECRET_SOURCE,),
     "TrustedProfileAuthSpec": (
-        Rule(one_of("profileId", "profileName"), "give exactly one of profile_id or profile_name"),
+        Rule(one_of("profileId", "profileName"), "give exactly one of profileId or profileName"),
     ),
     "IamProviderSpec": (
         NOT_BOTH_AUTH,
@@ -162,7 +163,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     ),
     "CodeEngineTargetSpec": (
         NOT_BOTH_AUTH,
-        Rule(one_of("projectId", "projects"), "give exactly one of project_id or projects"),
+        Rule(one_of("projectId", "projects"), "give exactly one of projectId or projects"),
         _required("endpoint", "!has(self.projectId) || has(self.endpoint)", "is required"),
         Rule("!has(self.projects) || size(self.projects) > 0", "is not a non-empty list", ".projects"),
     ),
