@@ -74,7 +74,11 @@ def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     _with_config(p)
     p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
     p = add("schema", commands.schema, "print a document generated from rotator's models")
-    p.add_argument("name", choices=sorted(schemas.GENERATORS), help="config: the config file's JSON Schema")
+    p.add_argument(
+        "name",
+        choices=sorted(schemas.GENERATORS),
+        help="config: the config file's JSON Schema; crd: the RegistryCredential CustomResourceDefinition",
+    )
     _add_sandbox(sub, load=sandbox)
     return parser
 

@@ -24,6 +24,13 @@ def config_schema() -> dict[str, Any]:
     }
 
 
+def crd() -> str:
+    """The RegistryCredential CustomResourceDefinition (YAML), as deploy/crd/ holds it."""
+    from rotator import crd
+
+    return crd.render()
+
+
 def _json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
@@ -31,4 +38,5 @@ def _json(doc: dict[str, Any]) -> str:
 # name -> the text `rotator schema <name>` prints (imports stay inside: the CLI builds its parser from this).
 GENERATORS: dict[str, Callable[[], str]] = {
     "config": lambda: _json(config_schema()),
+    "crd": crd,
 }
