@@ -361,7 +361,8 @@ class Reconciler:
             counts = per_sink[view.target.sink]
             counts[0] += 1
             counts[1] += 1 if view.refused or stale(view) else 0
-        self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()})
+        refused = sum(1 for view in views if view.refused)
+        self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()}, refused=refused)
         owned = self.provider.list_owned(credential=self.credential)
         unknown = [k for k in owned if k.id not in journal.known_key_ids()]
         held: set[str] = set()

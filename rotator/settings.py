@@ -36,6 +36,8 @@ _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
 PROVIDERS = ("ibm-iam", "dockerhub")
+# Where the credentials come from: the config file, RegistryCredential resources in the cluster, or both.
+CREDENTIALS_FROM = ("file", "cluster", "both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -369,6 +371,7 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    credentials_from: str = "file"  # "file" | "cluster" | "both"
 
     def credential(self, name: str) -> CredentialSettings:
         for cred in self.credentials:
@@ -1412,10 +1415,20 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
     errors = _Errors(source)
     raw = _Interpolation(errors)(raw)
     top = _Node(raw, "", errors)
-    top.known("credentials", "kubernetes", "state", "daemon", "server")
+    top.known("credentials", "credentials_from", "kubernetes", "state", "daemon", "server")
+    credentials_from = top.value("credentials_from", _string, example="both", default="file")
+    if credentials_from not in CREDENTIALS_FROM:
+        errors.add("credentials_from", f"{credentials_from!r} is not one of {', '.join(CREDENTIALS_FROM)}", "both")
     creds_raw = top.data.get("credentials")
     credentials: list[CredentialSettings] = []
-    if not isinstance(creds_raw, list) or not creds_raw:
+    if credentials_from == "cluster":  # every credential comes from a RegistryCredential resource
+        if creds_raw not in (None, []):
+            errors.add(
+                "credentials",
+                "must be empty with credentials_from: cluster (credentials come from RegistryCredential resources)",
+                "credentials_from: both, to keep these besides the resources",
+            )
+    elif not isinstance(creds_raw, list) or not creds_raw:
         errors.add("credentials", "is required: a list of at least one credential", "- name: icr-pull ...")
     else:
         seen: set[str] = set()
@@ -1440,4 +1453,5 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
         state=state,
         daemon=daemon,
         server=server,
+        credentials_from=credentials_from or "file",
     )

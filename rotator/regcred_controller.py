@@ -1,0 +1,369 @@
+"""RegistryCredential resources as managed credentials (``credentials_from: cluster | both``).
+
+One watch on the resources of the daemon's own cluster (list, then stream; a 410 re-lists) feeds one
+controller thread, which turns each resource into a credential of the daemon and back:
+
+    ADDED / MODIFIED ─► finalizer on ─► spec → CredentialSettings ─► daemon.add / worker.replan (generation moved)
+                                        └ ConfigError, a file credential's name ─► Ready=False InvalidSpec|DuplicateName
+    rotate-requested-at (a new value) ─► daemon.request_rotation (the HTTP API's path: a kept promise)
+    deletionTimestamp / DELETED ───────► daemon.remove_credential, finalizer off (Retain: keys left as they are)
+    worker passes, rotation events ────► status recomputed (regcred_status.decide), written only when it differs
+
+Status goes through the status subresource (merge patch); a write that would not change it is not sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client.exceptions import ApiException
+
+from rotator import logs, settings
+from rotator.errors import ConfigError, RotatorError
+from rotator.kubecore import ClusterObjects
+from rotator.regcred import (
+    API_VERSION,
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    ROTATE_ANNOTATION,
+    VERSION,
+    RegistryCredentialStatus,
+    TargetCounts,
+)
+from rotator.regcred_status import Refusal, decide
+from rotator.settings import CredentialSettings
+from rotator.watches import ResourceWatch
+
+if TYPE_CHECKING:
+    from rotator.daemon import Daemon
+
+log = logs.get("rotator.regcred")
+JOIN_S = 5.0
+
+
+# -- the spec --------------------------------------------------------------------------------------------
+
+
+def credential_from_spec(name: str, spec: Mapping[str, Any], *, source: str) -> CredentialSettings:
+    """TEMPORARY (until the pydantic model lands: ``settings.credential_from_spec``): a resource's spec
+    (camelCase, one credential's config) as the settings of credential ``name``, through the config
+    file's own parser; errors name ``spec.<field>``. Raises ConfigError with every problem."""
+    body = {k: v for k, v in spec.items() if k != "deletionPolicy"}
+    doc = {"credentials": [{"name": name, **_snake(body)}]}
+    try:
+        return settings.parse(doc, source=Path(source), base_dir=Path("/")).credentials[0]
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("credentials[0].", "spec.")) from None
+
+
+def _snake(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", str(k)).lower(): _snake(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snake(v) for v in value]
+    return value
+
+
+def secret_reader(core: Any, namespace: str) -> Any:
+    """``reader(namespace, name, key) -> str`` for ``secretKeyRef`` sources: one GET of that Secret's key,
+    only in rotator's own namespace (the Role grants ``get`` on Secrets there and nowhere else)."""
+    import base64
+
+    def read(ref_namespace: str, name: str, key: str) -> str:
+        if ref_namespace != namespace:
+            raise ConfigError(
+                f"secretKeyRef.namespace: {ref_namespace!r} is not rotator's namespace; rotator reads Secrets only "
+                f"in {namespace!r} (its Role): put the Secret there, for example secretKeyRef: {{namespace: "
+                f"{namespace}, name: {name}, key: {key}}}"
+            )
+        try:
+            data = json.loads(core.read_namespaced_secret(name, namespace).data).get("data") or {}
+        except ApiException as exc:
+            raise ConfigError(
+                f"secretKeyRef: Secret {namespace}/{name} cannot be read (HTTP {exc.status}); create it or fix the name"
+            ) from None
+        if key not in data:
+            raise ConfigError(f"secretKeyRef.key: Secret {namespace}/{name} has no key {key!r}; known: {sorted(data)}")
+        return base64.b64decode(data[key]).decode().strip()
+
+    return read
+
+
+# -- the controller --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tracked:
+    """One resource as the controller knows it."""
+
+    name: str
+    uid: str = ""
+    generation: int = 0
+    managed_generation: int | None = None  # the spec generation the daemon manages (None: not managed)
+    refusal: Refusal | None = None
+    checked_generation: int | None = None  # the spec generation last parsed (an invalid one is logged once)
+    deletion_policy: str = "Retain"
+    served: str | None = None  # the rotate-requested-at value last acted on
+    written: dict[str, Any] | None = None  # the status as last written (wire form)
+    status: RegistryCredentialStatus | None = None
+
+
+@dataclass
+class _Inbox:
+    objects: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # None: deleted
+    dirty: set[str] = field(default_factory=set)
+    listed: set[str] | None = None  # a full list: tracked names not in it are gone
+
+
+class _ListingWatch(ResourceWatch):
+    """A ResourceWatch whose list is a full one, handed to the controller (objects created before the
+    stream starts, and on a 410 re-list, any deleted meanwhile)."""
+
+    def __init__(self, controller: Controller, **kwargs: Any) -> None:
+        super().__init__(PLURAL, controller.api.list, controller.on_watch_event, **kwargs)
+        self.controller = controller
+
+    def _list_version(self) -> str:
+        body = json.loads(self.list_fn(_preload_content=False).data)
+        self.controller.on_list(body.get("items") or [])
+        version: str = body["metadata"]["resourceVersion"]
+        return version
+
+
+class Controller:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.api = ClusterObjects(daemon.app.kube, GROUP, VERSION, PLURAL)
+        # With credentials_from: both, the config file's credentials keep their names.
+        self.file_names = frozenset(c.name for c in daemon.settings.credentials)
+        self.tracked: dict[str, Tracked] = {}
+        self.targets: dict[str, TargetCounts] = {}
+        self.status_writes = 0
+        self._inbox = _Inbox()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="regcred-controller", daemon=True)
+        self._watch: _ListingWatch | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        self._watch = _ListingWatch(
+            self,
+            stop=self._stop,
+            timeout_s=max(1, int(self.daemon.settings.daemon.watch_timeout.total_seconds())),
+        )
+        self._watch.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch.thread.join(JOIN_S)
+        if self._thread.ident is not None:
+            self._thread.join(JOIN_S)
+
+    # -- inputs (any thread) -----------------------------------------------------------------------------
+    def on_list(self, items: list[dict[str, Any]]) -> None:
+        with self._cond:
+            for obj in items:
+                self._inbox.objects[str(obj["metadata"]["name"])] = obj
+            self._inbox.listed = {str(obj["metadata"]["name"]) for obj in items}
+            self._cond.notify()
+
+    def on_watch_event(self, _: str, event: str, obj: dict[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        with self._cond:
+            self._inbox.objects[name] = None if event == "DELETED" else obj
+            self._cond.notify()
+
+    def on_app_event(self, name: str, fields: Mapping[str, Any]) -> None:
+        """The reconcilers' events: target counts, and a status refresh when a rotation starts or ends."""
+        credential = str(fields.get("credential", ""))
+        if name == "targets.observed":
+            counts = [tuple(c) for c in fields["sinks"].values()]
+            total, stale = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            refused = int(fields.get("refused", 0))
+            self.targets[credential] = TargetCounts(
+                total=total, in_sync=total - stale, out_of_sync=max(0, stale - refused), refused=refused
+            )
+        if name == "rotation.finished":
+            self._event(credential, fields)
+        self.touch(credential)
+
+    def touch(self, name: str) -> None:
+        """Recompute ``name``'s status (written only if it changed)."""
+        with self._cond:
+            if name in self.tracked:
+                self._inbox.dirty.add(name)
+                self._cond.notify()
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not (self._inbox.objects or self._inbox.dirty or self._inbox.listed is not None):
+                    if self._stop.is_set():
+                        return
+                    self._cond.wait(timeout=1.0)
+                inbox, self._inbox = self._inbox, _Inbox()
+            if inbox.listed is not None:
+                for gone in set(self.tracked) - inbox.listed - set(inbox.objects):
+                    inbox.objects[gone] = None
+            for name, obj in inbox.objects.items():
+                self._guarded(name, self._sync if obj is not None else self._gone, obj)
+            for name in inbox.dirty - set(inbox.objects):
+                self._guarded(name, self._write_status, None)
+
+    def _guarded(self, name: str, fn: Any, obj: Any) -> None:
+        try:
+            fn(name, obj) if obj is not None else fn(name)
+        except Exception as exc:  # one resource's trouble never stops the others
+            status = exc.status if isinstance(exc, ApiException) else None
+            detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
+            log.warning("regcred.sync_failed", resource=name, error=detail, status=status)
+            if isinstance(exc, ApiException) and exc.status == 409:
+                self.touch(name)  # written meanwhile: the watch brings the new version
+
+    # -- one resource ------------------------------------------------------------------------------------
+    def _sync(self, name: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        t = self.tracked.get(name)
+        if t is None or t.uid != meta.get("uid"):
+            if t is not None:  # deleted and created again under the same name
+                self._gone(name)
+            previous = _parse_status(obj.get("status"))
+            t = Tracked(name=name, uid=str(meta.get("uid", "")), status=previous, written=obj.get("status"))
+            t.served = previous.last_rotate_request if previous is not None else None
+            self.tracked[name] = t
+        t.generation = int(meta.get("generation") or 1)
+        t.deletion_policy = str(spec.get("deletionPolicy") or "Retain")
+        if meta.get("deletionTimestamp"):
+            self._release(t, meta)
+            return
+        if FINALIZER not in (meta.get("finalizers") or []):
+            self._add_finalizer(t, meta)
+        self._manage(t, spec)
+        value = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
+        if value and value != t.served and t.managed_generation is not None:
+            rotation_id, joined = self.daemon.request_rotation(
+                name,
+                reason=f"annotation {ROTATE_ANNOTATION}={value}",
+                principal="annotation",
+                idempotency_key=f"{ROTATE_ANNOTATION}={value}",  # a restart that sees it again asks nothing
+                fingerprint=value,
+            )
+            log.info("regcred.rotate_requested", resource=name, value=value, rotation_id=rotation_id, joined=joined)
+            t.served = value
+        self._write_status(name)
+
+    def _manage(self, t: Tracked, spec: Mapping[str, Any]) -> None:
+        if t.name in self.file_names:
+            t.refusal = Refusal(
+                reason="DuplicateName",
+                message=f"the config file ({self.daemon.settings.source}) already defines a credential named "
+                f"{t.name!r}, and names must be unique; rename this resource or remove that credential",
+            )
+            return
+        if t.managed_generation == t.generation or t.checked_generation == t.generation:
+            return
+        t.checked_generation = t.generation
+        try:
+            cred = credential_from_spec(t.name, spec, source=f"RegistryCredential {t.name}")
+        except ConfigError as exc:
+            kept = f" (generation {t.managed_generation} stays managed)" if t.managed_generation else ""
+            t.refusal = Refusal(reason="InvalidSpec", message=f"{exc}{kept}")
+            log.warning("regcred.invalid_spec", resource=t.name, generation=t.generation, error=str(exc))
+            return
+        t.refusal = None
+        if t.managed_generation is None:
+            self.daemon.add_credential(cred)
+        else:
+            self.daemon.workers[t.name].replan(cred)
+        t.managed_generation = t.generation
+
+    def _release(self, t: Tracked, meta: Mapping[str, Any]) -> None:
+        """Deleted (deletionTimestamp set): stop managing; Retain leaves the keys and secrets as they are."""
+        if t.managed_generation is not None:
+            self.daemon.remove_credential(t.name)
+            t.managed_generation = None
+            log.info("regcred.released", resource=t.name, deletion_policy=t.deletion_policy)
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER in finalizers:
+            finalizers.remove(FINALIZER)
+            body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+            self.api.patch(t.name, body)
+
+    def _gone(self, name: str) -> None:
+        t = self.tracked.pop(name, None)
+        self.targets.pop(name, None)
+        if t is not None and t.managed_generation is not None:
+            self.daemon.remove_credential(name)
+            log.info("regcred.released", resource=name, deletion_policy=t.deletion_policy)
+
+    def _add_finalizer(self, t: Tracked, meta: Mapping[str, Any]) -> None:
+        finalizers = [*(meta.get("finalizers") or []), FINALIZER]
+        self.api.patch(t.name, {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+
+    # -- status ------------------------------------------------------------------------------------------
+    def _write_status(self, name: str) -> None:
+        t = self.tracked.get(name)
+        if t is None:
+            return
+        journal = policy = None
+        if t.managed_generation is not None and name in self.daemon.workers:
+            journal = self.daemon.app.store.load(name)
+            policy = self.daemon.app.policy(self.daemon.settings.credential(name))
+        status = decide(
+            t.status,
+            generation=t.generation,
+            journal=journal,
+            policy=policy,
+            targets=self.targets.get(name),
+            refusal=t.refusal,
+            last_rotate_request=t.served,
+            now=dt.datetime.now(dt.UTC),
+        )
+        wire = status.wire()
+        if wire == t.written:
+            return
+        # A merge patch: fields gone from the status are removed with an explicit null.
+        body = {"status": {**{k: None for k in t.written or {} if k not in wire}, **wire}}
+        self.api.patch_status(name, body)
+        self.status_writes += 1
+        t.status, t.written = status, wire
+        log.info("regcred.status_written", resource=name, generation=t.generation, writes=self.status_writes)
+
+    def _event(self, credential: str, fields: Mapping[str, Any]) -> None:
+        """An Event on the resource for a finished rotation (the recorder of the secrets' Events)."""
+        t = self.tracked.get(credential)
+        recorder = self.daemon.app.event_recorder
+        if t is None or recorder is None:
+            return
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "name": t.name, "uid": t.uid}
+        rotation_id, result = fields.get("rotation_id", ""), fields.get("result", "")
+        if result == "succeeded":
+            recorder.record_on(involved, "Rotated", f"rotation {rotation_id} succeeded: a new key is in use")
+        else:
+            recorder.record_on(involved, "RotationFailed", f"rotation {rotation_id} {result}", warning=True)
+
+
+def _parse_status(raw: Any) -> RegistryCredentialStatus | None:
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    try:
+        return RegistryCredentialStatus.model_validate(raw)
+    except ValueError:  # written by someone else, or an older shape: decided afresh
+        return None
