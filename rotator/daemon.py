@@ -96,6 +96,7 @@ class Worker:
         self.heartbeat = time.monotonic()
         self.retired = False  # no longer managed (its RegistryCredential was deleted): the loop ends
         self.replan_to: CredentialSettings | None = None  # a changed spec, swapped in between passes
+        self.decommissioned = False  # revoke its keys through the grace path, rotate nothing more
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
     # -- submitting work ----------------------------------------------------------------------
@@ -118,6 +119,14 @@ class Worker:
         """Manage ``cred`` (a changed spec) from the next pass on; the pass in progress finishes on the old one."""
         with self.cond:
             self.replan_to = cred
+            self.cond.notify()
+
+    def decommission(self) -> None:
+        """From the next pass on: no rotation, no heal; the current key is retired and every retired key
+        disabled after its grace and deleted after delete_after (``policy.decommission``)."""
+        with self.cond:
+            self.decommissioned = True
+            self.tick_due = True
             self.cond.notify()
 
     def retire(self) -> None:
@@ -342,6 +351,8 @@ class Worker:
             self.daemon.swap_credential(item)
             return
         reconciler = self.daemon.app.reconciler(self.name)
+        if self.decommissioned and not reconciler.policy.decommission:  # also a reconciler rebuilt since
+            reconciler.policy = replace(reconciler.policy, decommission=True)
         if kind == "recover":
             self._recover()
         elif kind == "rotate":

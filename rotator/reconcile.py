@@ -856,6 +856,17 @@ class Reconciler:
         boundary("disable:after")
         return None
 
+    def _do_retire(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        """A decommissioned credential's current key joins the retired ones (grace, disable, delete)."""
+        assert journal.current is not None and action.key_id == journal.current.id
+        now = self.clock.now()
+        entry = Retired(
+            key_id=action.key_id, retired_at=now, disable_at=now + self.policy.grace_period, reason="decommissioned"
+        )
+        self._save(replace(journal, current=None, retired=(*journal.retired, entry)))
+        self.log.info("key.retired", key_id=action.key_id, reason=action.reason)
+        return None
+
     def _do_delete(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
         assert action.key_id
         try:

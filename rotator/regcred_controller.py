@@ -112,6 +112,7 @@ class Tracked:
     refusal: Refusal | None = None
     checked_generation: int | None = None  # the spec generation last parsed (an invalid one is logged once)
     deletion_policy: str = "Retain"
+    revoking: bool = False  # deleted with deletionPolicy Revoke: the finalizer stays until no key is left
     served: str | None = None  # the rotate-requested-at value last acted on
     written: dict[str, Any] | None = None  # the status as last written (wire form)
     status: RegistryCredentialStatus | None = None
@@ -224,7 +225,7 @@ class Controller:
             for name, obj in inbox.objects.items():
                 self._guarded(name, self._sync if obj is not None else self._gone, obj)
             for name in inbox.dirty - set(inbox.objects):
-                self._guarded(name, self._write_status, None)
+                self._guarded(name, self._refresh, None)
 
     def _guarded(self, name: str, fn: Any, obj: Any) -> None:
         try:
@@ -295,7 +296,17 @@ class Controller:
         t.managed_generation = t.generation
 
     def _release(self, t: Tracked, meta: Mapping[str, Any]) -> None:
-        """Deleted (deletionTimestamp set): stop managing; Retain leaves the keys and secrets as they are."""
+        """Deleted (deletionTimestamp set): stop managing and remove the finalizer. Retain leaves the keys and
+        secrets as they are; Revoke first retires every key of the credential through the grace path (the
+        worker decommissions it) and keeps the finalizer until none is left."""
+        if t.deletion_policy == "Revoke" and t.managed_generation is not None:
+            if not t.revoking:
+                t.revoking = True
+                self.daemon.workers[t.name].decommission()
+                log.info("regcred.revoking", resource=t.name)
+            if not self._revoked(t):
+                self._write_status(t.name)
+                return
         if t.managed_generation is not None:
             self.daemon.remove_credential(t.name)
             t.managed_generation = None
@@ -305,6 +316,27 @@ class Controller:
             finalizers.remove(FINALIZER)
             body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
             self.api.patch(t.name, body)
+
+    def _revoked(self, t: Tracked) -> bool:
+        """Whether a revoking credential has no key left (none current, retired or being rolled out)."""
+        journal = self.daemon.app.store.load(t.name)
+        left = [r.key_id for r in journal.retired] + ([journal.current.id] if journal.current else [])
+        if left or journal.rotation is not None:
+            t.refusal = Refusal(
+                reason="Revoking",
+                message=f"deleted with deletionPolicy Revoke: {len(left)} key(s) left to disable and delete "
+                "once their grace period is over",
+            )
+            return False
+        return True
+
+    def _refresh(self, name: str) -> None:
+        """After a pass: the status, and for a revoking resource whether its keys are all gone."""
+        t = self.tracked.get(name)
+        if t is not None and t.revoking:
+            self._release(t, json.loads(self.api.read(name).data)["metadata"])
+        else:
+            self._write_status(name)
 
     def _gone(self, name: str) -> None:
         t = self.tracked.pop(name, None)

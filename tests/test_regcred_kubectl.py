@@ -21,7 +21,7 @@ from daemon_env import Daemon
 from kubectl_env import Kubectl, kubectl_runner
 from masked import Masked, masked
 from polling import wait_for
-from rotation_env import pulls, read_secret, stored_doc
+from rotation_env import iam_keys, pulls, read_secret, stored_doc
 
 from rotator import dockerconfig
 from rotator.adapters.state import FileStateStore
@@ -230,3 +230,30 @@ def test_an_invalid_spec_is_refused_in_the_status(sbx: SandboxProcess, kubectl: 
     assert ready is not None and ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert "spec.registry" in ready["message"], ready
     kubectl("delete", "regcred/bad", "--wait=true", "--timeout=30s")
+
+
+def test_deletion_policy_revoke_retires_the_keys_through_the_grace_path_before_the_resource_goes(
+    sbx: SandboxProcess, kubectl: Kubectl, daemon: Daemon, state_dir: Path
+) -> None:
+    name = "revoked"
+    apply(kubectl, name, spec(sbx, "regcred-revoked", gracePeriod="2s", deleteAfter="1s", deletionPolicy="Revoke"))
+    kubectl("wait", "--for=condition=Ready", f"regcred/{name}", "--timeout=60s")
+    key_id = FileStateStore(state_dir).load(name).current.id  # type: ignore[union-attr]
+    assert live(sbx, key_id)
+
+    kubectl("delete", f"regcred/{name}", "--wait=false")
+    # Held by the finalizer while the key waits out its grace period, then disabled, then deleted.
+    wait_for(lambda: (condition(get(kubectl, name), "Ready") or {}).get("reason") == "Revoking", "Revoking")
+    wait_for(lambda: kubectl("get", f"regcred/{name}", check=False).returncode != 0, "the resource gone", timeout=60)
+    assert not live(sbx, key_id)
+    events = [e for e in daemon.events() if e.get("key_id") == key_id]
+    assert [e["event"] for e in events if e["event"] in ("key.retired", "key.disabled", "key.deleted")] == [
+        "key.retired",
+        "key.disabled",
+        "key.deleted",
+    ]
+    assert held_passwords(sbx, "regcred-revoked")["team-a"] is not None  # secrets are left; their key is gone
+
+
+def live(sbx: SandboxProcess, key_id: str) -> bool:
+    return any(k["id"] == key_id and not k["deleted"] for k in iam_keys(sbx))
