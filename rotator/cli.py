@@ -21,7 +21,7 @@ def _with_config(parser: argparse.ArgumentParser) -> None:
 def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     """The CLI; ``sandbox=False`` names the sandbox command without loading the emulators (aiohttp's
     server, the token signer and its cryptography: ~25 MiB and ~0.3 s that ``rotator run`` does not need)."""
-    from rotator import commands, version
+    from rotator import commands, schemas, version
 
     parser = argparse.ArgumentParser(
         prog="rotator",
@@ -74,6 +74,7 @@ def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     _with_config(p)
     p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
     _add_sandbox(sub, load=sandbox)
+    schemas.add_command(sub)
     return parser
 
 

@@ -14,20 +14,19 @@ Status goes through the status subresource (merge patch); a write that would not
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
 from rotator import logs, settings
 from rotator.errors import ConfigError, RotatorError
-from rotator.kubecore import ClusterObjects
+from rotator.kubecore import ClusterObjects, CoreV1
 from rotator.regcred import (
     API_VERSION,
     FINALIZER,
@@ -40,7 +39,7 @@ from rotator.regcred import (
     TargetCounts,
 )
 from rotator.regcred_status import Refusal, decide
-from rotator.settings import CredentialSettings
+from rotator.settings import CredentialSettings, IamProviderSettings, SecretKeyReader, SecretSource
 from rotator.watches import ResourceWatch
 
 if TYPE_CHECKING:
@@ -53,47 +52,47 @@ JOIN_S = 5.0
 # -- the spec --------------------------------------------------------------------------------------------
 
 
-def credential_from_spec(name: str, spec: Mapping[str, Any], *, source: str) -> CredentialSettings:
-    """TEMPORARY (until the pydantic model lands: ``settings.credential_from_spec``): a resource's spec
-    (camelCase, one credential's config) as the settings of credential ``name``, through the config
-    file's own parser; errors name ``spec.<field>``. Raises ConfigError with every problem."""
-    body = {k: v for k, v in spec.items() if k != "deletionPolicy"}
-    doc = {"credentials": [{"name": name, **_snake(body)}]}
-    try:
-        return settings.parse(doc, source=Path(source), base_dir=Path("/")).credentials[0]
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("credentials[0].", "spec.")) from None
+def credential_for(
+    name: str, spec: Mapping[str, Any], *, namespace: str, reader: SecretKeyReader
+) -> CredentialSettings:
+    """Resource ``name``'s spec as the settings of credential ``name``; its ``secretKeyRef`` sources read
+    through ``reader``, and only Secrets in ``namespace`` (rotator's own: its Role grants ``get`` on Secrets
+    there and nowhere else). Raises ConfigError with every problem, naming ``spec.<field>``."""
+    cred = settings.credential_from_spec(name, spec, source=f"RegistryCredential {name}")
+    elsewhere = [
+        f"RegistryCredential {name}: {s.field_path}.secretKeyRef.namespace: {s.secret_key_ref.namespace!r} is not "
+        f"rotator's namespace; rotator reads Secrets only in {namespace!r} (its Role): create the Secret there, for "
+        f"example secretKeyRef: {{namespace: {namespace}, name: {s.secret_key_ref.name}, key: {s.secret_key_ref.key}}}"
+        for s in _secret_sources(cred)
+        if s.secret_key_ref is not None and s.secret_key_ref.namespace != namespace
+    ]
+    if elsewhere:
+        raise ConfigError("\n".join(elsewhere))
+    return settings.with_secret_reader(cred, reader)
 
 
-def _snake(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {re.sub(r"(?<!^)(?=[A-Z])", "_", str(k)).lower(): _snake(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_snake(v) for v in value]
-    return value
+def _secret_sources(cred: CredentialSettings) -> list[SecretSource]:
+    provider = cred.provider
+    found: list[object] = [provider.apikey if isinstance(provider, IamProviderSettings) else provider.password]
+    found.append(cred.codeengine.apikey if cred.codeengine is not None else None)
+    return [s for s in found if isinstance(s, SecretSource)]
 
 
-def secret_reader(core: Any, namespace: str) -> Any:
-    """``reader(namespace, name, key) -> str`` for ``secretKeyRef`` sources: one GET of that Secret's key,
-    only in rotator's own namespace (the Role grants ``get`` on Secrets there and nowhere else)."""
-    import base64
+def secret_reader(core: Any) -> SecretKeyReader:
+    """``reader(namespace, name, key) -> value`` for ``secretKeyRef`` sources: one GET of that Secret (re-read
+    at every use, as a file source is: a Secret updated in place takes effect at the next sign-in)."""
 
-    def read(ref_namespace: str, name: str, key: str) -> str:
-        if ref_namespace != namespace:
-            raise ConfigError(
-                f"secretKeyRef.namespace: {ref_namespace!r} is not rotator's namespace; rotator reads Secrets only "
-                f"in {namespace!r} (its Role): put the Secret there, for example secretKeyRef: {{namespace: "
-                f"{namespace}, name: {name}, key: {key}}}"
-            )
+    def read(namespace: str, name: str, key: str) -> str:
         try:
             data = json.loads(core.read_namespaced_secret(name, namespace).data).get("data") or {}
         except ApiException as exc:
             raise ConfigError(
-                f"secretKeyRef: Secret {namespace}/{name} cannot be read (HTTP {exc.status}); create it or fix the name"
+                f"secretKeyRef: Secret {namespace}/{name} cannot be read (HTTP {exc.status}); create it in "
+                f"{namespace} or fix the name"
             ) from None
         if key not in data:
-            raise ConfigError(f"secretKeyRef.key: Secret {namespace}/{name} has no key {key!r}; known: {sorted(data)}")
-        return base64.b64decode(data[key]).decode().strip()
+            raise ConfigError(f"secretKeyRef.key: Secret {namespace}/{name} has no key {key!r}; it has {sorted(data)}")
+        return base64.b64decode(data[key]).decode()
 
     return read
 
@@ -144,6 +143,8 @@ class Controller:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.api = ClusterObjects(daemon.app.kube, GROUP, VERSION, PLURAL)
+        self.namespace = daemon.settings.kubernetes.namespace
+        self.reader = secret_reader(CoreV1(daemon.app.kube))
         # With credentials_from: both, the config file's credentials keep their names.
         self.file_names = frozenset(c.name for c in daemon.settings.credentials)
         self.tracked: dict[str, Tracked] = {}
@@ -250,7 +251,6 @@ class Controller:
             t.served = previous.last_rotate_request if previous is not None else None
             self.tracked[name] = t
         t.generation = int(meta.get("generation") or 1)
-        t.deletion_policy = str(spec.get("deletionPolicy") or "Retain")
         if meta.get("deletionTimestamp"):
             self._release(t, meta)
             return
@@ -282,13 +282,14 @@ class Controller:
             return
         t.checked_generation = t.generation
         try:
-            cred = credential_from_spec(t.name, spec, source=f"RegistryCredential {t.name}")
+            cred = credential_for(t.name, spec, namespace=self.namespace, reader=self.reader)
         except ConfigError as exc:
             kept = f" (generation {t.managed_generation} stays managed)" if t.managed_generation else ""
             t.refusal = Refusal(reason="InvalidSpec", message=f"{exc}{kept}")
             log.warning("regcred.invalid_spec", resource=t.name, generation=t.generation, error=str(exc))
             return
         t.refusal = None
+        t.deletion_policy = cred.deletion_policy
         if t.managed_generation is None:
             self.daemon.add_credential(cred)
         else:

@@ -86,6 +86,7 @@ def test_base_renders_every_object(objects: list[dict[str, Any]]) -> None:
     assert kinds == sorted(
         [
             ("Namespace", NAMESPACE),
+            ("CustomResourceDefinition", "registrycredentials.rotator.example.com"),
             ("ServiceAccount", "rotator"),
             ("ClusterRole", "rotator"),
             ("ClusterRoleBinding", "rotator"),
@@ -101,7 +102,7 @@ def test_base_renders_every_object(objects: list[dict[str, Any]]) -> None:
             ("PrometheusRule", "rotator"),
         ]
     )
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     for obj in objects:
         if obj["kind"] not in cluster_scoped:
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
@@ -109,7 +110,7 @@ def test_base_renders_every_object(objects: list[dict[str, Any]]) -> None:
 
 def test_every_object_validates_against_kubernetes_schemas(objects: list[dict[str, Any]]) -> None:
     """Each non-CRD object passes the Kubernetes 1.32 JSON schema in strict mode (no unknown fields)."""
-    assert len([o for o in objects if o["kind"] not in CRD_KINDS]) == 12
+    assert len([o for o in objects if o["kind"] not in CRD_KINDS]) == 13
     assert schema_errors(objects) == []
 
 

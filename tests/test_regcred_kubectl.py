@@ -28,7 +28,9 @@ from rotator.adapters.state import FileStateStore
 from rotator.regcred import FINALIZER, ROTATE_ANNOTATION
 from rotator.sandbox.control import SandboxProcess, iam_provider_config, labelled_kubernetes_target
 
-CRD_FIXTURE = Path(__file__).parent / "registrycredential-crd.yaml"
+REPO = Path(__file__).resolve().parent.parent
+CRD = REPO / "deploy" / "crd" / "registrycredentials.rotator.example.com.yaml"
+OWN_NAMESPACE = "rotator-system"  # the daemon's kubernetes.namespace (default): secretKeyRef reads only here
 NAMESPACES = ("team-a", "team-b", "team-c")
 PICKUP_S = 5.0  # "within a second" on an idle machine; bounded generously for a loaded 2-core one
 
@@ -42,14 +44,10 @@ def sbx() -> Iterator[SandboxProcess]:
 @pytest.fixture(scope="module")
 def kubectl(sbx: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     run = kubectl_runner(sbx.endpoints["kubeconfig"], tmp_path_factory.mktemp("kubectl-home"))
-    # The emulator's fixture definition with an open spec and status (the generated CRD replaces it).
-    crd = yaml.safe_load(CRD_FIXTURE.read_text())
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    schema["properties"] = {
-        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-    }
-    run("apply", "-f", "-", stdin=yaml.safe_dump(crd))
+    run("apply", "-f", str(CRD))
+    # The admin API key as a Secret in rotator's namespace, for the resources' secretKeyRef.
+    apikey = Path(sbx.endpoints["admin_apikey_file"])
+    run("-n", OWN_NAMESPACE, "create", "secret", "generic", "admin-apikey", f"--from-file=apikey={apikey}")
     return run
 
 
@@ -87,7 +85,7 @@ def spec(sbx: SandboxProcess, secret_name: str, **changes: Any) -> dict[str, Any
             "endpoint": provider["endpoint"],
             "accountId": provider["account_id"],
             "serviceId": provider["service_id"],
-            "apikey": provider["apikey"],
+            "apikey": {"secretKeyRef": {"namespace": OWN_NAMESPACE, "name": "admin-apikey", "key": "apikey"}},
         },
         "registry": {"server": ep["registry_host"], "images": ep["images"], "verifyBudget": "10s"},
         "schedule": {"interval": "1h"},
@@ -221,14 +219,20 @@ def held_passwords(sbx: SandboxProcess, secret_name: str) -> dict[str, Masked | 
     return out
 
 
-def test_an_invalid_spec_is_refused_in_the_status(sbx: SandboxProcess, kubectl: Kubectl, daemon: Daemon) -> None:
+def test_a_secret_outside_rotators_namespace_is_refused_in_the_status(
+    sbx: SandboxProcess, kubectl: Kubectl, daemon: Daemon
+) -> None:
+    """The API server accepts it (any namespace is a valid name); rotator reads Secrets only in its own."""
     body = spec(sbx, "regcred-bad")
-    del body["registry"]
+    body["provider"]["apikey"] = {"secretKeyRef": {"namespace": "team-a", "name": "admin-apikey", "key": "apikey"}}
     apply(kubectl, "bad", body)
-    wait_for(lambda: condition(get(kubectl, "bad"), "Ready"), "a Ready condition")
-    ready = condition(get(kubectl, "bad"), "Ready")
-    assert ready is not None and ready["status"] == "False" and ready["reason"] == "InvalidSpec"
-    assert "spec.registry" in ready["message"], ready
+    ready = wait_for(lambda: condition(get(kubectl, "bad"), "Ready"), "a Ready condition")
+    assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+    assert "spec.provider.apikey.secretKeyRef.namespace: 'team-a'" in ready["message"], ready
+    assert f"namespace: {OWN_NAMESPACE}" in ready["message"]  # the fix
+    assert not daemon.logged("credential.added") or "bad" not in json.dumps(
+        [e for e in daemon.events() if e.get("event") == "credential.added"]
+    )
     kubectl("delete", "regcred/bad", "--wait=true", "--timeout=30s")
 
 

@@ -219,7 +219,8 @@ def decode(rt: ResourceType, body: Any, *, strict: bool = False) -> tuple[dict[s
             raise _cannot_handle(rt, "json: cannot unmarshal into Go struct field of type metav1.ObjectMeta")
         obj, dropped = kube_schema.prune(body, rt.custom.schema)
         if dropped and strict:
-            raise bad_request(f'strict decoding error: unknown field "{dropped[0]}"')
+            # The apiserver names every unknown field of a custom object, in one message.
+            raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in dropped))
         warnings += [f'unknown field "{path}"' for path in dropped]
     else:
         obj = _check_fields(rt, "", body, COMMON | SCHEMAS.get(rt.kind, {}), strict, warnings)
