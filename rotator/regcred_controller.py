@@ -109,6 +109,8 @@ class Tracked:
     generation: int = 0
     managed_generation: int | None = None  # the spec generation the daemon manages (None: not managed)
     refusal: Refusal | None = None
+    # A changed spec handed to the worker, and the generation still in force until it swaps it in.
+    replan: tuple[CredentialSettings, int] | None = None
     checked_generation: int | None = None  # the spec generation last parsed (an invalid one is logged once)
     deletion_policy: str = "Retain"
     revoking: bool = False  # deleted with deletionPolicy Revoke: the finalizer stays until no key is left
@@ -294,6 +296,7 @@ class Controller:
             self.daemon.add_credential(cred)
         else:
             self.daemon.workers[t.name].replan(cred)
+            t.replan = (cred, t.replan[1] if t.replan else t.managed_generation)
         t.managed_generation = t.generation
 
     def _release(self, t: Tracked, meta: Mapping[str, Any]) -> None:
@@ -355,13 +358,17 @@ class Controller:
         t = self.tracked.get(name)
         if t is None:
             return
+        generation = t.generation
+        if t.replan is not None:  # observedGeneration moves once the worker manages the new spec
+            swapped = name not in self.daemon.workers or any(c is t.replan[0] for c in self.daemon.settings.credentials)
+            t.replan, generation = (None, generation) if swapped else (t.replan, t.replan[1])
         journal = policy = None
         if t.managed_generation is not None and name in self.daemon.workers:
             journal = self.daemon.app.store.load(name)
             policy = self.daemon.app.policy(self.daemon.settings.credential(name))
         status = decide(
             t.status,
-            generation=t.generation,
+            generation=generation,
             journal=journal,
             policy=policy,
             targets=self.targets.get(name),
@@ -377,7 +384,7 @@ class Controller:
         self.api.patch_status(name, body)
         self.status_writes += 1
         t.status, t.written = status, wire
-        log.info("regcred.status_written", resource=name, generation=t.generation, writes=self.status_writes)
+        log.info("regcred.status_written", resource=name, generation=generation, writes=self.status_writes)
 
     def _event(self, credential: str, fields: Mapping[str, Any]) -> None:
         """An Event on the resource for a finished rotation (the recorder of the secrets' Events)."""

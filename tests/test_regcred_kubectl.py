@@ -21,7 +21,7 @@ from daemon_env import Daemon
 from kubectl_env import Kubectl, kubectl_runner
 from masked import Masked, masked
 from polling import wait_for
-from rotation_env import iam_keys, pulls, read_secret, stored_doc
+from rotation_env import iam_keys, pulls, read_secret, stored_doc, write_config
 
 from rotator import dockerconfig
 from rotator.adapters.state import FileStateStore
@@ -122,8 +122,10 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 
 
-def status_writes(daemon: Daemon, name: str) -> int:
-    return sum(1 for e in daemon.events() if e.get("event") == "regcred.status_written" and e.get("resource") == name)
+def status_writes(sbx: SandboxProcess, name: str, since: int = 0) -> int:
+    """Writes of the resource's status the API server received (its request log)."""
+    path = f"/apis/rotator.example.com/v1alpha1/registrycredentials/{name}/status"
+    return sum(1 for r in sbx.requests("kubernetes", since) if r["path"] == path and r["method"] in ("PUT", "PATCH"))
 
 
 def last_pass(daemon: Daemon, name: str) -> float:
@@ -169,15 +171,16 @@ def test_a_resource_is_managed_shown_rotated_on_request_replanned_and_released(
     text = wait_for(described, "the Rotated event in describe")
     assert "Conditions:" in text and "KeyVerified" in text and "Events:" in text, text
 
-    # Nothing changes over several passes: no status write.
-    writes = status_writes(daemon, name)
+    # Nothing changes over several passes (resync 1s): not one status write reaches the API server.
+    writes = status_writes(sbx, name)
+    since = sbx.last_seq("kubernetes")
     version = get(kubectl, name)["metadata"]["resourceVersion"]
     first = last_pass(daemon, name)
     for _ in range(3):
         seen = last_pass(daemon, name)
         wait_for(lambda seen=seen: last_pass(daemon, name) > seen, "a pass", timeout=20)  # type: ignore[misc]
     assert last_pass(daemon, name) > first
-    assert status_writes(daemon, name) == writes
+    assert status_writes(sbx, name, since) == 0
     assert get(kubectl, name)["metadata"]["resourceVersion"] == version
 
     # The annotation asks for exactly one rotation.
@@ -206,7 +209,7 @@ def test_a_resource_is_managed_shown_rotated_on_request_replanned_and_released(
     assert kubectl("get", f"regcred/{name}", check=False).returncode != 0
     assert held_passwords(sbx, "regcred-pull") == held
     wait_for(lambda: daemon.logged("credential.removed"), "the credential removed")
-    print(f"picked up in {picked_up_s:.2f}s; status writes: {writes}")
+    print(f"picked up in {picked_up_s:.2f}s; status writes: {writes} to Ready, {status_writes(sbx, name)} in all")
 
 
 def held_passwords(sbx: SandboxProcess, secret_name: str) -> dict[str, Masked | None]:
@@ -261,3 +264,22 @@ def test_deletion_policy_revoke_retires_the_keys_through_the_grace_path_before_t
 
 def live(sbx: SandboxProcess, key_id: str) -> bool:
     return any(k["id"] == key_id and not k["deleted"] for k in iam_keys(sbx))
+
+
+def test_a_resource_named_like_a_file_credential_is_refused(tmp_path: Path) -> None:
+    """credentials_from: both: the file's credential keeps its name; the resource says why it is not managed."""
+    with SandboxProcess.start() as other:
+        run = kubectl_runner(other.endpoints["kubeconfig"], tmp_path / "kubectl-home")
+        run("apply", "-f", str(CRD))
+        config = write_config(tmp_path, other, top={"credentials_from": "both"})  # file credential icr-pull
+        proc = Daemon(config, identity="regcred-both")
+        try:
+            proc.api()
+            apply(run, "icr-pull", spec(other, "regcred-dup"))
+            ready = wait_for(lambda: condition(get(run, "icr-pull"), "Ready"), "a Ready condition")
+            assert (ready["status"], ready["reason"]) == ("False", "DuplicateName")
+            assert f"the config file ({config}) already defines a credential named 'icr-pull'" in ready["message"]
+            assert [e for e in proc.events() if e.get("event") == "credential.added"] == []
+            run("delete", "regcred/icr-pull", "--wait=true", "--timeout=30s")  # released: nothing to revoke
+        finally:
+            assert proc.stop() == 0
