@@ -660,6 +660,8 @@ class Daemon:
             for worker in self.workers.values():
                 worker.recover()
                 worker.tick()
+            if self.controller is not None:
+                self.controller.resync()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any], cluster: str = "") -> None:
         if resource == "secrets":

@@ -150,6 +150,7 @@ class Controller:
         # With credentials_from: both, the config file's credentials keep their names.
         self.file_names = frozenset(c.name for c in daemon.settings.credentials)
         self.tracked: dict[str, Tracked] = {}
+        self.latest: dict[str, dict[str, Any]] = {}  # each resource as last seen (for a new leader to act on)
         self.targets: dict[str, TargetCounts] = {}
         self.status_writes = 0
         self._inbox = _Inbox()
@@ -206,6 +207,13 @@ class Controller:
             self._event(credential, fields)
         self.touch(credential)
 
+    def resync(self) -> None:
+        """This replica became the leader: act on every resource as last seen (finalizers, requests, status)."""
+        with self._cond:
+            for name, obj in list(self.latest.items()):
+                self._inbox.objects.setdefault(name, obj)
+            self._cond.notify()
+
     def touch(self, name: str) -> None:
         """Recompute ``name``'s status (written only if it changed)."""
         with self._cond:
@@ -253,14 +261,19 @@ class Controller:
             t.served = previous.last_rotate_request if previous is not None else None
             self.tracked[name] = t
         t.generation = int(meta.get("generation") or 1)
+        self.latest[name] = obj
+        acting = self.daemon.may_act()
+        if not acting:  # the leader writes: follow what it wrote, to take over from there
+            t.written, t.status = obj.get("status"), _parse_status(obj.get("status"))
+            t.served = t.status.last_rotate_request if t.status is not None else None
         if meta.get("deletionTimestamp"):
             self._release(t, meta)
             return
-        if FINALIZER not in (meta.get("finalizers") or []):
+        if FINALIZER not in (meta.get("finalizers") or []) and acting:
             self._add_finalizer(t, meta)
         self._manage(t, spec)
         value = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-        if value and value != t.served and t.managed_generation is not None:
+        if value and value != t.served and t.managed_generation is not None and acting:
             rotation_id, joined = self.daemon.request_rotation(
                 name,
                 reason=f"annotation {ROTATE_ANNOTATION}={value}",
@@ -316,7 +329,7 @@ class Controller:
             t.managed_generation = None
             log.info("regcred.released", resource=t.name, deletion_policy=t.deletion_policy)
         finalizers = list(meta.get("finalizers") or [])
-        if FINALIZER in finalizers:
+        if FINALIZER in finalizers and self.daemon.may_act():
             finalizers.remove(FINALIZER)
             body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
             self.api.patch(t.name, body)
@@ -337,12 +350,13 @@ class Controller:
     def _refresh(self, name: str) -> None:
         """After a pass: the status, and for a revoking resource whether its keys are all gone."""
         t = self.tracked.get(name)
-        if t is not None and t.revoking:
+        if t is not None and t.revoking and self.daemon.may_act():
             self._release(t, json.loads(self.api.read(name).data)["metadata"])
         else:
             self._write_status(name)
 
     def _gone(self, name: str) -> None:
+        self.latest.pop(name, None)
         t = self.tracked.pop(name, None)
         self.targets.pop(name, None)
         if t is not None and t.managed_generation is not None:
@@ -356,7 +370,7 @@ class Controller:
     # -- status ------------------------------------------------------------------------------------------
     def _write_status(self, name: str) -> None:
         t = self.tracked.get(name)
-        if t is None:
+        if t is None or not self.daemon.may_act():  # only the leader writes (a follower's view may lag)
             return
         generation = t.generation
         if t.replan is not None:  # observedGeneration moves once the worker manages the new spec
