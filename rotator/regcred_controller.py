@@ -203,6 +203,8 @@ class Controller:
             self.targets[credential] = TargetCounts(
                 total=total, in_sync=total - stale, out_of_sync=max(0, stale - refused), refused=refused
             )
+        if name == "rotation.started":  # counted against the old key: unknown until the next pass looks
+            self.targets.pop(credential, None)
         if name == "rotation.finished":
             self._event(credential, fields)
         self.touch(credential)
