@@ -289,11 +289,13 @@ class Controller:
 
     def _manage(self, t: Tracked, spec: Mapping[str, Any]) -> None:
         if t.name in self.file_names:
-            t.refusal = Refusal(
-                reason="DuplicateName",
-                message=f"the config file ({self.daemon.settings.source}) already defines a credential named "
-                f"{t.name!r}, and names must be unique; rename this resource or remove that credential",
-            )
+            if t.refusal is None:
+                t.refusal = Refusal(
+                    reason="DuplicateName",
+                    message=f"the config file ({self.daemon.settings.source}) already defines a credential named "
+                    f"{t.name!r}, and names must be unique; rename this resource or remove that credential",
+                )
+                self._record(t, t.refusal.reason, t.refusal.message, warning=True)
             return
         if t.managed_generation == t.generation or t.checked_generation == t.generation:
             return
@@ -304,6 +306,7 @@ class Controller:
             kept = f" (generation {t.managed_generation} stays managed)" if t.managed_generation else ""
             t.refusal = Refusal(reason="InvalidSpec", message=f"{exc}{kept}")
             log.warning("regcred.invalid_spec", resource=t.name, generation=t.generation, error=str(exc))
+            self._record(t, "InvalidSpec", t.refusal.message, warning=True)
             return
         t.refusal = None
         t.deletion_policy = cred.deletion_policy
@@ -403,17 +406,23 @@ class Controller:
         log.info("regcred.status_written", resource=name, generation=generation, writes=self.status_writes)
 
     def _event(self, credential: str, fields: Mapping[str, Any]) -> None:
-        """An Event on the resource for a finished rotation (the recorder of the secrets' Events)."""
+        """An Event on the resource for a finished rotation."""
         t = self.tracked.get(credential)
-        recorder = self.daemon.app.event_recorder
-        if t is None or recorder is None:
+        if t is None:
             return
-        involved = {"apiVersion": API_VERSION, "kind": KIND, "name": t.name, "uid": t.uid}
         rotation_id, result = fields.get("rotation_id", ""), fields.get("result", "")
         if result == "succeeded":
-            recorder.record_on(involved, "Rotated", f"rotation {rotation_id} succeeded: a new key is in use")
+            self._record(t, "Rotated", f"rotation {rotation_id} succeeded: a new key is in use")
         else:
-            recorder.record_on(involved, "RotationFailed", f"rotation {rotation_id} {result}", warning=True)
+            self._record(t, "RotationFailed", f"rotation {rotation_id} {result}", warning=True)
+
+    def _record(self, t: Tracked, reason: str, message: str, *, warning: bool = False) -> None:
+        """An Event on the resource (the recorder of the secrets' Events: queued, sent by its thread); the
+        leader's only."""
+        recorder = self.daemon.app.event_recorder
+        if recorder is not None and self.daemon.may_act():
+            involved = {"apiVersion": API_VERSION, "kind": KIND, "name": t.name, "uid": t.uid}
+            recorder.record_on(involved, reason, message, warning=warning)
 
 
 def _parse_status(raw: Any) -> RegistryCredentialStatus | None:

@@ -233,6 +233,7 @@ def test_a_secret_outside_rotators_namespace_is_refused_in_the_status(
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert "spec.provider.apikey.secretKeyRef.namespace: 'team-a'" in ready["message"], ready
     assert f"namespace: {OWN_NAMESPACE}" in ready["message"]  # the fix
+    wait_for(lambda: "InvalidSpec" in kubectl("describe", "regcred/bad").stdout.split("Events:")[-1], "a Warning event")
     assert not daemon.logged("credential.added") or "bad" not in json.dumps(
         [e for e in daemon.events() if e.get("event") == "credential.added"]
     )
