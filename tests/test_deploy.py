@@ -308,28 +308,30 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_role_restricts_state_vault_and_lease_by_name(objects: list[dict[str, Any]]) -> None:
     """In rotator-system, configmaps/secrets/leases are get/update by name only (create cannot be
-    restricted), and the names are those the config uses."""
+    restricted), and the names are those the config uses; the admin key Secret the Deployment mounts is
+    readable by name (RegistryCredentials' secretKeyRef), nothing else in the namespace."""
     config = _config(objects)
     state_name, lease_name = config["state"]["name"], config["daemon"]["lease_name"]
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    admin_key = next(v["secret"]["secretName"] for v in volumes if "admin" in v.get("secret", {}).get("secretName", ""))
     expected = {
-        ("", "configmaps"): [state_name],
-        ("", "secrets"): [f"{state_name}-vault"],
-        ("coordination.k8s.io", "leases"): [lease_name],
+        ("", "configmaps", (state_name,)): ["get", "update"],
+        ("", "secrets", (f"{state_name}-vault",)): ["get", "update"],
+        ("", "secrets", (admin_key,)): ["get"],
+        ("coordination.k8s.io", "leases", (lease_name,)): ["get", "update"],
     }
     role = one(objects, "Role")
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                key = (group, resource)
-                assert key in expected, f"unexpected access to {key}"
                 if rule["verbs"] == ["create"]:
-                    assert "resourceNames" not in rule
-                else:
-                    assert sorted(rule["verbs"]) == ["get", "update"]
-                    assert rule["resourceNames"] == expected[key]
-                    seen.add(key)
+                    assert "resourceNames" not in rule and resource in ("configmaps", "secrets", "leases")
+                    continue
+                key = (group, resource, tuple(rule["resourceNames"]))
+                assert expected.get(key) == sorted(rule["verbs"]), f"unexpected access {rule['verbs']} to {key}"
+                seen.add(key)
     assert seen == set(expected)
     binding = one(objects, "RoleBinding")
     assert binding["roleRef"]["name"] == "rotator"
@@ -366,7 +368,8 @@ def _target_names(objects: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple
 
 def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     """Cluster-wide: namespaces (read); only the pull secret and service accounts the config names (create,
-    which RBAC cannot restrict by name, apart); core Events (create); the two reviews. Nothing else."""
+    which RBAC cannot restrict by name, apart); core Events (create); RegistryCredentials (read, watch,
+    finalizers, status); the two reviews. Nothing else."""
     secrets, accounts = _target_names(objects)
     assert _grants(one(objects, "ClusterRole")) == {
         ("", "namespaces", ()): {"get", "list", "watch"},
@@ -374,6 +377,9 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
         ("", "secrets", ()): {"create"},
         ("", "serviceaccounts", accounts): {"get", "list", "watch", "update"},
         ("", "events", ()): {"create"},
+        ("rotator.example.com", "registrycredentials", ()): {"get", "list", "watch", "update", "patch"},
+        ("rotator.example.com", "registrycredentials/status", ()): {"update", "patch"},
+        ("rotator.example.com", "registrycredentials/finalizers", ()): {"update"},
         ("authentication.k8s.io", "tokenreviews", ()): {"create"},
         ("authorization.k8s.io", "subjectaccessreviews", ()): {"create"},
     }
