@@ -73,8 +73,13 @@ def build_parser(*, sandbox: bool = True) -> argparse.ArgumentParser:
     p = add("run", commands.run, "run the daemon")
     _with_config(p)
     p.add_argument("--resync", type=float, help="longest seconds between passes when nothing is due (daemon.resync)")
+    p = add("schema", commands.schema, "print a document generated from rotator's models")
+    p.add_argument(
+        "name",
+        choices=sorted(schemas.GENERATORS),
+        help="config: the config file's JSON Schema; crd: the RegistryCredential CustomResourceDefinition",
+    )
     _add_sandbox(sub, load=sandbox)
-    schemas.add_command(sub)
     return parser
 
 

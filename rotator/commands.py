@@ -1,4 +1,4 @@
-"""The command implementations behind ``rotator rotate|plan|status|check|run``.
+"""The command implementations behind ``rotator rotate|plan|status|check|run|schema``.
 
 Each returns an exit code: 0 success, 1 the operation failed (the reason is printed), 2 bad
 usage or configuration.
@@ -274,3 +274,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, resync=dt.timedelta(seconds=args.resync)))
     registry = CollectorRegistry()
     return Daemon(App(cfg, metrics=Metrics(registry)), registry=registry).serve()
+
+
+def schema(args: argparse.Namespace) -> int:
+    from rotator.schemas import GENERATORS
+
+    sys.stdout.write(GENERATORS[args.name]())
+    return 0

@@ -16,7 +16,8 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, NamedTuple, Self
+from types import UnionType
+from typing import Annotated, Any, Literal, NamedTuple, Self, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -1136,3 +1137,23 @@ class ConfigFileSpec(Spec):
             seen.add(cred.name)
         refuse(problems)
         return self
+
+
+def unwrap(annotation: Any) -> tuple[dict[str, Any], Any]:
+    """(tag -> member of a tagged union, the type without Optional/Annotated) of a field's annotation:
+    how error messages and docs find a field's section model."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and get_origin(annotation) in (Union, UnionType):  # Optional[X]
+            annotation = args[0]
+            continue
+        tags = {
+            meta.tag: get_args(arg)[0]
+            for arg in args
+            for meta in getattr(arg, "__metadata__", ())
+            if hasattr(meta, "tag") and hasattr(arg, "__metadata__")
+        }
+        return tags, annotation

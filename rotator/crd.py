@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,13 +104,14 @@ def _required(field: str, rule: str, message: str) -> Rule:
 SECRET_SOURCE = Rule(
     one_of("file", "env", "secretKeyRef"),
     "give exactly one of file (a path to a file holding the key), env (an environment variable name) or "
-    "secret_key_ref (a key of a Kubernetes Secret); keys are never written inline",
+    "secretKeyRef (a key of a Kubernetes Secret); keys are never written inline",
 )
 NOT_BOTH_AUTH = Rule("!(has(self.apikey) && has(self.auth))", "give either apikey or auth, not both", ".auth")
 ORGANIZATION = "has(self.tokenType) && self.tokenType == 'organization'"
 
 # Cross-field rules of the model (rotator.config_model), keyed by its JSON Schema definition name (a
-# model's class name): each is the CEL twin of a check of a model_validator, with the model's message.
+# model's class name): each is the CEL twin of a check of a model_validator, with the message the model
+# gives for a resource (settings.credential_from_spec: field names camelCase).
 # Rules that compare durations (retry_backoff_max >= retry_backoff, interval <= max_age, key_expiry)
 # or walk lists (duplicate projects) are left to the model: CEL's durations have no days or weeks, and
 # the API server budgets the cost of a rule over a list of unbounded length. The controller reports
@@ -119,7 +120,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     "SecretSourceSpec": (SECRET_SOURCE,),
     "ApiKeyAuthSpec": (SECRET_SOURCE,),
     "TrustedProfileAuthSpec": (
-        Rule(one_of("profileId", "profileName"), "give exactly one of profile_id or profile_name"),
+        Rule(one_of("profileId", "profileName"), "give exactly one of profileId or profileName"),
     ),
     "IamProviderSpec": (
         NOT_BOTH_AUTH,
@@ -162,7 +163,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     ),
     "CodeEngineTargetSpec": (
         NOT_BOTH_AUTH,
-        Rule(one_of("projectId", "projects"), "give exactly one of project_id or projects"),
+        Rule(one_of("projectId", "projects"), "give exactly one of projectId or projects"),
         _required("endpoint", "!has(self.projectId) || has(self.endpoint)", "is required"),
         Rule("!has(self.projects) || size(self.projects) > 0", "is not a non-empty list", ".projects"),
     ),
@@ -285,7 +286,7 @@ class _Converter:
         if len(branches) == 1:
             return branches[0]
         if kept == "object":
-            return _object_union(branches, self)
+            return _object_union(branches, self._union)
         if kept == "array":
             return {"type": "array", "items": self._union([b["items"] for b in branches])}
         alternatives = [{k: v for k, v in b.items() if k in VALUE_VALIDATIONS} for b in branches]
@@ -303,13 +304,13 @@ class _Converter:
         return out
 
 
-def _object_union(branches: list[Schema], converter: _Converter) -> Schema:
+def _object_union(branches: list[Schema], union: Callable[[list[Schema]], Schema]) -> Schema:
     """Branches of objects as one object: every property, each branch's required ones asked for by CEL,
     keyed on the discriminator (a property each branch fixes to its own value) when there is one."""
     properties: dict[str, Schema] = {}
     for branch in branches:
         for key, child in (branch.get("properties") or {}).items():
-            properties[key] = child if key not in properties else converter._union([properties[key], child])
+            properties[key] = child if key not in properties else union([properties[key], child])
             if properties[key].get("type") is None and "x-kubernetes-int-or-string" not in properties[key]:
                 properties[key] = child
     for key, child in properties.items():

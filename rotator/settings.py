@@ -11,10 +11,9 @@ import datetime as dt
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -434,10 +433,11 @@ class Settings:
         """The loaded config for logging: secret sources are shown by location, never by value."""
 
         def clean(value: Any) -> Any:
+            # By hand, not asdict(): that deep-copies every value, a bound secret reader's client too.
             if isinstance(value, SecretSource | TrustedProfileSource):
                 return value.describe()
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items() if k != "field_path"}
+            if hasattr(value, "__dataclass_fields__"):
+                return {f.name: clean(getattr(value, f.name)) for f in fields(value) if f.name != "field_path"}
             if isinstance(value, list | tuple):
                 return [clean(v) for v in value]
             if isinstance(value, dt.timedelta):
@@ -446,19 +446,7 @@ class Settings:
                 return str(value)
             return value
 
-        data = {f: getattr(self, f) for f in ("credentials", "kubernetes", "state", "daemon", "server")}
-        out = {
-            k: clean(asdict(v) if hasattr(v, "__dataclass_fields__") else [asdict(c) for c in v])
-            for k, v in data.items()
-        }
-        # asdict turned SecretSource into dicts: restore the short description.
-        for cred, raw in zip(self.credentials, out["credentials"], strict=True):
-            if isinstance(cred.provider, DockerHubProviderSettings):
-                raw["provider"]["password"] = cred.provider.password.describe()
-            else:
-                raw["provider"]["apikey"] = cred.provider.apikey.describe()
-            if cred.codeengine is not None and cred.codeengine.apikey is not None:
-                raw["codeengine"]["apikey"] = cred.codeengine.apikey.describe()
+        out = {f: clean(getattr(self, f)) for f in ("credentials", "kubernetes", "state", "daemon", "server")}
         out["source"] = str(self.source)
         return out
 
@@ -620,25 +608,6 @@ def _join(parts: list[str | int]) -> str:
     return out
 
 
-def _members(annotation: Any) -> tuple[dict[str, Any], Any]:
-    """(tag -> member of a tagged union, the type without Optional/Annotated) of a field's annotation."""
-    while True:
-        if get_origin(annotation) is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and get_origin(annotation) in (Union, UnionType):  # Optional[X]
-            annotation = args[0]
-            continue
-        tags = {
-            meta.tag: get_args(arg)[0]
-            for arg in args
-            for meta in getattr(arg, "__metadata__", ())
-            if hasattr(meta, "tag") and hasattr(arg, "__metadata__")
-        }
-        return tags, annotation
-
-
 def _locate(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str | int], FieldInfo | None, Any]:
     """Walk ``loc`` through the models: (the path without union tags, the last field, the model holding it)."""
     current: Any = root
@@ -646,7 +615,7 @@ def _locate(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[list[str
     info: FieldInfo | None = None
     owner: Any = None
     for part in loc:
-        tags, current = _members(current)
+        tags, current = m.unwrap(current)
         if part in tags:
             current = tags[part]
             continue
@@ -690,16 +659,32 @@ def _problems(
             out.append((path, f"{_show(value, path)} is not a list", example))
         elif kind == "rotator_kind":
             given = value.get("kind") if isinstance(value, dict) else None
-            tags = " or ".join(_members(info.annotation)[0]) if info is not None else None
+            tags = " or ".join(m.unwrap(info.annotation)[0]) if info is not None else None
             shown = "is required" if given is None else f"{_show(given)} {err['msg']}"
             out.append((f"{path}.kind", shown, tags))
+        elif kind == "literal_error":
+            out.append((path, f"{_show(value, path)} is not {ctx['expected']}", example))
         elif kind == "value_error" and parts and isinstance(parts[-1], int):
             item = f"(item {parts[-1]}: {_show(value, path)}) {ctx['error']}"
             out.append((_join(parts[:-1]), item, example))
         else:
             problem = str(ctx["error"]) if kind == "value_error" else err["msg"]
             out.append((path, f"{_show(value, path)} {problem}", example))
+    if alias:  # a resource's fields are camelCase, also where a message or an example names them
+        return [(path, _camel_words(text), None if ex is None else _camel_words(_flow(ex))) for path, text, ex in out]
     return out
+
+
+def _camel_words(text: str) -> str:
+    return _FIELD_WORDS.sub(lambda match: to_camel(match.group(0)), text)
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields).union(*(_field_names(sub) for sub in model.__subclasses__()))
+
+
+# Every multi-word field name of the models (retry_backoff, allow_insecure_http, ...).
+_FIELD_WORDS = re.compile(r"\b(" + "|".join(sorted(n for n in _field_names(m.Spec) if "_" in n)) + r")\b")
 
 
 # -- the validated model as runtime settings ---------------------------------------------------------

@@ -143,11 +143,16 @@ def test_structural_conversion_of_json_schema_unions() -> None:
 
 
 @pytest.fixture(scope="module")
-def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
+def sandbox() -> Iterator[SandboxProcess]:
     with SandboxProcess.start() as sbx:
-        run = kubectl_runner(sbx.endpoints["kubeconfig"], tmp_path_factory.mktemp("kubectl-home"))
-        run("apply", "-f", str(CRD_FILE))
-        yield run
+        yield sbx
+
+
+@pytest.fixture(scope="module")
+def kubectl(sandbox: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    run = kubectl_runner(sandbox.endpoints["kubeconfig"], tmp_path_factory.mktemp("kubectl-home"))
+    run("apply", "-f", str(CRD_FILE))
+    return run
 
 
 def resource(name: str, spec: dict[str, Any]) -> str:
@@ -161,8 +166,12 @@ def sample_spec() -> dict[str, Any]:
     return spec
 
 
-def test_the_sandbox_sample_is_accepted_and_listed_with_the_columns(kubectl: Kubectl) -> None:
+def test_the_sandbox_sample_is_accepted_and_listed_with_the_columns(kubectl: Kubectl, sandbox: SandboxProcess) -> None:
+    """The steps of docs/registrycredential.md: the admin key's Secret, then the sample."""
     assert model_refusal(sample_spec()) == ""
+    kubectl("get", "namespace", "rotator-system")  # the sandbox has rotator's namespace
+    apikey = f"apikey={sandbox.endpoints['admin_apikey_file']}"
+    kubectl("-n", "rotator-system", "create", "secret", "generic", "rotator-admin-apikey", f"--from-file={apikey}")
     applied = kubectl("apply", "-f", str(SAMPLE)).stdout
     assert applied.strip() == f"registrycredential.{regcred.GROUP}/sandbox-pull created"
     header, row = kubectl("get", "regcred", "sandbox-pull").stdout.splitlines()
