@@ -265,9 +265,11 @@ class Controller:
         t.generation = int(meta.get("generation") or 1)
         self.latest[name] = obj
         acting = self.daemon.may_act()
-        if not acting:  # the leader writes: follow what it wrote, to take over from there
+        if not acting:  # the leader writes: follow what it wrote, to take over from there without a write
             t.written, t.status = obj.get("status"), _parse_status(obj.get("status"))
             t.served = t.status.last_rotate_request if t.status is not None else None
+            if t.status is not None and t.status.targets is not None:  # a follower's passes count none
+                self.targets[name] = t.status.targets
         if meta.get("deletionTimestamp"):
             self._release(t, meta)
             return
