@@ -297,7 +297,7 @@ class Worker:
             kind, item = self._take()
             if kind == "stop":
                 if self.retired:
-                    self.daemon.app.forget(self.name)  # its reconciler's pools, now idle
+                    self.daemon.forget(self.name)
                 return
             try:
                 self._handle(kind, item)
@@ -530,8 +530,15 @@ class Daemon:
                     self.scheduler.remove_job(job)
             worker.retire()
             if worker.thread.ident is None:
-                self.app.forget(name)
+                self.forget(name)
         log.info("credential.removed", credential=name)
+
+    def forget(self, name: str) -> None:
+        """A removed credential's worker is done: its reconciler's pools closed, its metrics series gone
+        (unless a credential of the same name was added meanwhile)."""
+        if name not in self.workers:
+            self.app.forget(name)
+            self.metrics.drop_credential(name)
 
     def _init_credential(self, cred: CredentialSettings) -> None:
         self.metrics.init_credential(cred.name, cred.registry.server)

@@ -209,6 +209,8 @@ def test_a_resource_is_managed_shown_rotated_on_request_replanned_and_released(
     assert kubectl("get", f"regcred/{name}", check=False).returncode != 0
     assert held_passwords(sbx, "regcred-pull") == held
     wait_for(lambda: daemon.logged("credential.removed"), "the credential removed")
+    # Its series are gone with it (no alert on a credential that is no longer managed).
+    wait_for(lambda: f'credential="{name}"' not in httpx.get(f"{daemon.api()}/metrics", timeout=10).text, "series")
     print(f"picked up in {picked_up_s:.2f}s; status writes: {writes} to Ready, {status_writes(sbx, name)} in all")
 
 
