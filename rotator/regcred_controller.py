@@ -97,6 +97,25 @@ def secret_reader(core: Any) -> SecretKeyReader:
     return read
 
 
+def check_resources(api_client: Any) -> str:
+    """``rotator check`` with credentials_from cluster or both: the definition is installed and rotator may
+    list the resources; how many there are. Raises RotatorError saying what to do otherwise."""
+    try:
+        items = json.loads(ClusterObjects(api_client, GROUP, VERSION, PLURAL).list().data).get("items") or []
+    except ApiException as exc:
+        if exc.status == 404:
+            raise RotatorError(
+                "the RegistryCredential definition is not installed: kubectl apply -f deploy/crd/"
+            ) from None
+        if exc.status in (401, 403):
+            raise RotatorError(
+                f"rotator may not list registrycredentials (HTTP {exc.status}): grant get, list, watch, update and "
+                "patch on them, update and patch on registrycredentials/status (deploy/manifests/clusterrole.yaml)"
+            ) from None
+        raise RotatorError(f"listing registrycredentials failed: HTTP {exc.status}") from None
+    return f"{len(items)} resource(s)"
+
+
 # -- the controller --------------------------------------------------------------------------------------
 
 

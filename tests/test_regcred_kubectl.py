@@ -21,7 +21,7 @@ from daemon_env import Daemon
 from kubectl_env import Kubectl, kubectl_runner
 from masked import Masked, masked
 from polling import wait_for
-from rotation_env import iam_keys, pulls, read_secret, stored_doc, write_config
+from rotation_env import iam_keys, pulls, read_secret, run_rotator, stored_doc, write_config
 
 from rotator import dockerconfig
 from rotator.adapters.state import FileStateStore
@@ -273,8 +273,12 @@ def test_a_resource_named_like_a_file_credential_is_refused(tmp_path: Path) -> N
     """credentials_from: both: the file's credential keeps its name; the resource says why it is not managed."""
     with SandboxProcess.start() as other:
         run = kubectl_runner(other.endpoints["kubeconfig"], tmp_path / "kubectl-home")
-        run("apply", "-f", str(CRD))
         config = write_config(tmp_path, other, top={"credentials_from": "both"})  # file credential icr-pull
+        missing = run_rotator("check", "-c", str(config))
+        assert missing.returncode == 1
+        assert "FAIL RegistryCredentials: the RegistryCredential definition is not installed" in missing.stdout
+        run("apply", "-f", str(CRD))
+        assert "ok   RegistryCredentials: 0 resource(s)" in run_rotator("check", "-c", str(config)).stdout
         proc = Daemon(config, identity="regcred-both")
         try:
             proc.api()
