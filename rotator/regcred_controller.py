@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,7 @@ class Tracked:
     checked_generation: int | None = None  # the spec generation last parsed (an invalid one is logged once)
     deletion_policy: str = "Retain"
     revoking: bool = False  # deleted with deletionPolicy Revoke: the finalizer stays until no key is left
+    finalized: bool = False  # our finalizer is on the resource
     served: str | None = None  # the rotate-requested-at value last acted on
     written: dict[str, Any] | None = None  # the status as last written (wire form)
     status: RegistryCredentialStatus | None = None
@@ -255,19 +257,21 @@ class Controller:
                 for gone in set(self.tracked) - inbox.listed - set(inbox.objects):
                     inbox.objects[gone] = None
             for name, obj in inbox.objects.items():
-                self._guarded(name, self._sync if obj is not None else self._gone, obj)
+                self._guarded(
+                    name, functools.partial(self._sync, name, obj) if obj else functools.partial(self._gone, name)
+                )
             for name in inbox.dirty - set(inbox.objects):
-                self._guarded(name, self._refresh, None)
+                self._guarded(name, functools.partial(self._refresh, name))
 
-    def _guarded(self, name: str, fn: Any, obj: Any) -> None:
+    def _guarded(self, name: str, work: Callable[[], None]) -> None:
         try:
-            fn(name, obj) if obj is not None else fn(name)
+            work()
         except Exception as exc:  # one resource's trouble never stops the others
             status = exc.status if isinstance(exc, ApiException) else None
             detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
+            # A conflict (written meanwhile) is retried when the watch brings the new version; anything else
+            # when the resource or its credential changes next (a pass touches it).
             log.warning("regcred.sync_failed", resource=name, error=detail, status=status)
-            if isinstance(exc, ApiException) and exc.status == 409:
-                self.touch(name)  # written meanwhile: the watch brings the new version
 
     # -- one resource ------------------------------------------------------------------------------------
     def _sync(self, name: str, obj: dict[str, Any]) -> None:
@@ -292,8 +296,6 @@ class Controller:
         if meta.get("deletionTimestamp"):
             self._release(t, meta)
             return
-        if FINALIZER not in (meta.get("finalizers") or []) and acting:
-            self._add_finalizer(t, meta)
         self._manage(t, spec)
         value = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
         if value and value != t.served and t.managed_generation is not None and acting:
@@ -307,6 +309,10 @@ class Controller:
             log.info("regcred.rotate_requested", resource=name, value=value, rotation_id=rotation_id, joined=joined)
             t.served = value
         self._write_status(name)
+        t.finalized = t.finalized or FINALIZER in (meta.get("finalizers") or [])
+        if not t.finalized and acting:  # last: a failure here leaves the rest done (retried after a pass)
+            self._add_finalizer(t, meta)
+            t.finalized = True
 
     def _manage(self, t: Tracked, spec: Mapping[str, Any]) -> None:
         if t.name in self.file_names:
@@ -374,12 +380,15 @@ class Controller:
         return True
 
     def _refresh(self, name: str) -> None:
-        """After a pass: the status, and for a revoking resource whether its keys are all gone."""
-        t = self.tracked.get(name)
-        if t is not None and t.revoking and self.daemon.may_act():
+        """After a pass: the resource as last seen synced again (each step is a no-op once done: a step that
+        failed is retried here), and for a revoking resource whether its keys are all gone."""
+        t, obj = self.tracked.get(name), self.latest.get(name)
+        if t is None or obj is None:
+            return
+        if t.revoking and self.daemon.may_act():
             self._release(t, json.loads(self.api.read(name).data)["metadata"])
-        else:
-            self._write_status(name)
+        elif not t.revoking:
+            self._sync(name, obj)
 
     def _gone(self, name: str) -> None:
         self.latest.pop(name, None)
