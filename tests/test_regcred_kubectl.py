@@ -290,3 +290,18 @@ def test_a_resource_named_like_a_file_credential_is_refused(tmp_path: Path) -> N
             run("delete", "regcred/icr-pull", "--wait=true", "--timeout=30s")  # released: nothing to revoke
         finally:
             assert proc.stop() == 0
+
+
+def test_the_secret_key_reader_reads_a_key_and_says_what_is_missing(sbx: SandboxProcess, kubectl: Kubectl) -> None:
+    from rotation_env import api_client
+
+    from rotator.errors import ConfigError
+    from rotator.kubecore import CoreV1
+    from rotator.regcred_controller import secret_reader
+
+    read = secret_reader(CoreV1(api_client(sbx)))
+    assert masked(read(OWN_NAMESPACE, "admin-apikey", "apikey").strip()) == masked(sbx.endpoints["admin_apikey"])
+    with pytest.raises(ConfigError, match=r"Secret rotator-system/nope cannot be read \(HTTP 404\); create it"):
+        read(OWN_NAMESPACE, "nope", "apikey")
+    with pytest.raises(ConfigError, match=r"has no key 'password'; it has \['apikey'\]"):
+        read(OWN_NAMESPACE, "admin-apikey", "password")
