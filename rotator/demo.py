@@ -137,6 +137,7 @@ def registry_credentials(workdir: Path) -> bool:
             )
             served = f"--for=jsonpath={{.status.lastRotateRequest}}={asked}"
             ok = kubectl("wait", served, "regcred/sandbox-pull", "--timeout=60s") and ok
+            kubectl("wait", "--for=jsonpath={.status.targets.inSync}=3", "regcred/sandbox-pull", "--timeout=30s")
             kubectl("get", "regcred")
         finally:
             daemon.send_signal(signal.SIGTERM)
