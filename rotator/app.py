@@ -286,6 +286,17 @@ class App:
             )
         return self._reconcilers[name]
 
+    def forget(self, name: str) -> None:
+        """Drop what was built for credential ``name`` (it changed or went away): the next ``reconciler(name)``
+        builds from the settings then in force. The registry verifier is rebuilt too (it knows every
+        credential's endpoint); reconcilers already built keep the one they have."""
+        with self._reconcilers_lock:
+            reconciler = self._reconcilers.pop(name, None)
+            self._providers.pop(name, None)
+            self._verifier = None
+        if reconciler is not None:
+            reconciler.close()
+
     def status(self, name: str, now: dt.datetime) -> dict[str, Any]:
         """``rotator status --json`` for one credential (the CLI and the HTTP API show the same)."""
         cred = self.settings.credential(name)

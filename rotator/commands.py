@@ -189,6 +189,13 @@ def check(args: argparse.Namespace) -> int:
                 report(False, "state store", "not checked: see the kubernetes API server line")
         except RotatorError as exc:
             report(False, "state store", str(exc))
+        if cfg.credentials_from != "file" and kube_ok:
+            from rotator.regcred_controller import check_resources
+
+            try:
+                report(True, "RegistryCredentials", check_resources(app.kube))
+            except RotatorError as exc:
+                report(False, "RegistryCredentials", str(exc))
         for name in _names(cfg, args.name):
             cred = cfg.credential(name)
             try:

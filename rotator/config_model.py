@@ -1096,8 +1096,15 @@ class ConfigFileSpec(Spec):
     """rotator's configuration file."""
 
     credentials: list[CredentialSpec] = field(
-        "The credentials to rotate (at least one).",
+        "The credentials to rotate (at least one, unless credentials_from is cluster).",
         [{"name": "icr-pull", "provider": "...", "registry": "...", "targets": "..."}],
+        [],
+    )
+    credentials_from: Literal["file", "cluster", "both"] = field(
+        "Where credentials come from: this file, RegistryCredential resources in rotator's cluster, or both "
+        "(a resource named like a credential of this file is refused).",
+        "both",
+        "file",
     )
     kubernetes: KubernetesSpec | None = field(
         "How rotator reaches its own cluster (default: in-cluster inside a pod).", {"in_cluster": True}, None
@@ -1109,7 +1116,15 @@ class ConfigFileSpec(Spec):
     @model_validator(mode="after")
     def _rules(self) -> Self:
         problems = []
-        if not self.credentials:
+        if self.credentials_from == "cluster" and self.credentials:
+            problems.append(
+                Problem(
+                    "credentials",
+                    "must be empty with credentials_from: cluster (credentials come from RegistryCredential resources)",
+                    "credentials_from: both, to keep these besides the resources",
+                )
+            )
+        elif not self.credentials and self.credentials_from != "cluster":
             problems.append(
                 Problem("credentials", "is required: a list of at least one credential", "- name: icr-pull ...")
             )

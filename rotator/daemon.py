@@ -46,6 +46,7 @@ from rotator.model import TargetRef
 from rotator.policy import Request, backoff
 from rotator.reconcile import Reconciler, new_rotation_id
 from rotator.seensecrets import SeenSecrets
+from rotator.settings import CredentialSettings, Settings
 from rotator.status import leak_progress
 from rotator.watches import ResourceWatch, Selection, Trigger, route
 
@@ -93,6 +94,9 @@ class Worker:
         self.book: RequestBook | None = None  # this credential's request book, as last saved
         self.failing: dict[str, Any] | None = None  # the current streak of passes that could not run
         self.heartbeat = time.monotonic()
+        self.retired = False  # no longer managed (its RegistryCredential was deleted): the loop ends
+        self.replan_to: CredentialSettings | None = None  # a changed spec, swapped in between passes
+        self.decommissioned = False  # revoke its keys through the grace path, rotate nothing more
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
     # -- submitting work ----------------------------------------------------------------------
@@ -109,6 +113,26 @@ class Worker:
     def heal(self, target: TargetRef) -> None:
         with self.cond:
             self.heals[target.key] = target
+            self.cond.notify()
+
+    def replan(self, cred: CredentialSettings) -> None:
+        """Manage ``cred`` (a changed spec) from the next pass on; the pass in progress finishes on the old one."""
+        with self.cond:
+            self.replan_to = cred
+            self.cond.notify()
+
+    def decommission(self) -> None:
+        """From the next pass on: no rotation, no heal; the current key is retired and every retired key
+        disabled after its grace and deleted after delete_after (``policy.decommission``)."""
+        with self.cond:
+            self.decommissioned = True
+            self.tick_due = True
+            self.cond.notify()
+
+    def retire(self) -> None:
+        """Stop after the step in progress; the credential's keys and secrets stay as they are."""
+        with self.cond:
+            self.retired = True
             self.cond.notify()
 
     def recover(self) -> None:
@@ -240,8 +264,11 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------------
     def _take(self) -> tuple[str, Any]:
         with self.cond:
-            while not self.daemon.stopping.is_set():
+            while not self.daemon.stopping.is_set() and not self.retired:
                 self.heartbeat = time.monotonic()
+                if self.replan_to is not None:
+                    cred, self.replan_to = self.replan_to, None
+                    return "replan", cred
                 if self.daemon.may_act():
                     if self.recover_due:
                         self.recover_due = False
@@ -269,6 +296,8 @@ class Worker:
         while True:
             kind, item = self._take()
             if kind == "stop":
+                if self.retired:
+                    self.daemon.forget(self.name)
                 return
             try:
                 self._handle(kind, item)
@@ -318,7 +347,12 @@ class Worker:
         return delay.total_seconds()
 
     def _handle(self, kind: str, item: Any) -> None:
+        if kind == "replan":
+            self.daemon.swap_credential(item)
+            return
         reconciler = self.daemon.app.reconciler(self.name)
+        if self.decommissioned and not reconciler.policy.decommission:  # also a reconciler rebuilt since
+            reconciler.policy = replace(reconciler.policy, decommission=True)
         if kind == "recover":
             self._recover()
         elif kind == "rotate":
@@ -405,11 +439,27 @@ class Daemon:
         self.registry = registry or CollectorRegistry()
         self.metrics = app.metrics or Metrics(self.registry)
         self.app = app
-        self.settings = app.settings
         self.identity = identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={"coalesce": True, "max_instances": 1})
+        # Replaced, never changed in place, when a credential comes or goes (RegistryCredential resources):
+        # a thread iterating the old dict is not disturbed.
         self.workers = {c.name: Worker(c.name, self) for c in self.settings.credentials}
+        self._changing = threading.Lock()  # one credential added, swapped or removed at a time
+        self._started = False
+        self.controller: Any = None  # RegistryCredential controller (credentials_from: cluster | both)
+        if self.settings.credentials_from != "file":
+            from rotator.regcred_controller import Controller
+
+            self.controller = Controller(self)
+            inner = app.on_event  # the reconcilers (built later) report to both
+
+            def on_event(name: str, fields: dict[str, Any]) -> None:
+                if inner is not None:
+                    inner(name, fields)
+                self.controller.on_app_event(name, fields)
+
+            app.on_event = on_event
         self.elector: Any = None
         self.watches: list[ResourceWatch] = []
         self.server: Any = None
@@ -417,8 +467,98 @@ class Daemon:
         self._kube: dict[str, list[tuple[str, KubernetesSink]]] | None = None
         # By (cluster, secret name): what each cluster's secret watch keeps current for the sinks' writes.
         self._seen: dict[tuple[str, str], SeenSecrets] = {}
+        self._accounts: dict[str, set[str]] = {}  # by cluster: the service accounts watched
+        self._namespaces_watched: set[str] = set()  # clusters whose namespaces are watched
         self._store_ok = (0.0, False)
         self._prepared: tuple[Any, socket.socket] | None = None  # (authenticator, bound listener)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force: the credentials among them change with RegistryCredential resources."""
+        return self.app.settings
+
+    # -- credentials that come and go --------------------------------------------------------------
+    def add_credential(self, cred: CredentialSettings) -> None:
+        """Manage ``cred`` from now on: its worker, metrics, health checks and watches, as if configured."""
+        with self._changing:
+            if cred.name in self.workers:
+                raise RequestRefused(f"a credential named {cred.name!r} is already managed")
+            self.app.settings = replace(self.settings, credentials=(*self.settings.credentials, cred))
+            worker = Worker(cred.name, self)
+            self.workers = {**self.workers, cred.name: worker}
+            self.app.forget(cred.name)  # a credential of this name managed before, or none: built afresh
+            if self._started and not self.stopping.is_set():
+                self._init_credential(cred)
+                worker.thread.start()
+                self._schedule_health(cred)
+                self._kube = None
+                if self.settings.daemon.watch:
+                    self._start_watches()
+        log.info("credential.added", credential=cred.name)
+
+    def swap_credential(self, cred: CredentialSettings) -> None:
+        """Manage ``cred`` instead of the credential of its name (on that credential's worker thread, between
+        passes): its reconciler is rebuilt from the new settings and a pass re-plans at once."""
+        with self._changing:
+            if cred.name not in self.workers:
+                return
+            self.app.settings = replace(
+                self.settings, credentials=tuple(cred if c.name == cred.name else c for c in self.settings.credentials)
+            )
+            self.app.forget(cred.name)
+            self._init_credential(cred)
+            self._schedule_health(cred)
+            self._kube = None
+            if self.settings.daemon.watch:
+                self._start_watches()
+        log.info("credential.replanned", credential=cred.name)
+        self.workers[cred.name].tick()
+
+    def remove_credential(self, name: str) -> None:
+        """Stop managing ``name`` after the step in progress; its keys and secrets are left as they are."""
+        with self._changing:
+            worker = self.workers.get(name)
+            if worker is None:
+                return
+            self.workers = {n: w for n, w in self.workers.items() if n != name}
+            self.app.settings = replace(
+                self.settings, credentials=tuple(c for c in self.settings.credentials if c.name != name)
+            )
+            self._kube = None
+            for job in (f"tick-{name}", f"health-{name}"):
+                with contextlib.suppress(Exception):  # not scheduled (yet)
+                    self.scheduler.remove_job(job)
+            worker.retire()
+            if worker.thread.ident is None:
+                self.forget(name)
+        log.info("credential.removed", credential=name)
+
+    def forget(self, name: str) -> None:
+        """A removed credential's worker is done: its reconciler's pools closed, its metrics series gone
+        (unless a credential of the same name was added meanwhile)."""
+        if name not in self.workers:
+            self.app.forget(name)
+            self.metrics.drop_credential(name)
+
+    def _init_credential(self, cred: CredentialSettings) -> None:
+        self.metrics.init_credential(cred.name, cred.registry.server)
+        # The single cluster of the top-level connection is cluster "" (its series carry no cluster label).
+        clusters = tuple(t.cluster.name if t.cluster else "" for t in cred.kubernetes_targets)
+        self.metrics.init_clusters(cred.name, clusters)
+        # Built here, once, before the threads that share them: App builds lazily and without a lock,
+        # so a worker and the watches racing for it made two (and an event thread nobody stopped).
+        self.app.reconciler(cred.name)
+
+    def _schedule_health(self, cred: CredentialSettings) -> None:
+        check = cred.schedule.health_check
+        if check is not None and check.total_seconds() > 0:
+            self.scheduler.add_job(
+                self.workers[cred.name].health,
+                "interval",
+                seconds=check.total_seconds(),
+                id=f"health-{cred.name}",
+                replace_existing=True,
+            )
 
     # -- DaemonControl --------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -447,9 +587,11 @@ class Daemon:
 
     def credentials(self) -> list[dict[str, Any]]:
         now = dt.datetime.now(dt.UTC)
+        workers = self.workers
         return [
-            {**self.app.status(c.name, now), "passes_failing": self.workers[c.name].failing}
+            {**self.app.status(c.name, now), "passes_failing": workers[c.name].failing}
             for c in self.settings.credentials
+            if c.name in workers
         ]
 
     def request_rotation(
@@ -498,6 +640,9 @@ class Daemon:
         return not self.stopping.is_set() and (self.elector is None or self.elector.is_leader)
 
     def observe(self, name: str) -> None:
+        """After each pass: the credential's metrics, and its RegistryCredential's status (if it has one)."""
+        if self.controller is not None:
+            self.controller.touch(name)
         try:
             cred = self.settings.credential(name)
             self.metrics.observe_journal(name, self.app.store.load(name), self.app.policy(cred))
@@ -507,13 +652,14 @@ class Daemon:
     def schedule_tick(self, name: str, at: dt.datetime, *, keep_earlier: bool = False) -> None:
         """The credential's next pass at ``at`` (one pending tick per credential); ``keep_earlier`` leaves a
         tick that is already due sooner in place (a retry must not postpone a revocation that is due)."""
-        if self.stopping.is_set():
+        worker = self.workers.get(name)
+        if self.stopping.is_set() or worker is None:
             return
         if keep_earlier:
             pending = self.scheduler.get_job(f"tick-{name}")
             if pending is not None and pending.next_run_time is not None and pending.next_run_time <= at:
                 return
-        self.scheduler.add_job(self.workers[name].tick, "date", run_date=at, id=f"tick-{name}", replace_existing=True)
+        self.scheduler.add_job(worker.tick, "date", run_date=at, id=f"tick-{name}", replace_existing=True)
 
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)
@@ -521,6 +667,8 @@ class Daemon:
             for worker in self.workers.values():
                 worker.recover()
                 worker.tick()
+            if self.controller is not None:
+                self.controller.resync()
 
     def _on_event(self, resource: str, event: str, obj: dict[str, Any], cluster: str = "") -> None:
         if resource == "secrets":
@@ -542,7 +690,9 @@ class Daemon:
             seen.put(obj)
 
     def _dispatch(self, trigger: Trigger) -> None:
-        worker = self.workers[trigger.credential]
+        worker = self.workers.get(trigger.credential)
+        if worker is None:
+            return  # no longer managed
         log.info(
             "event.routed",
             credential=trigger.credential,
@@ -561,16 +711,19 @@ class Daemon:
     def _kube_sinks(self) -> dict[str, list[tuple[str, KubernetesSink]]]:
         """Each cluster's Kubernetes sinks with their credentials (built once; every watch event consults
         them). A fleet has one per cluster and credential; the single-cluster form one per credential."""
-        if self._kube is None:
-            self._kube = {}
+        found = self._kube
+        if found is None:  # built whole, then published: other threads read it meanwhile
+            found = {}
             for cred in self.settings.credentials:
                 for sink in self.app.reconciler(cred.name).sinks.values():
                     if isinstance(sink, KubernetesSink):
-                        self._kube.setdefault(sink.cluster, []).append((cred.name, sink))
-        return self._kube
+                        found.setdefault(sink.cluster, []).append((cred.name, sink))
+            self._kube = found
+        return found
 
     def _start_watches(self) -> None:
-        # Every cluster has its own watches (own streams, resourceVersions and 410 recovery).
+        """Every cluster has its own watches (own streams, resourceVersions and 410 recovery); called again
+        when credentials come or go, it starts only the watches not running yet."""
         for cluster, sinks in self._kube_sinks().items():
             self._start_cluster_watches(cluster, [s for _, s in sinks])
 
@@ -578,14 +731,18 @@ class Daemon:
         core: Any = sinks[0].core  # the cluster's own ApiClient
         # Secrets and service accounts are watched by name (one watch per distinct name), so the
         # ClusterRole can grant list/watch with resourceNames instead of on every Secret in the cluster.
-        names = sorted({s.target.secret_name for s in sinks})
-        accounts = sorted({a for s in sinks for a in s.target.service_accounts})
+        names = sorted({s.target.secret_name for s in sinks} - {n for c, n in self._seen if c == cluster})
+        accounts = sorted({a for s in sinks for a in s.target.service_accounts} - self._accounts.get(cluster, set()))
+        self._accounts.setdefault(cluster, set()).update(accounts)
         # Each secret watch keeps the secrets of its name in its cluster as last seen, for the sinks' writes.
         for name in names:
             self._seen[(cluster, name)] = SeenSecrets()
         for sink in sinks:
             sink.seen = self._seen[(cluster, sink.target.secret_name)]
-        specs: list[tuple[str, Any, dict[str, Any], Any]] = [("namespaces", core.list_namespace, {}, None)]
+        specs: list[tuple[str, Any, dict[str, Any], Any]] = []
+        if cluster not in self._namespaces_watched:
+            self._namespaces_watched.add(cluster)
+            specs.append(("namespaces", core.list_namespace, {}, None))
         specs += [
             (
                 "secrets",
@@ -672,28 +829,22 @@ class Daemon:
     def start(self) -> None:
         self.prepare()
         for cred in self.settings.credentials:
-            self.metrics.init_credential(cred.name, cred.registry.server)
-            # The single cluster of the top-level connection is cluster "" (its series carry no cluster label).
-            clusters = tuple(t.cluster.name if t.cluster else "" for t in cred.kubernetes_targets)
-            self.metrics.init_clusters(cred.name, clusters)
-            # Built here, once, before the threads that share them: App builds lazily and without a lock,
-            # so a worker and the watches racing for it made two (and an event thread nobody stopped).
-            self.app.reconciler(cred.name)
+            self._init_credential(cred)
         self.scheduler.start()
         if self.settings.daemon.leader_election:
             self._start_election()
         else:
             self.metrics.leader.set(1)
-        for worker in self.workers.values():
-            worker.thread.start()
-        for cred in self.settings.credentials:
-            check = cred.schedule.health_check
-            if check is not None and check.total_seconds() > 0:
-                self.scheduler.add_job(
-                    self.workers[cred.name].health, "interval", seconds=check.total_seconds(), id=f"health-{cred.name}"
-                )
-        if self.settings.daemon.watch:
-            self._start_watches()
+        with self._changing:  # credentials added from now on start their own threads
+            self._started = True
+            for worker in self.workers.values():
+                worker.thread.start()
+            for cred in self.settings.credentials:
+                self._schedule_health(cred)
+            if self.settings.daemon.watch:
+                self._start_watches()
+        if self.controller is not None:
+            self.controller.start()
         self._start_server()
         log.info(
             "daemon.started",
@@ -706,6 +857,8 @@ class Daemon:
         """Stop what ``start`` started (all of it, or the part it got to), each wait bounded."""
         log.info("daemon.stopping")
         self.stopping.set()
+        if self.controller is not None:
+            self.controller.stop()
         for worker in self.workers.values():
             with worker.cond:
                 worker.cond.notify_all()

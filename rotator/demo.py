@@ -4,7 +4,12 @@ about a minute.
 A newcomer sees one key minted and written into three namespaces of each cluster, the pull check pass,
 and the old key disabled then deleted. Then cluster 2 is taken down: the next rotation goes on in cluster
 1, cluster 2 shows as out of sync and the old key stays enabled for it; once cluster 2 is back it gets the
-current key and the old one goes. A status printout follows each phase. Nothing leaves 127.0.0.1.
+current key and the old one goes. A status printout follows each phase.
+
+Then the same with kubectl only (when kubectl is installed): a one-cluster sandbox, the RegistryCredential
+definition and config/registrycredential-sandbox.yaml applied, the daemon with config/sandbox-cluster.yaml
+(credentials_from: cluster); `kubectl wait` for Ready, `kubectl get regcred`, `kubectl describe`, a
+rotation asked for with `kubectl annotate`. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -88,8 +93,56 @@ def main() -> int:
                     env=dict(env, HOME=str(workdir)),
                     check=False,
                 )
-    print("\ndemo finished; sandbox stopped. Logs of the sandbox: .demo/sandbox.log", flush=True)
-    return 0 if daemon.returncode == 0 else 1
+    fleet_ok = daemon.returncode == 0
+    resources_ok = registry_credentials(workdir) if shutil.which("kubectl") else True
+    print("\ndemo finished; sandboxes stopped. Logs of the sandboxes: .demo/sandbox*.log", flush=True)
+    return 0 if fleet_ok and resources_ok else 1
+
+
+def registry_credentials(workdir: Path) -> bool:
+    """The RegistryCredential part: kubectl only, against a fresh one-cluster sandbox."""
+    files = workdir / "sandbox-cluster"
+    env = dict(os.environ, ROTATOR_SANDBOX_DIR=str(files), ROTATOR_STATE_DIR=str(workdir / "state-cluster"))
+    print("\n== a RegistryCredential managed with kubectl: a one-cluster sandbox on 127.0.0.1:18600-18604", flush=True)
+    try:
+        sandbox = SandboxProcess.start(port_base=18600, files_dir=files, log_path=workdir / "sandbox-cluster.log")
+    except RuntimeError as exc:
+        print(f"demo: the sandbox did not start: {exc}", file=sys.stderr)
+        return False
+    kube_env = dict(env, HOME=str(workdir), KUBECONFIG=sandbox.endpoints["kubeconfig"])
+
+    def kubectl(*args: str) -> bool:
+        print(f"\n$ kubectl {' '.join(args)}", flush=True)
+        return subprocess.run(["kubectl", *args], env=kube_env, check=False, timeout=90).returncode == 0
+
+    with sandbox:
+        kubectl("apply", "-f", str(REPO / "deploy" / "crd"))
+        apikey = f"--from-file=apikey={files / 'admin-apikey'}"
+        kubectl("-n", "rotator-system", "create", "secret", "generic", "rotator-admin-apikey", apikey)
+        kubectl("apply", "-f", str(REPO / "config" / "registrycredential-sandbox.yaml"))
+        config = str(REPO / "config" / "sandbox-cluster.yaml")
+        print(f"\n== rotator run -c {config} (credentials_from: cluster)", flush=True)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "rotator", "--log-format", "console", "--log-level", "warning", "run", "-c", config],
+            env=env,
+        )
+        try:
+            ok = kubectl("wait", "--for=condition=Ready", "regcred/sandbox-pull", "--timeout=60s")
+            kubectl("wait", "--for=jsonpath={.status.targets.inSync}=3", "regcred/sandbox-pull", "--timeout=30s")
+            kubectl("get", "regcred", "-o", "wide")
+            kubectl("describe", "regcred/sandbox-pull")
+            asked = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            kubectl(
+                "annotate", "--overwrite", "regcred/sandbox-pull", f"rotator.example.com/rotate-requested-at={asked}"
+            )
+            served = f"--for=jsonpath={{.status.lastRotateRequest}}={asked}"
+            ok = kubectl("wait", served, "regcred/sandbox-pull", "--timeout=60s") and ok
+            kubectl("wait", "--for=jsonpath={.status.targets.inSync}=3", "regcred/sandbox-pull", "--timeout=30s")
+            kubectl("get", "regcred")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(30)
+    return ok and daemon.returncode == 0
 
 
 if __name__ == "__main__":

@@ -59,8 +59,6 @@ class CoreV1:
         return call
 
     def _call(self, verb: str, kind: str, namespaced: bool, *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
         plural = PLURALS[kind]
         body = kwargs.pop("body", None)
         positional = list(args)
@@ -75,30 +73,61 @@ class CoreV1:
             path = f"/api/v1/namespaces/{name}"
         elif name is not None:
             path += f"/{name}"
-        timeout = kwargs.pop("_request_timeout", None)
-        kwargs.pop("_preload_content", None)  # always the raw response
-        query = []
-        for key, value in kwargs.items():
-            if key not in QUERY:
-                raise TypeError(f"{verb}_{kind}: unknown argument {key!r}")
-            if value is not None:
-                query.append((QUERY[key], str(value).lower() if isinstance(value, bool) else value))
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            if verb == "patch":
-                headers["Content-Type"] = JSON_PATCH if isinstance(body, list) else MERGE_PATCH
-            else:
-                headers["Content-Type"] = "application/json"
-        request = self.api_client.param_serialize(
-            method=VERBS[verb],
-            resource_path=path,
-            query_params=query,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*request, _request_timeout=timeout)
-        if not 200 <= response.status <= 299:
-            response.read()
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return response.response
+        return send(self.api_client, VERBS[verb], path, body, kwargs, f"{verb}_{kind}")
+
+
+def send(api_client: Any, method: str, path: str, body: Any, kwargs: dict[str, Any], what: str) -> Any:
+    """One request through ``api_client``: query parameters from ``kwargs`` (python names), the raw response
+    back, ``ApiException`` for a non-2xx answer."""
+    from kubernetes.client.exceptions import ApiException
+
+    timeout = kwargs.pop("_request_timeout", None)
+    kwargs.pop("_preload_content", None)  # always the raw response
+    query = []
+    for key, value in kwargs.items():
+        if key not in QUERY:
+            raise TypeError(f"{what}: unknown argument {key!r}")
+        if value is not None:
+            query.append((QUERY[key], str(value).lower() if isinstance(value, bool) else value))
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        if method == "PATCH":
+            headers["Content-Type"] = JSON_PATCH if isinstance(body, list) else MERGE_PATCH
+        else:
+            headers["Content-Type"] = "application/json"
+    request = api_client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query,
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api_client.call_api(*request, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
+class ClusterObjects:
+    """A cluster-scoped custom resource's REST paths (``/apis/<group>/<version>/<plural>[/name[/status]]``),
+    with the raw-response conventions of ``CoreV1``; ``list`` streams under ``kubernetes.watch.Watch``."""
+
+    def __init__(self, api_client: Any, group: str, version: str, plural: str) -> None:
+        self.api_client = api_client
+        self.base = f"/apis/{group}/{version}/{plural}"
+        self.plural = plural
+
+    def list(self, **kwargs: Any) -> Any:
+        """The objects; under ``kubernetes.watch.Watch``, their changes (raw events: no return type named)."""
+        return send(self.api_client, "GET", self.base, None, kwargs, f"list {self.plural}")
+
+    def read(self, name: str, **kwargs: Any) -> Any:
+        return send(self.api_client, "GET", f"{self.base}/{name}", None, kwargs, f"read {self.plural}")
+
+    def patch(self, name: str, body: Any, **kwargs: Any) -> Any:
+        return send(self.api_client, "PATCH", f"{self.base}/{name}", body, kwargs, f"patch {self.plural}")
+
+    def patch_status(self, name: str, body: Any, **kwargs: Any) -> Any:
+        return send(self.api_client, "PATCH", f"{self.base}/{name}/status", body, kwargs, f"patch {self.plural}")

@@ -171,6 +171,23 @@ class Metrics:
             self.pass_errors.labels(credential, reason)
         self.last_pass.labels(credential).set_to_current_time()
 
+    def drop_credential(self, credential: str) -> None:
+        """Remove every series of a credential no longer managed (its RegistryCredential was deleted), so
+        no alert fires on a credential that is gone."""
+        self._clusters.pop(credential, None)
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if "credential" not in names:
+                continue
+            series = {
+                tuple(sample.labels[n] for n in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("credential") == credential
+            }
+            for labels in series:
+                metric.remove(*labels)
+
     # -- hooks the adapters and the reconciler call -----------------------------------------------
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         credential = str(fields.get("credential", ""))

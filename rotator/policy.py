@@ -13,6 +13,9 @@ Safety invariants (guarded by a property test):
 - a fleet cluster that did not answer (``journal.lagging``) may still hold a retired key: no retired key
   that was not reported leaked is disabled while one lags, unless ``revoke_despite_unreachable`` is set
   and that cluster has lagged for ``unreachable_timeout``;
+- a decommissioned credential (its RegistryCredential deleted with ``deletionPolicy: Revoke``) rotates and
+  heals nothing more: its current key is retired like a replaced one, and every retired key is disabled
+  once its grace is over and deleted ``delete_after`` later, whatever the targets hold (their owner asked);
 - a key reported leaked is disabled without grace as soon as it is retired and no writable target holds
   it; a leaked key still current starts an emergency rotation (outside any window; after a failed one,
   once the backoff is over).
@@ -56,6 +59,8 @@ class Policy:
     # are disabled once that is over (otherwise they wait for the cluster, with an alert).
     unreachable_timeout: dt.timedelta = dt.timedelta(hours=24)
     revoke_despite_unreachable: bool = False
+    # No longer managed, keys to revoke (RegistryCredential deleted with deletionPolicy: Revoke).
+    decommission: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +93,7 @@ class Observation:
 @dataclass(frozen=True, kw_only=True)
 class Action:
     kind: str  # idle wait start mint verify_new distribute verify_stored promote rollback heal disable delete sweep
+    # retire (decommissioned: the current key joins the retired ones)
     reason: str = ""
     key_id: str | None = None
     targets: tuple[str, ...] = ()
@@ -165,6 +171,9 @@ def plan(obs: Observation, policy: Policy) -> Action:
             return Action(kind="rollback", reason=f"unknown phase {rotation.phase!r} in the journal")
         return Action(kind=kind, reason=rotation.reason)
 
+    if policy.decommission:
+        return decommission(obs, policy, held=held)
+
     # 2. Targets that drifted from the current key are put back before anything is revoked.
     if obs.out_of_sync and journal.current is not None and obs.vault_has_current:
         return Action(kind="heal", targets=obs.out_of_sync, reason="targets do not hold the current key")
@@ -223,6 +232,20 @@ def plan(obs: Observation, policy: Policy) -> Action:
     if policy.revoke_despite_unreachable and journal.retired:
         candidates += [lag.since + policy.unreachable_timeout for lag in journal.lagging]
     deadlines = [d for d in candidates if d is not None]
+    return Action(kind="idle", until=min(deadlines) if deadlines else None)
+
+
+def decommission(obs: Observation, policy: Policy, *, held: bool) -> Action:
+    """Retire the current key, then revoke every retired key through the grace path; idle when none is left."""
+    journal = obs.journal
+    if journal.current is not None:
+        return Action(kind="retire", key_id=journal.current.id, reason="decommissioned (deletionPolicy: Revoke)")
+    revoke = revocation(obs, policy, in_sync=not held)
+    if revoke is not None:
+        return revoke
+    deadlines = revocation_deadlines(journal, in_sync=not held) + [
+        lag.retry_at for lag in journal.lagging if lag.retry_at
+    ]
     return Action(kind="idle", until=min(deadlines) if deadlines else None)
 
 

@@ -36,6 +36,7 @@ def uses_kubernetes(settings: Settings) -> bool:
         or settings.state.kind == "configmap"
         or settings.daemon.leader_election
         or settings.server.auth.mode == "kubernetes"
+        or settings.credentials_from != "file"
     )
 
 

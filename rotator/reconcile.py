@@ -361,7 +361,8 @@ class Reconciler:
             counts = per_sink[view.target.sink]
             counts[0] += 1
             counts[1] += 1 if view.refused or stale(view) else 0
-        self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()})
+        refused = sum(1 for view in views if view.refused)
+        self._emit("targets.observed", sinks={name: tuple(c) for name, c in per_sink.items()}, refused=refused)
         owned = self.provider.list_owned(credential=self.credential)
         unknown = [k for k in owned if k.id not in journal.known_key_ids()]
         held: set[str] = set()
@@ -853,6 +854,17 @@ class Reconciler:
         self.log.info("key.disabled", key_id=action.key_id, reason=action.reason)
         self._emit("key.revoked", step="disable")
         boundary("disable:after")
+        return None
+
+    def _do_retire(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:
+        """A decommissioned credential's current key joins the retired ones (grace, disable, delete)."""
+        assert journal.current is not None and action.key_id == journal.current.id
+        now = self.clock.now()
+        entry = Retired(
+            key_id=action.key_id, retired_at=now, disable_at=now + self.policy.grace_period, reason="decommissioned"
+        )
+        self._save(replace(journal, current=None, retired=(*journal.retired, entry)))
+        self.log.info("key.retired", key_id=action.key_id, reason=action.reason)
         return None
 
     def _do_delete(self, action: Action, journal: CredentialJournal, vault: Vault) -> Outcome | None:

@@ -400,6 +400,7 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    credentials_from: str = "file"  # "file" | "cluster" | "both"
 
     def credential(self, name: str) -> CredentialSettings:
         for cred in self.credentials:
@@ -492,6 +493,7 @@ def parse(raw: Any, *, source: Path, base_dir: Path) -> Settings:
         state=_state(spec.state, base_dir),
         daemon=_copy(DaemonSettings, spec.daemon) if spec.daemon else DaemonSettings(),
         server=_server(spec.server or m.ServerSpec(), base_dir, kubernetes),
+        credentials_from=spec.credentials_from,
     )
 
 

@@ -63,7 +63,8 @@ def test_each_shipped_config_is_valid_for_the_schema_and_the_loader(
     assert text.splitlines()[0] == EDITOR_LINE
     errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator().iter_errors(yaml.safe_load(text))]
     assert errors == []
-    assert settings.load(path, base_dir=REPO).credentials
+    loaded = settings.load(path, base_dir=REPO)
+    assert loaded.credentials or loaded.credentials_from == "cluster"  # those come from RegistryCredentials
 
 
 def test_a_field_described_in_the_schema_shows_its_example_and_default() -> None:

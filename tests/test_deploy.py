@@ -308,28 +308,30 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_role_restricts_state_vault_and_lease_by_name(objects: list[dict[str, Any]]) -> None:
     """In rotator-system, configmaps/secrets/leases are get/update by name only (create cannot be
-    restricted), and the names are those the config uses."""
+    restricted), and the names are those the config uses; the admin key Secret the Deployment mounts is
+    readable by name (RegistryCredentials' secretKeyRef), nothing else in the namespace."""
     config = _config(objects)
     state_name, lease_name = config["state"]["name"], config["daemon"]["lease_name"]
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    admin_key = next(v["secret"]["secretName"] for v in volumes if "admin" in v.get("secret", {}).get("secretName", ""))
     expected = {
-        ("", "configmaps"): [state_name],
-        ("", "secrets"): [f"{state_name}-vault"],
-        ("coordination.k8s.io", "leases"): [lease_name],
+        ("", "configmaps", (state_name,)): ["get", "update"],
+        ("", "secrets", (f"{state_name}-vault",)): ["get", "update"],
+        ("", "secrets", (admin_key,)): ["get"],
+        ("coordination.k8s.io", "leases", (lease_name,)): ["get", "update"],
     }
     role = one(objects, "Role")
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                key = (group, resource)
-                assert key in expected, f"unexpected access to {key}"
                 if rule["verbs"] == ["create"]:
-                    assert "resourceNames" not in rule
-                else:
-                    assert sorted(rule["verbs"]) == ["get", "update"]
-                    assert rule["resourceNames"] == expected[key]
-                    seen.add(key)
+                    assert "resourceNames" not in rule and resource in ("configmaps", "secrets", "leases")
+                    continue
+                key = (group, resource, tuple(rule["resourceNames"]))
+                assert expected.get(key) == sorted(rule["verbs"]), f"unexpected access {rule['verbs']} to {key}"
+                seen.add(key)
     assert seen == set(expected)
     binding = one(objects, "RoleBinding")
     assert binding["roleRef"]["name"] == "rotator"
@@ -366,7 +368,8 @@ def _target_names(objects: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple
 
 def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     """Cluster-wide: namespaces (read); only the pull secret and service accounts the config names (create,
-    which RBAC cannot restrict by name, apart); core Events (create); the two reviews. Nothing else."""
+    which RBAC cannot restrict by name, apart); core Events (create); RegistryCredentials (read, watch,
+    finalizers, status); the two reviews. Nothing else."""
     secrets, accounts = _target_names(objects)
     assert _grants(one(objects, "ClusterRole")) == {
         ("", "namespaces", ()): {"get", "list", "watch"},
@@ -374,6 +377,9 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
         ("", "secrets", ()): {"create"},
         ("", "serviceaccounts", accounts): {"get", "list", "watch", "update"},
         ("", "events", ()): {"create"},
+        ("rotator.example.com", "registrycredentials", ()): {"get", "list", "watch", "update", "patch"},
+        ("rotator.example.com", "registrycredentials/status", ()): {"update", "patch"},
+        ("rotator.example.com", "registrycredentials/finalizers", ()): {"update"},
         ("authentication.k8s.io", "tokenreviews", ()): {"create"},
         ("authorization.k8s.io", "subjectaccessreviews", ()): {"create"},
     }
@@ -520,23 +526,92 @@ class _RbacRun:
         assert not [e for e in self.daemon.events() if e["event"] in failed]
 
 
+def _install_crd(sandbox: SandboxProcess, objects: list[dict[str, Any]]) -> None:
+    """The rendered RegistryCredential definition, and the admin key Secret resources refer to (as an admin
+    would install them before rotator starts)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from rotation_env import api_client, core
+
+    definition = one(objects, "CustomResourceDefinition")
+    for create in (
+        lambda: client.ApiextensionsV1Api(api_client(sandbox)).create_custom_resource_definition(definition),
+        lambda: core(sandbox).create_namespaced_secret(
+            NAMESPACE,
+            {"metadata": {"name": "rotator-admin-apikey"}, "stringData": {"apikey": sandbox.endpoints["admin_apikey"]}},
+        ),
+    ):
+        try:
+            create()
+        except ApiException as exc:
+            if exc.status != 409:  # installed by an earlier test
+                raise
+
+
+def _rotate_through_a_registry_credential(run: _RbacRun, secret: str) -> None:
+    """A RegistryCredential (its admin key from a Secret in rotator's namespace, the pull secret's name in the
+    unlabelled namespace default) is picked up, rotated, rotated again on its annotation, and released."""
+    from kubernetes import client
+    from polling import wait_for
+    from rotation_env import api_client
+
+    ep = run.sandbox.endpoints
+    custom = client.CustomObjectsApi(api_client(run.sandbox))
+    group, version, plural, name = "rotator.example.com", "v1alpha1", "registrycredentials", "cr-pull"
+    spec = {
+        "provider": {
+            "kind": "ibm-iam",
+            "endpoint": ep["iam"],
+            "accountId": ep["account_id"],
+            "serviceId": ep["service_id"],
+            "apikey": {"secretKeyRef": {"namespace": NAMESPACE, "name": "rotator-admin-apikey", "key": "apikey"}},
+        },
+        "registry": {"server": ep["registry_host"], "images": ep["images"]},
+        "targets": {"kubernetes": {"secretName": secret, "namespaces": {"names": ["default"]}}},
+    }
+    body = {"apiVersion": f"{group}/{version}", "kind": "RegistryCredential", "metadata": {"name": name}, "spec": spec}
+    custom.create_cluster_custom_object(group, version, plural, body)
+
+    def status() -> dict[str, Any]:
+        found: dict[str, Any] = custom.get_cluster_custom_object(group, version, plural, name).get("status") or {}
+        return found
+
+    def ready() -> bool:
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in status().get("conditions", []))
+
+    wait_for(ready, "the RegistryCredential Ready", timeout=60)
+    assert run.password("default")
+    first = status()["lastRotation"]["id"]
+    annotation = {"metadata": {"annotations": {"rotator.example.com/rotate-requested-at": "2026-12-01T12:00:00Z"}}}
+    custom.patch_cluster_custom_object(group, version, plural, name, annotation)
+    wait_for(lambda: status().get("lastRotation", {}).get("id") not in (None, first), "the annotation's rotation", 60)
+    custom.delete_cluster_custom_object(group, version, plural, name)
+    wait_for(lambda: not custom.list_cluster_custom_object(group, version, plural)["items"], "the resource released")
+
+
 def _refused_every_other_secret(sandbox: SandboxProcess, token: str, secret: str, *, where: str) -> None:
     """The token reads the pull secret by name (in ``where``), and no other Secret: not another name, not
-    rotator's own admin key, not by a list without the name."""
+    another Secret in rotator's namespace (only the admin key RegistryCredentials refer to), not by a list
+    without the name."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from rotation_env import core
 
     from rotator.adapters.kubernetes import api_client_for
 
-    core(sandbox).create_namespaced_secret(where, {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
-    admin_key = {"metadata": {"name": "rotator-admin-apikey"}, "stringData": {"apikey": "not-a-real-key"}}
-    core(sandbox).create_namespaced_secret(NAMESPACE, admin_key)
+    for namespace in {where, NAMESPACE}:
+        try:
+            core(sandbox).create_namespaced_secret(
+                namespace, {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}}
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # made by an earlier test
+                raise
     scoped = client.CoreV1Api(api_client_for(sandbox.endpoints["kubernetes"], token))
     assert scoped.read_namespaced_secret(secret, where).metadata.name == secret
     for refused in (
         lambda: scoped.read_namespaced_secret("unrelated", where),
-        lambda: scoped.read_namespaced_secret("rotator-admin-apikey", NAMESPACE),
+        lambda: scoped.read_namespaced_secret("unrelated", NAMESPACE),
         lambda: scoped.list_secret_for_all_namespaces(),
         lambda: scoped.list_namespaced_secret(where),
         lambda: scoped.list_secret_for_all_namespaces(field_selector="metadata.name=unrelated"),
@@ -556,6 +631,7 @@ def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
     from rotation_env import core, read_secret, run_rotator
 
     token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    _install_crd(sandbox, objects)
     run = _RbacRun(sandbox, _sandbox_config(objects, sandbox, kubeconfig), tmp_path / "rotator.yaml")
     try:
         wait_for(lambda: run.rotations() == 1, "the first rotation", timeout=60)
@@ -576,6 +652,7 @@ def test_shipped_rbac_is_enough_for_a_rotation_and_nothing_more(
         assert any(e.involved_object.name == run.secret and e.source.component == "rotator" for e in events)
         check = run_rotator("check", "-c", str(run.path))
         assert check.returncode == 0 and "FAIL" not in check.stdout, check.stdout + check.stderr
+        _rotate_through_a_registry_credential(run, run.secret)
     finally:
         run.stop_without_a_denial()
     _refused_every_other_secret(sandbox, token, run.secret, where="team-a")
@@ -597,6 +674,7 @@ def test_namespaced_rbac_is_enough_for_its_namespaces_and_nothing_more(sandbox: 
         o["metadata"]["namespace"] for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "rotator-target"
     )
     token, kubeconfig = _bound_token(sandbox, objects, tmp_path)
+    _install_crd(sandbox, objects)
     config = _sandbox_config(objects, sandbox, kubeconfig)
     config["credentials"][0]["targets"]["kubernetes"]["namespaces"] = {"names": namespaces}
     config["daemon"] = {**config["daemon"], "watch": False}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rotator.journal import PHASES, CredentialJournal, KeyRef, Lagging, Retired, Rotation
-from rotator.policy import Observation, Policy, Request, due, plan
+from rotator.policy import Action, Observation, Policy, Request, due, plan
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 POLICY = Policy(
@@ -372,3 +372,22 @@ def test_a_lagging_cluster_holds_the_old_key_until_it_answers_or_the_timeout_rel
     assert plan(Observation(journal=j, now=later, out_of_sync=()), anyway).kind == "idle"
     overdue = plan(Observation(journal=j, now=T0 + dt.timedelta(hours=24), out_of_sync=()), anyway)
     assert overdue.kind == "disable" and overdue.key_id == "k-old"
+
+
+def test_a_decommissioned_credential_retires_its_key_and_revokes_through_the_grace_path() -> None:
+    policy = replace(POLICY, decommission=True)
+    # Drifted targets and a request change nothing: no heal, no rotation.
+    obs = Observation(
+        journal=journal_with_current(), now=T0, out_of_sync=("kubernetes:a/x",), request=Request(reason="r")
+    )
+    assert (plan(obs, policy).kind, plan(obs, policy).key_id) == ("retire", "k-cur")
+    retired = CredentialJournal(retired=(Retired(key_id="k-cur", retired_at=T0, disable_at=T0 + POLICY.grace_period),))
+    waiting = plan(Observation(journal=retired, now=T0, out_of_sync=("kubernetes:a/x",)), policy)
+    assert (waiting.kind, waiting.until) == ("idle", T0 + POLICY.grace_period)
+    later = T0 + POLICY.grace_period
+    assert plan(Observation(journal=retired, now=later, out_of_sync=("kubernetes:a/x",)), policy).kind == "disable"
+    disabled = CredentialJournal(
+        retired=(replace(retired.retired[0], disabled_at=later, delete_at=later + POLICY.delete_after),)
+    )
+    assert plan(Observation(journal=disabled, now=later + POLICY.delete_after), policy).kind == "delete"
+    assert plan(Observation(journal=CredentialJournal(), now=later), policy) == Action(kind="idle", until=None)

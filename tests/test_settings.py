@@ -75,10 +75,14 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every config in config/ is valid."""
+    """Every config in config/ is valid (a RegistryCredential there: its spec)."""
     monkeypatch.setenv("ROTATOR_ADMIN_APIKEY", "x" * 44)
     for path in sorted((REPO / "config").glob("*.yaml")):
-        settings.load(path, base_dir=REPO)
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") == "RegistryCredential":
+            settings.credential_from_spec(doc["metadata"]["name"], doc["spec"], source=str(path))
+        else:
+            settings.load(path, base_dir=REPO)
 
 
 @pytest.mark.parametrize(
@@ -503,3 +507,18 @@ def test_bad_clusters_name_the_field(tmp_path: Path, clusters: Any, field: str, 
     with pytest.raises(ConfigError) as err:
         load(tmp_path, with_change("credentials.0.targets.kubernetes", clusters))
     assert f"credentials[0].{field}: " in str(err.value) and words in str(err.value)
+
+
+def test_credentials_from_cluster_needs_no_credentials_and_refuses_some(tmp_path: Path) -> None:
+    kube = {"kubeconfig": str(tmp_path / "kubeconfig")}
+    cluster = settings.parse(
+        {"credentials_from": "cluster", "kubernetes": kube}, source=Path("c.yaml"), base_dir=tmp_path
+    )
+    assert cluster.credentials == () and cluster.credentials_from == "cluster"
+    assert settings.parse(copy.deepcopy(GOOD), source=Path("c.yaml"), base_dir=tmp_path).credentials_from == "file"
+    with pytest.raises(ConfigError, match=r"credentials: must be empty with credentials_from: cluster"):
+        settings.parse({**copy.deepcopy(GOOD), "credentials_from": "cluster"}, source=Path("c.yaml"), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"c.yaml: credentials_from: .*'files'"):
+        settings.parse({**copy.deepcopy(GOOD), "credentials_from": "files"}, source=Path("c.yaml"), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"credentials: is required"):
+        settings.parse({"credentials_from": "both"}, source=Path("c.yaml"), base_dir=tmp_path)

@@ -28,6 +28,8 @@ class PendingEvent:
     reason: str
     message: str
     type: str  # Normal | Warning
+    # Another object than the target's Secret (a RegistryCredential): its involvedObject reference.
+    involved: dict[str, str] | None = None
 
 
 class EventRecorder:
@@ -42,7 +44,17 @@ class EventRecorder:
         self._thread.start()
 
     def record(self, target: TargetRef, reason: str, message: str, *, warning: bool = False) -> None:
-        event = PendingEvent(target=target, reason=reason, message=message, type="Warning" if warning else "Normal")
+        self._put(PendingEvent(target=target, reason=reason, message=message, type="Warning" if warning else "Normal"))
+
+    def record_on(self, involved: dict[str, str], reason: str, message: str, *, warning: bool = False) -> None:
+        """An Event about ``involved`` (apiVersion, kind, name, uid[, namespace]); one of a cluster-scoped
+        object goes to the ``default`` namespace, where kubectl describe finds it."""
+        namespace = involved.get("namespace") or "default"
+        target = TargetRef(sink="kubernetes", namespace=namespace, name=involved["name"])
+        kind = "Warning" if warning else "Normal"
+        self._put(PendingEvent(target=target, reason=reason, message=message, type=kind, involved=involved))
+
+    def _put(self, event: PendingEvent) -> None:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -73,12 +85,8 @@ class EventRecorder:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{target.name}.{uuid.uuid4().hex[:16]}", "namespace": target.namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "name": target.name,
-                "namespace": target.namespace,
-            },
+            "involvedObject": event.involved
+            or {"apiVersion": "v1", "kind": "Secret", "name": target.name, "namespace": target.namespace},
             "reason": event.reason,
             "message": redact.clean(event.message, limit=1000),
             "type": event.type,
