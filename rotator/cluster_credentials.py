@@ -36,7 +36,8 @@ def with_cluster_credentials(cfg: Settings, api_client: Any, *, note: Callable[[
         meta = obj.get("metadata") or {}
         name = str(meta.get("name", ""))
         if meta.get("deletionTimestamp"):
-            note(f"RegistryCredential {name} left out: being deleted, rotator no longer manages it")
+            released = "the daemon releases it; with deletionPolicy Revoke, once its keys are revoked"
+            note(f"RegistryCredential {name} left out: being deleted ({released})")
             continue
         cred = admit(name, obj.get("spec") or {}, file=cfg, reader=reader)
         if isinstance(cred, Refusal):

@@ -25,6 +25,7 @@ from regcred_env import (  # noqa: F401 - kubectl, sbx: the fixtures
 from rotation_env import CRED, SECRET, pulls, run_rotator, write_config
 
 from rotator.adapters.state import FileStateStore
+from rotator.regcred import API_VERSION, KIND
 from rotator.sandbox.control import SandboxProcess
 
 REGCRED_PATH = "/apis/rotator.example.com/v1alpha1/registrycredentials"
@@ -139,6 +140,18 @@ def test_credentials_from_file_asks_the_api_server_nothing(
     assert REGCRED_PATH in [r["path"] for r in sbx.requests("kubernetes", since)]
     assert any("file-mode-bad" in line for line in notes(listed))
     kubectl("delete", "regcred/file-mode-bad")
+
+
+def test_a_resource_being_deleted_is_left_out(sbx: SandboxProcess, kubectl: Kubectl, tmp_path: Path) -> None:
+    hold = "example.com/hold"  # a finalizer of someone else's keeps it in deletion while the test looks
+    resource = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "cli-gone", "finalizers": [hold]}}
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump({**resource, "spec": spec(sbx, "cli-gone")}))
+    kubectl("delete", "regcred/cli-gone", "--wait=false")
+    shown = run_rotator("status", "-c", str(config(tmp_path, sbx, "cluster")))
+    assert shown.returncode == 0, shown.stderr
+    assert "cli-gone" not in shown.stdout
+    assert "rotator: RegistryCredential cli-gone left out: being deleted" in shown.stderr
+    kubectl("patch", "regcred/cli-gone", "--type=merge", "-p", json.dumps({"metadata": {"finalizers": None}}))
 
 
 def test_an_api_server_that_does_not_answer_is_a_one_line_error(sbx: SandboxProcess, tmp_path: Path) -> None:
