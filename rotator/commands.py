@@ -15,7 +15,8 @@ from typing import Any
 
 from rotator import logs, redact, settings
 from rotator.app import App
-from rotator.errors import RotatorError
+from rotator.cluster_credentials import with_cluster_credentials
+from rotator.errors import ConfigError, RotatorError
 from rotator.policy import Request
 from rotator.status import key_expiry_check, render_text
 
@@ -26,12 +27,43 @@ def _load(args: argparse.Namespace) -> settings.Settings:
     return loaded
 
 
+def _open(args: argparse.Namespace) -> tuple[settings.Settings, App]:
+    """The settings a command works on, and its App: the config file's credentials, and with
+    ``credentials_from: cluster | both`` those of the cluster's RegistryCredentials, admitted as the daemon
+    admits them (a resource it refuses is named on stderr and left out)."""
+    cfg = _load(args)
+    app = App(cfg)
+    if cfg.credentials_from == "file":
+        return cfg, app
+    try:
+        cfg = app.settings = with_cluster_credentials(cfg, app.kube, note=_note)
+    except RotatorError as exc:
+        app.close()
+        if isinstance(exc, ConfigError):  # no kubeconfig, say: a configuration error, named as such
+            raise
+        raise RotatorError(
+            f"credentials_from: {cfg.credentials_from} ({cfg.source}) reads credentials from the cluster's "
+            f"RegistryCredentials, and they cannot be listed: {exc}"
+        ) from None
+    except BaseException:
+        app.close()
+        raise
+    if not cfg.credentials:
+        _note(f"no credentials: {cfg.source} has none and the cluster has no RegistryCredential rotator manages")
+    return cfg, app
+
+
+def _note(line: str) -> None:
+    print(f"rotator: {logs.scrub(line)}", file=sys.stderr)
+
+
 def _names(cfg: settings.Settings, name: str | None) -> list[str]:
     return [cfg.credential(name).name] if name else [c.name for c in cfg.credentials]
 
 
 def rotate(args: argparse.Namespace) -> int:
-    with App(_load(args)) as app:
+    _, app = _open(args)
+    with app:
         journal = app.store.load(args.name)
         # An unfinished rotation (a crashed run) is finished first; it is the rotation asked for.
         request = None if journal.rotation else Request(reason="manual (rotator rotate)")
@@ -48,9 +80,9 @@ def rotate(args: argparse.Namespace) -> int:
 
 def reconcile(args: argparse.Namespace) -> int:
     """One pass without asking for a rotation: finish one in flight, heal drift, revoke what is due."""
-    cfg = _load(args)
+    cfg, app = _open(args)
     code = 0
-    with App(cfg) as app:
+    with app:
         for name in _names(cfg, args.name):
             worst = 0
             for _ in range(20):  # each pass ends after a finished rotation; go on until nothing is due
@@ -68,9 +100,9 @@ def _detail(detail: str) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg, app = _open(args)
     now = dt.datetime.now(dt.UTC)
-    with App(cfg) as app:
+    with app:
         for name in _names(cfg, args.name):  # this process has not seen the keys: learn them to scrub them
             try:
                 vault = app.store.load_vault(name)
@@ -86,9 +118,9 @@ def status(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     """What a rotation would do now, read-only."""
-    cfg = _load(args)
+    cfg, app = _open(args)
     out: list[dict[str, Any]] = []
-    with App(cfg) as app:
+    with app:
         for name in _names(cfg, args.name):
             cred = cfg.credential(name)
             reconciler = app.reconciler(name)
@@ -189,11 +221,15 @@ def check(args: argparse.Namespace) -> int:
                 report(False, "state store", "not checked: see the kubernetes API server line")
         except RotatorError as exc:
             report(False, "state store", str(exc))
-        if cfg.credentials_from != "file" and kube_ok:
-            from rotator.regcred_controller import check_resources
-
+        if cfg.credentials_from != "file" and kube_ok:  # the resources' credentials are checked as the file's
+            left_out: list[str] = []
             try:
-                report(True, "RegistryCredentials", check_resources(app.kube))
+                with_cluster = with_cluster_credentials(cfg, app.kube, note=left_out.append)
+                added = len(with_cluster.credentials) - len(cfg.credentials)
+                report(True, "RegistryCredentials", f"{added + len(left_out)} resource(s)")
+                for line in left_out:  # the daemon starts without them: a warning, as it logs one
+                    report(True, line, warn=True)
+                cfg = app.settings = with_cluster
             except RotatorError as exc:
                 report(False, "RegistryCredentials", str(exc))
         for name in _names(cfg, args.name):

@@ -40,7 +40,7 @@ from rotator.regcred import (
     TargetCounts,
 )
 from rotator.regcred_status import Refusal, decide
-from rotator.settings import CredentialSettings, IamProviderSettings, SecretKeyReader, SecretSource
+from rotator.settings import CredentialSettings, IamProviderSettings, SecretKeyReader, SecretSource, Settings
 from rotator.watches import ResourceWatch
 
 if TYPE_CHECKING:
@@ -98,11 +98,29 @@ def secret_reader(core: Any) -> SecretKeyReader:
     return read
 
 
-def check_resources(api_client: Any) -> str:
-    """``rotator check`` with credentials_from cluster or both: the definition is installed and rotator may
-    list the resources; how many there are. Raises RotatorError saying what to do otherwise."""
+def admit(
+    name: str, spec: Mapping[str, Any], *, file: Settings, reader: SecretKeyReader
+) -> CredentialSettings | Refusal:
+    """What rotator makes of resource ``name``'s spec, ``file`` being the settings the config file gave: the
+    credential to manage, or why it is refused (Ready=False with that reason). The controller and the
+    commands (``rotator status|plan|rotate|reconcile|check``) decide alike through this."""
+    if any(c.name == name for c in file.credentials):  # with credentials_from: both, the file's keep their names
+        return Refusal(
+            reason="DuplicateName",
+            message=f"the config file ({file.source}) already defines a credential named {name!r}, and names must "
+            "be unique; rename this resource or remove that credential",
+        )
     try:
-        items = json.loads(ClusterObjects(api_client, GROUP, VERSION, PLURAL).list().data).get("items") or []
+        return credential_for(name, spec, namespace=file.kubernetes.namespace, reader=reader)
+    except ConfigError as exc:
+        return Refusal(reason="InvalidSpec", message=str(exc))
+
+
+def list_resources(api_client: Any, *, timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """Every RegistryCredential. Raises RotatorError saying what to do when the definition is missing or
+    rotator may not list them (an API server that does not answer: ApiServerUnreachable, a RotatorError)."""
+    try:
+        response = ClusterObjects(api_client, GROUP, VERSION, PLURAL).list(_request_timeout=timeout_s)
     except ApiException as exc:
         if exc.status == 404:
             raise RotatorError(
@@ -114,7 +132,8 @@ def check_resources(api_client: Any) -> str:
                 "patch on them, update and patch on registrycredentials/status (deploy/manifests/clusterrole.yaml)"
             ) from None
         raise RotatorError(f"listing registrycredentials failed: HTTP {exc.status}") from None
-    return f"{len(items)} resource(s)"
+    items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+    return items
 
 
 # -- the controller --------------------------------------------------------------------------------------
@@ -166,10 +185,8 @@ class Controller:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.api = ClusterObjects(daemon.app.kube, GROUP, VERSION, PLURAL)
-        self.namespace = daemon.settings.kubernetes.namespace
         self.reader = secret_reader(CoreV1(daemon.app.kube))
-        # With credentials_from: both, the config file's credentials keep their names.
-        self.file_names = frozenset(c.name for c in daemon.settings.credentials)
+        self.file = daemon.settings  # as the config file gave them, before any resource is added
         self.tracked: dict[str, Tracked] = {}
         self.latest: dict[str, dict[str, Any]] = {}  # each resource as last seen (for a new leader to act on)
         self.targets: dict[str, TargetCounts] = {}
@@ -315,25 +332,17 @@ class Controller:
             t.finalized = True
 
     def _manage(self, t: Tracked, spec: Mapping[str, Any]) -> None:
-        if t.name in self.file_names:
-            if t.refusal is None:
-                t.refusal = Refusal(
-                    reason="DuplicateName",
-                    message=f"the config file ({self.daemon.settings.source}) already defines a credential named "
-                    f"{t.name!r}, and names must be unique; rename this resource or remove that credential",
-                )
-                self._record(t, t.refusal.reason, t.refusal.message, warning=True)
-            return
         if t.managed_generation == t.generation or t.checked_generation == t.generation:
             return
         t.checked_generation = t.generation
-        try:
-            cred = credential_for(t.name, spec, namespace=self.namespace, reader=self.reader)
-        except ConfigError as exc:
+        cred = admit(t.name, spec, file=self.file, reader=self.reader)
+        if isinstance(cred, Refusal):
             kept = f" (generation {t.managed_generation} stays managed)" if t.managed_generation else ""
-            t.refusal = Refusal(reason="InvalidSpec", message=f"{exc}{kept}")
-            log.warning("regcred.invalid_spec", resource=t.name, generation=t.generation, error=str(exc))
-            self._record(t, "InvalidSpec", t.refusal.message, warning=True)
+            t.refusal = Refusal(reason=cred.reason, message=f"{cred.message}{kept}")
+            log.warning(
+                "regcred.refused", resource=t.name, generation=t.generation, reason=cred.reason, error=cred.message
+            )
+            self._record(t, t.refusal.reason, t.refusal.message, warning=True)
             return
         t.refusal = None
         t.deletion_policy = cred.deletion_policy

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from kubectl_env import Kubectl, kubectl_runner
+from kubectl_env import Kubectl
+from regcred_env import ADMIN_SECRET, OWN_NAMESPACE, kubectl, sbx  # noqa: F401 - kubectl, sbx: the fixtures
 
 from rotator import crd, regcred, settings
 from rotator.config_model import RegistryCredentialSpec
 from rotator.errors import ConfigError
 from rotator.sandbox import kube_cel, kube_schema
-from rotator.sandbox.control import SandboxProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "deploy" / "crd" / f"{regcred.CRD_NAME}.yaml"
@@ -142,19 +142,6 @@ def test_structural_conversion_of_json_schema_unions() -> None:
 # -- against the emulator, with kubectl --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxProcess]:
-    with SandboxProcess.start() as sbx:
-        yield sbx
-
-
-@pytest.fixture(scope="module")
-def kubectl(sandbox: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    run = kubectl_runner(sandbox.endpoints["kubeconfig"], tmp_path_factory.mktemp("kubectl-home"))
-    run("apply", "-f", str(CRD_FILE))
-    return run
-
-
 def resource(name: str, spec: dict[str, Any]) -> str:
     return yaml.safe_dump(
         {"apiVersion": regcred.API_VERSION, "kind": regcred.KIND, "metadata": {"name": name}, "spec": spec}
@@ -166,12 +153,14 @@ def sample_spec() -> dict[str, Any]:
     return spec
 
 
-def test_the_sandbox_sample_is_accepted_and_listed_with_the_columns(kubectl: Kubectl, sandbox: SandboxProcess) -> None:
-    """The steps of docs/registrycredential.md: the admin key's Secret, then the sample."""
+def test_the_sandbox_sample_is_accepted_and_listed_with_the_columns(kubectl: Kubectl) -> None:
+    """The steps of docs/registrycredential.md (the fixture created the admin key's Secret), then the sample."""
     assert model_refusal(sample_spec()) == ""
-    kubectl("get", "namespace", "rotator-system")  # the sandbox has rotator's namespace
-    apikey = f"apikey={sandbox.endpoints['admin_apikey_file']}"
-    kubectl("-n", "rotator-system", "create", "secret", "generic", "rotator-admin-apikey", f"--from-file={apikey}")
+    assert sample_spec()["provider"]["apikey"]["secretKeyRef"] == {
+        "namespace": OWN_NAMESPACE,
+        "name": ADMIN_SECRET,
+        "key": "apikey",
+    }
     applied = kubectl("apply", "-f", str(SAMPLE)).stdout
     assert applied.strip() == f"registrycredential.{regcred.GROUP}/sandbox-pull created"
     header, row = kubectl("get", "regcred", "sandbox-pull").stdout.splitlines()

@@ -12,43 +12,33 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 from daemon_env import Daemon
 from kubectl_env import Kubectl, kubectl_runner
-from masked import Masked, masked
+from masked import masked
 from polling import wait_for
-from rotation_env import iam_keys, pulls, read_secret, run_rotator, stored_doc, write_config
+from regcred_env import (  # noqa: F401 - kubectl, sbx: the fixtures
+    ADMIN_SECRET,
+    CRD,
+    OWN_NAMESPACE,
+    apply,
+    condition,
+    get,
+    held_passwords,
+    kubectl,
+    sbx,
+    spec,
+)
+from rotation_env import iam_keys, pulls, run_rotator, write_config
 
-from rotator import dockerconfig
 from rotator.adapters.state import FileStateStore
 from rotator.regcred import FINALIZER, ROTATE_ANNOTATION
-from rotator.sandbox.control import SandboxProcess, iam_provider_config, labelled_kubernetes_target
+from rotator.sandbox.control import SandboxProcess
 
-REPO = Path(__file__).resolve().parent.parent
-CRD = REPO / "deploy" / "crd" / "registrycredentials.rotator.example.com.yaml"
-OWN_NAMESPACE = "rotator-system"  # the daemon's kubernetes.namespace (default): secretKeyRef reads only here
-NAMESPACES = ("team-a", "team-b", "team-c")
 PICKUP_S = 5.0  # "within a second" on an idle machine; bounded generously for a loaded 2-core one
-
-
-@pytest.fixture(scope="module")
-def sbx() -> Iterator[SandboxProcess]:
-    with SandboxProcess.start() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture(scope="module")
-def kubectl(sbx: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    run = kubectl_runner(sbx.endpoints["kubeconfig"], tmp_path_factory.mktemp("kubectl-home"))
-    run("apply", "-f", str(CRD))
-    # The admin API key as a Secret in rotator's namespace, for the resources' secretKeyRef.
-    apikey = Path(sbx.endpoints["admin_apikey_file"])
-    run("-n", OWN_NAMESPACE, "create", "secret", "generic", "admin-apikey", f"--from-file=apikey={apikey}")
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -72,54 +62,6 @@ def daemon(sbx: SandboxProcess, kubectl: Kubectl, state_dir: Path) -> Iterator[D
     proc.api()  # started
     yield proc
     assert proc.stop() == 0
-
-
-def spec(sbx: SandboxProcess, secret_name: str, **changes: Any) -> dict[str, Any]:
-    """One credential's config in camelCase, as a RegistryCredential's spec."""
-    ep = sbx.endpoints
-    provider = iam_provider_config(ep)
-    target = labelled_kubernetes_target(ep, secret_name)
-    return {
-        "provider": {
-            "kind": provider["kind"],
-            "endpoint": provider["endpoint"],
-            "accountId": provider["account_id"],
-            "serviceId": provider["service_id"],
-            "apikey": {"secretKeyRef": {"namespace": OWN_NAMESPACE, "name": "admin-apikey", "key": "apikey"}},
-        },
-        "registry": {"server": ep["registry_host"], "images": ep["images"], "verifyBudget": "10s"},
-        "schedule": {"interval": "1h"},
-        "maxAge": "1d",
-        "gracePeriod": "1h",
-        "deleteAfter": "1h",
-        "targets": {
-            "kubernetes": {
-                "secretName": target["secret_name"],
-                "namespaces": target["namespaces"],
-                "serviceAccounts": target["service_accounts"],
-            }
-        },
-        **changes,
-    }
-
-
-def apply(kubectl: Kubectl, name: str, body: dict[str, Any]) -> None:
-    resource = {
-        "apiVersion": "rotator.example.com/v1alpha1",
-        "kind": "RegistryCredential",
-        "metadata": {"name": name},
-        "spec": body,
-    }
-    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(resource))
-
-
-def get(kubectl: Kubectl, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = json.loads(kubectl("get", f"regcred/{name}", "-o", "json").stdout)
-    return found
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 
 
 def status_writes(sbx: SandboxProcess, name: str, since: int = 0) -> int:
@@ -214,22 +156,12 @@ def test_a_resource_is_managed_shown_rotated_on_request_replanned_and_released(
     print(f"picked up in {picked_up_s:.2f}s; status writes: {writes} to Ready, {status_writes(sbx, name)} in all")
 
 
-def held_passwords(sbx: SandboxProcess, secret_name: str) -> dict[str, Masked | None]:
-    """Each labelled namespace's ``secret_name``: the password it holds for the sandbox registry."""
-    out: dict[str, Masked | None] = {}
-    for ns in NAMESPACES:
-        obj = read_secret(sbx, ns, secret_name)
-        entry = dockerconfig.entry(stored_doc(obj), sbx.endpoints["registry_host"]) if obj else None
-        out[ns] = masked(entry.password.reveal()) if entry else None
-    return out
-
-
 def test_a_secret_outside_rotators_namespace_is_refused_in_the_status(
     sbx: SandboxProcess, kubectl: Kubectl, daemon: Daemon
 ) -> None:
     """The API server accepts it (any namespace is a valid name); rotator reads Secrets only in its own."""
     body = spec(sbx, "regcred-bad")
-    body["provider"]["apikey"] = {"secretKeyRef": {"namespace": "team-a", "name": "admin-apikey", "key": "apikey"}}
+    body["provider"]["apikey"] = {"secretKeyRef": {"namespace": "team-a", "name": ADMIN_SECRET, "key": "apikey"}}
     apply(kubectl, "bad", body)
     ready = wait_for(lambda: condition(get(kubectl, "bad"), "Ready"), "a Ready condition")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
@@ -277,6 +209,10 @@ def test_a_resource_named_like_a_file_credential_is_refused(tmp_path: Path) -> N
         missing = run_rotator("check", "-c", str(config))
         assert missing.returncode == 1
         assert "FAIL RegistryCredentials: the RegistryCredential definition is not installed" in missing.stdout
+        shown = run_rotator("status", "-c", str(config))  # a command that works on the credentials: a clear error
+        assert shown.returncode == 1 and "Traceback" not in shown.stderr
+        not_installed = "the RegistryCredential definition is not installed: kubectl apply -f deploy/crd/"
+        assert f"and they cannot be listed: {not_installed}" in shown.stderr
         run("apply", "-f", str(CRD))
         assert "ok   RegistryCredentials: 0 resource(s)" in run_rotator("check", "-c", str(config)).stdout
         proc = Daemon(config, identity="regcred-both")
@@ -300,8 +236,8 @@ def test_the_secret_key_reader_reads_a_key_and_says_what_is_missing(sbx: Sandbox
     from rotator.regcred_controller import secret_reader
 
     read = secret_reader(CoreV1(api_client(sbx)))
-    assert masked(read(OWN_NAMESPACE, "admin-apikey", "apikey").strip()) == masked(sbx.endpoints["admin_apikey"])
+    assert masked(read(OWN_NAMESPACE, ADMIN_SECRET, "apikey").strip()) == masked(sbx.endpoints["admin_apikey"])
     with pytest.raises(ConfigError, match=r"Secret rotator-system/nope cannot be read \(HTTP 404\); create it"):
         read(OWN_NAMESPACE, "nope", "apikey")
     with pytest.raises(ConfigError, match=r"has no key 'password'; it has \['apikey'\]"):
-        read(OWN_NAMESPACE, "admin-apikey", "password")
+        read(OWN_NAMESPACE, ADMIN_SECRET, "password")

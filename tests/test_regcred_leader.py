@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 from daemon_env import Daemon
-from kubectl_env import Kubectl, kubectl_runner
+from kubectl_env import Kubectl
 from polling import wait_for
+from regcred_env import OWN_NAMESPACE, apply, condition, get, set_up, spec
 from rotation_env import core
 from test_daemon import lease_holder
-from test_regcred_kubectl import CRD, OWN_NAMESPACE, apply, condition, get, last_pass, spec, status_writes
+from test_regcred_kubectl import last_pass, status_writes
 
 from rotator.adapters.state import ConfigMapStateStore
 from rotator.regcred import ROTATE_ANNOTATION
@@ -31,11 +32,7 @@ def sbx() -> Iterator[SandboxProcess]:
 
 @pytest.fixture
 def kubectl(sbx: SandboxProcess, tmp_path: Path) -> Kubectl:
-    run = kubectl_runner(sbx.endpoints["kubeconfig"], tmp_path / "kubectl-home")
-    run("apply", "-f", str(CRD))
-    apikey = Path(sbx.endpoints["admin_apikey_file"])
-    run("-n", OWN_NAMESPACE, "create", "secret", "generic", "admin-apikey", f"--from-file=apikey={apikey}")
-    return run
+    return set_up(sbx, tmp_path / "kubectl-home")
 
 
 def test_only_the_leader_writes_and_a_new_leader_takes_over_quietly(
