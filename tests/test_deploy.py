@@ -369,7 +369,7 @@ def _target_names(objects: list[dict[str, Any]]) -> tuple[tuple[str, ...], tuple
 def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
     """Cluster-wide: namespaces (read); only the pull secret and service accounts the config names (create,
     which RBAC cannot restrict by name, apart); core Events (create); RegistryCredentials (read, watch,
-    finalizers, status); the two reviews. Nothing else."""
+    patched for the finalizer, status patched); the two reviews. Nothing else."""
     secrets, accounts = _target_names(objects)
     assert _grants(one(objects, "ClusterRole")) == {
         ("", "namespaces", ()): {"get", "list", "watch"},
@@ -377,9 +377,8 @@ def test_clusterrole_is_least_privilege(objects: list[dict[str, Any]]) -> None:
         ("", "secrets", ()): {"create"},
         ("", "serviceaccounts", accounts): {"get", "list", "watch", "update"},
         ("", "events", ()): {"create"},
-        ("rotator.example.com", "registrycredentials", ()): {"get", "list", "watch", "update", "patch"},
-        ("rotator.example.com", "registrycredentials/status", ()): {"update", "patch"},
-        ("rotator.example.com", "registrycredentials/finalizers", ()): {"update"},
+        ("rotator.example.com", "registrycredentials", ()): {"get", "list", "watch", "patch"},
+        ("rotator.example.com", "registrycredentials/status", ()): {"patch"},
         ("authentication.k8s.io", "tokenreviews", ()): {"create"},
         ("authorization.k8s.io", "subjectaccessreviews", ()): {"create"},
     }
