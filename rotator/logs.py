@@ -99,11 +99,19 @@ class _ToStructlog(logging.Handler):
     lines: without a handler Python prints them as bare text on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if _is_transport_retry(record):
+            return
         try:
             text = record.getMessage()
         except Exception:  # a library's broken format string must not break logging
             text = str(record.msg)
         get(record.name).log(record.levelno, "python.log", logger=record.name, message=scrub(text)[:300])
+
+
+def _is_transport_retry(record: logging.LogRecord) -> bool:
+    """urllib3's note of each connection retry (three per contact while an API server is down): rotator's
+    own ``retry.attempt`` and ``cluster.unreachable`` lines already say it once, with the field to check."""
+    return record.name == "urllib3.connectionpool" and isinstance(record.msg, str) and record.msg.startswith("Retrying")
 
 
 def _route_python_logs() -> None:

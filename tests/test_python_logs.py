@@ -15,13 +15,17 @@ from rotator import logs
 
 def test_library_log_records_are_json_log_lines() -> None:
     """urllib3 logs "Connection pool is full" with stdlib logging: it is one structured line in rotator's
-    log (scrubbed like the rest), not text Python prints on stderr; below WARNING nothing is logged."""
+    log (scrubbed like the rest), not text Python prints on stderr; below WARNING nothing is logged, nor its notes of
+    connection retries (rotator's own retry.attempt / cluster.unreachable say that once)."""
     tail = LogTail()
     logs.register_secret("lib-echoed-secret-value")
     logging.getLogger("urllib3.connectionpool").warning(
         "Connection pool is full, discarding connection: %s (%s)", "127.0.0.1", "lib-echoed-secret-value"
     )
     logging.getLogger("urllib3.connectionpool").info("below the threshold: not logged")
+    logging.getLogger("urllib3.connectionpool").warning(
+        "Retrying (%r) after connection broken by '%r': %s", "Retry(total=2)", "refused", "/api/v1/namespaces"
+    )
     logging.getLogger("urllib3.connectionpool").warning("%s %s", "x" * 290, "lib-echoed-secret-value")
     first, long = tail.events("python.log")
     assert first["logger"] == "urllib3.connectionpool" and first["level"] == "warning"
