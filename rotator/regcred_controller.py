@@ -286,9 +286,13 @@ class Controller:
         except Exception as exc:  # one resource's trouble never stops the others
             status = exc.status if isinstance(exc, ApiException) else None
             detail = str(exc) if isinstance(exc, RotatorError) else type(exc).__name__
-            # A conflict (written meanwhile) is retried when the watch brings the new version; anything else
-            # when the resource or its credential changes next (a pass touches it).
-            log.warning("regcred.sync_failed", resource=name, error=detail, status=status)
+            # A conflict (written meanwhile) is retried when the watch brings the new version: expected, as
+            # the status write and the finalizer patch race on resourceVersion; anything else when the
+            # resource or its credential changes next (a pass touches it).
+            if status == 409:
+                log.info("regcred.conflict", resource=name)
+            else:
+                log.warning("regcred.sync_failed", resource=name, error=detail, status=status)
 
     # -- one resource ------------------------------------------------------------------------------------
     def _sync(self, name: str, obj: dict[str, Any]) -> None:
