@@ -20,12 +20,13 @@ from masked import Masked, masked
 from rotation_env import read_secret, stored_doc
 
 from rotator import dockerconfig, regcred
-from rotator.sandbox.control import SandboxProcess, iam_provider_config, labelled_kubernetes_target
+from rotator.sandbox.control import SandboxProcess, iam_provider_spec, labelled_kubernetes_target
 
 REPO = Path(__file__).resolve().parent.parent
 CRD = REPO / "deploy" / "crd" / f"{regcred.CRD_NAME}.yaml"
 OWN_NAMESPACE = "rotator-system"  # rotator's kubernetes.namespace (default): secretKeyRef reads only here
 ADMIN_SECRET = "rotator-admin-apikey"  # the docs' name, which config/registrycredential-sandbox.yaml reads
+ADMIN_KEY_REF = {"namespace": OWN_NAMESPACE, "name": ADMIN_SECRET, "key": "apikey"}  # a spec's secretKeyRef
 NAMESPACES = ("team-a", "team-b", "team-c")  # the sandbox's labelled namespaces: every resource's targets
 
 
@@ -54,16 +55,9 @@ def spec(sbx: SandboxProcess, secret_name: str, **changes: Any) -> dict[str, Any
     """One credential's config for ``sbx`` in camelCase, as a RegistryCredential's spec: its admin key read from
     the Secret, the labelled namespaces as targets, short durations."""
     ep = sbx.endpoints
-    provider = iam_provider_config(ep)
     target = labelled_kubernetes_target(ep, secret_name)
     return {
-        "provider": {
-            "kind": provider["kind"],
-            "endpoint": provider["endpoint"],
-            "accountId": provider["account_id"],
-            "serviceId": provider["service_id"],
-            "apikey": {"secretKeyRef": {"namespace": OWN_NAMESPACE, "name": ADMIN_SECRET, "key": "apikey"}},
-        },
+        "provider": iam_provider_spec(ep, ADMIN_KEY_REF),
         "registry": {"server": ep["registry_host"], "images": ep["images"], "verifyBudget": "10s"},
         "schedule": {"interval": "1h"},
         "maxAge": "1d",

@@ -126,6 +126,18 @@ def iam_provider_config(endpoints: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def iam_provider_spec(endpoints: dict[str, Any], secret_ref: dict[str, str]) -> dict[str, Any]:
+    """A RegistryCredential's ``spec.provider`` (camelCase): as iam_provider_config, the admin key read from
+    the Secret key ``secret_ref`` ({namespace, name, key})."""
+    return {
+        "kind": "ibm-iam",
+        "endpoint": endpoints["iam"],
+        "accountId": endpoints["account_id"],
+        "serviceId": endpoints["service_id"],
+        "apikey": {"secretKeyRef": dict(secret_ref)},
+    }
+
+
 def labelled_kubernetes_target(endpoints: dict[str, Any], secret_name: str) -> dict[str, Any]:
     """A credential's ``targets.kubernetes``: ``secret_name`` in every namespace carrying the sandbox's
     label, referenced from the ``default`` service account."""
