@@ -252,11 +252,14 @@ class Worker:
             changed = False
             requests = []
             for r in book.requests:
-                if not r.joined and r.state in ("running", "waiting") and r.id != self.running:
-                    result = results.get(r.id)
-                    if result is not None:
-                        r = replace(r, state=result.result, detail=result.detail, finished_at=result.finished_at)
-                        changed = True
+                result = results.get(r.id)
+                own_open = not r.joined and r.state in ("running", "waiting") and r.id != self.running
+                # A joined record keeps its rotation's outcome too: a rotation no request started (a scheduled
+                # one, a health check's) has no other record, and the journal's history is bounded.
+                joined_open = r.joined and r.finished_at is None
+                if result is not None and (own_open or joined_open):
+                    r = replace(r, state=result.result, detail=result.detail, finished_at=result.finished_at)
+                    changed = True
                 requests.append(r)
             if changed:
                 self._save(replace(book, requests=tuple(requests)))
@@ -622,16 +625,18 @@ class Daemon:
 
     def rotation(self, rotation_id: str) -> dict[str, Any] | None:
         """The request's own record when one started it, the journal for its live phase and result."""
-        for name in self.workers:
-            record = next(
-                (r for r in self.app.store.load_requests(name).requests if r.id == rotation_id and not r.joined), None
-            )
+        for name in list(self.workers):
+            book = self.app.store.load_requests(name)
+            records = [r for r in book.requests if r.id == rotation_id]
+            record = next((r for r in records if not r.joined), None)
             journal = self.app.store.load(name)
             out = rotation_view(rotation_id, name, record, journal)
+            if out is None and records:  # past the journal's history: a request that joined it kept the outcome
+                record = records[-1]
+                out = rotation_view(rotation_id, name, record, journal)
             if out is not None:
                 if record is not None and record.leaked_key_id:
-                    leaks = self.app.store.load_requests(name).leaks
-                    out["leaks"] = [leak_progress(x, journal) for x in leaks if x.request_id == rotation_id]
+                    out["leaks"] = [leak_progress(x, journal) for x in book.leaks if x.request_id == rotation_id]
                 return out
         return None
 

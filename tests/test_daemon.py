@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import signal
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from daemon_env import API_AUTH, Daemon, api_config, first_rotation_done
 from polling import POLL_S, wait_for
 from rotation_env import (
@@ -26,6 +28,7 @@ from rotation_env import (
 )
 
 from rotator.adapters.state import ConfigMapStateStore, FileStateStore
+from rotator.journal import HISTORY_LIMIT
 from rotator.sandbox.control import SandboxProcess
 
 
@@ -545,3 +548,45 @@ def test_a_warm_daemon_writes_each_secret_with_one_put_and_merges_after_a_409(
     merged = dockerconfig.parse(base64.b64decode(stored["data"][".dockerconfigjson"]))
     assert "other.example.com" in merged["auths"], "the outside write's entry was lost"
     assert stored_password(sandbox, "team-b") == stored_password(sandbox, "team-a")
+
+
+def test_a_request_that_joined_a_scheduled_rotation_keeps_its_outcome_past_the_history(
+    sandbox: SandboxProcess, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A request that joins a rotation no request started (the first, scheduled one) was answered that
+    rotation's id; after more rotations than the journal's history keeps, GET /v1/rotations/<id> still shows its
+    outcome from the joined record (it answered 404 once the history had moved on: seen in the chaos test)."""
+    sandbox.admin.put("/iam/key-limit", json={"limit": 100}).raise_for_status()  # keys retire after 1 h here
+    down = {"path_prefix": "/api/v1/namespaces/team-b/", "methods": ["POST", "PUT"], "error_status": 503}
+    sandbox.set_faults("kubernetes", {**down, "error_rate": 1.0})
+    schedule = {"interval": "1h", "retry_backoff": "1s", "retry_backoff_max": "2s"}
+    config = api_config(tmp_path, sandbox, schedule=schedule)
+    doc = yaml.safe_load(config.read_text())
+    doc["server"]["rate_limit"] = {"per_minute": 1000, "burst": 100}  # 21 requests in a row
+    config.write_text(yaml.safe_dump(doc))
+    daemons.append(daemon := Daemon(config))
+    store = FileStateStore(tmp_path / "state")
+    scheduled = wait_for(
+        lambda: (r := store.load("icr-pull").rotation) is not None and r.waiting and r.id,
+        "the scheduled first rotation to wait out a retry",
+    )
+    assert not store.load_requests("icr-pull").requests, "no request started it"
+    base = daemon.api()
+
+    def finished(rotation_id: str) -> str | None:
+        body = httpx.get(f"{base}/v1/rotations/{rotation_id}", headers=API_AUTH).json()
+        return body["state"] if body["state"] in ("succeeded", "failed") else None
+
+    joined = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": "join"})
+    assert joined.status_code == 202 and joined.json() == {**joined.json(), "rotation_id": scheduled, "joined": True}
+    sandbox.clear_faults()
+    assert wait_for(lambda: finished(scheduled), "the scheduled rotation to finish") == "succeeded"
+    for i in range(HISTORY_LIMIT):
+        answer = httpx.post(f"{base}/v1/credentials/icr-pull/rotate", headers=API_AUTH, json={"reason": f"r{i}"})
+        assert answer.status_code == 202 and answer.json()["joined"] is False, answer.text
+        rotation_id = answer.json()["rotation_id"]
+        assert wait_for(functools.partial(finished, rotation_id), f"rotation {i}") == "succeeded"
+    assert scheduled not in [r.rotation_id for r in store.load("icr-pull").history], "past the history"
+    shown = httpx.get(f"{base}/v1/rotations/{scheduled}", headers=API_AUTH)
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["id"], shown.json()["state"]) == (scheduled, "succeeded")
