@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from conftest import start_sandbox
+from daemon_env import Daemon
 from kubectl_env import Kubectl, kubectl_runner
 from masked import Masked, masked
 from rotation_env import read_secret, stored_doc
@@ -96,3 +98,12 @@ def held_passwords(sbx: SandboxProcess, secret_name: str) -> dict[str, Masked | 
         entry = dockerconfig.entry(stored_doc(obj), sbx.endpoints["registry_host"]) if obj else None
         out[ns] = masked(entry.password.reveal()) if entry else None
     return out
+
+
+def last_pass(daemon: Daemon, name: str) -> float:
+    """When ``daemon`` last finished a pass over ``name`` (its metric; 0 before the first)."""
+    text = httpx.get(f"{daemon.api()}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("rotator_last_pass_success_timestamp_seconds{") and f'credential="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

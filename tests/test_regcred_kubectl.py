@@ -29,6 +29,7 @@ from regcred_env import (  # noqa: F401 - kubectl, sbx: the fixtures
     get,
     held_passwords,
     kubectl,
+    last_pass,
     sbx,
     spec,
 )
@@ -68,14 +69,6 @@ def status_writes(sbx: SandboxProcess, name: str, since: int = 0) -> int:
     """Writes of the resource's status the API server received (its request log)."""
     path = f"/apis/rotator.example.com/v1alpha1/registrycredentials/{name}/status"
     return sum(1 for r in sbx.requests("kubernetes", since) if r["path"] == path and r["method"] in ("PUT", "PATCH"))
-
-
-def last_pass(daemon: Daemon, name: str) -> float:
-    text = httpx.get(f"{daemon.api()}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("rotator_last_pass_success_timestamp_seconds{") and f'credential="{name}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_a_resource_is_managed_shown_rotated_on_request_replanned_and_released(
