@@ -315,6 +315,10 @@ class Controller:
             if t.status is not None and t.status.targets is not None:  # a follower's passes count none
                 self.targets[name] = t.status.targets
         if meta.get("deletionTimestamp"):
+            if t.managed_generation is None and spec.get("deletionPolicy") == "Revoke":
+                # First seen already deleting (a restart while it was revoking, or a deletion missed while
+                # down): managed first, or the finalizer would go with the credential's keys still live.
+                self._manage(t, spec)
             self._release(t, meta)
             return
         self._manage(t, spec)

@@ -1,7 +1,8 @@
 """RegistryCredential promises under faults (docs/registrycredential.md, "How rotator manages them"): a
 rotate-requested-at value recorded in the request book and then lost to a crash is served once, and once
 only, by the next daemon; a status write the API server refuses is retried on a later pass until the
-status matches the journal."""
+status matches the journal; a Revoke deletion interrupted by a SIGKILL is carried to its end by the next
+daemon (keys retired through the grace path, finalizer removed)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from daemon_env import Daemon
 from kubectl_env import Kubectl
 from polling import wait_for
 from regcred_env import apply, condition, get, kubectl, last_pass, sbx, spec  # noqa: F401 - kubectl, sbx: the fixtures
+from rotation_env import iam_keys
 
 from rotator.adapters.state import FileStateStore
 from rotator.journal import CredentialJournal
-from rotator.regcred import API_VERSION, ROTATE_ANNOTATION
+from rotator.regcred import API_VERSION, FINALIZER, ROTATE_ANNOTATION
 from rotator.sandbox.control import SandboxProcess
 
 READY_S = 60.0  # the first rotation on a loaded 2-core machine
@@ -180,3 +182,41 @@ def writes(sbx: SandboxProcess, path: str, since: int) -> list[dict[str, Any]]:
 
 def refused(sbx: SandboxProcess, path: str, since: int) -> list[dict[str, Any]]:
     return [r for r in writes(sbx, path, since) if r["status"] == 503]
+
+
+def test_a_revoke_interrupted_by_a_kill_is_finished_by_the_next_daemon(
+    sbx: SandboxProcess, kubectl: Kubectl, config: Path, state_dir: Path
+) -> None:
+    name = "revoke-kill"
+    store = FileStateStore(state_dir)
+    first = Daemon(config, identity="regcred-faults")
+    try:
+        first.api()
+        body = spec(sbx, "regcred-revoke-kill", gracePeriod="5s", deleteAfter="1s", deletionPolicy="Revoke")
+        apply(kubectl, name, body)
+        ready_and_idle(kubectl, store, name)
+        key_id = store.load(name).current.id  # type: ignore[union-attr]
+        assert live(sbx, key_id)
+        kubectl("delete", f"regcred/{name}", "--wait=false")
+        wait_for(lambda: (condition(get(kubectl, name), "Ready") or {}).get("reason") == "Revoking", "Revoking")
+    finally:
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    # Killed within the grace period: the resource is still held, its key still live.
+    assert FINALIZER in get(kubectl, name)["metadata"].get("finalizers", [])
+    assert live(sbx, key_id)
+
+    after = Daemon(config, identity="regcred-faults")
+    try:
+        after.api()
+        gone = lambda: kubectl("get", f"regcred/{name}", check=False).returncode != 0  # noqa: E731
+        wait_for(gone, "the resource gone", timeout=60)
+        assert not live(sbx, key_id), "the finalizer was removed while the credential's key was still live"
+        # Through the grace path: the next daemon disabled it, then deleted it.
+        steps = [e["event"] for e in after.events() if e.get("key_id") == key_id]
+        assert [x for x in steps if x in ("key.disabled", "key.deleted")] == ["key.disabled", "key.deleted"], steps
+    finally:
+        assert after.stop() == 0
+
+
+def live(sbx: SandboxProcess, key_id: str) -> bool:
+    return any(k["id"] == key_id and not k["deleted"] for k in iam_keys(sbx))
